@@ -1,0 +1,1 @@
+"""Subcommands of the `kubetune` CLI, one module each."""

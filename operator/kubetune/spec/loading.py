@@ -1,0 +1,180 @@
+"""Reading FineTuneJob documents and turning pydantic errors into messages people can act on."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kubetune.spec.models import KIND, FineTuneJob, FineTuneJobSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a FineTuneJob: where, what was given, and how to fix it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class SpecError(ValueError):
+    """A FineTuneJob that cannot run. `problems` lists every field at fault."""
+
+    def __init__(self, problems: Sequence[Problem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid FineTuneJob{where}:\n{lines}")
+
+
+def format_location(loc: Iterable[int | str]) -> str:
+    """Render a pydantic location as a YAML path: ('spec', 'training', 'metrics', 0) → spec.training.metrics[0]."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for suggesting field names)."""
+    current: type[BaseModel] = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next(
+            (f for name, f in current.model_fields.items() if part in (name, f.alias)),
+            None,
+        )
+        if field is None:
+            return current
+        inner = _nested_model(field.annotation)
+        if inner is None:
+            return current
+        current = inner
+    return current
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _describe(error: Any, root: type[BaseModel]) -> Problem:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        known = _field_names(parent) if parent else []
+        bad = str(loc[-1])
+        close = difflib.get_close_matches(bad, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed fields: {', '.join(known)}"
+        return Problem(format_location(loc), f"unknown field '{bad}': {hint}")
+    if kind == "missing":
+        return Problem(format_location(loc), "required field is missing: add it")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error":
+        # Our own cross-field rules already name the fields and the fix.
+        return Problem(format_location(loc), message)
+    shown = repr(given) if not isinstance(given, dict | list) else type(given).__name__
+    return Problem(format_location(loc), f"{message} (got {shown})")
+
+
+def problems_from_validation_error(error: ValidationError, root: type[BaseModel]) -> list[Problem]:
+    """Every pydantic error of `error` as a Problem naming the YAML field."""
+    return [_describe(e, root) for e in error.errors()]
+
+
+def parse_job(document: dict[str, Any], source: str = "") -> FineTuneJob:
+    """Validate one FineTuneJob document (the dict `yaml.safe_load` gives).
+
+    Raises SpecError listing every problem.
+    """
+    if not isinstance(document, dict):
+        raise SpecError([Problem("", "the document is not a mapping: expected a FineTuneJob object")], source)
+    if document.get("kind") not in (None, KIND):
+        raise SpecError([Problem("kind", f"got '{document.get('kind')}': use kind: {KIND}")], source)
+    try:
+        return FineTuneJob.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(problems_from_validation_error(error, FineTuneJob), source) from None
+
+
+def parse_spec(spec: dict[str, Any], source: str = "") -> FineTuneJobSpec:
+    """Validate a bare `spec` mapping (what the operator reads from the resource).
+
+    Raises SpecError with fields prefixed by `spec.`.
+    """
+    try:
+        return FineTuneJobSpec.model_validate(spec)
+    except ValidationError as error:
+        problems = [
+            Problem(f"spec.{p.field}" if p.field else "spec", p.message)
+            for p in problems_from_validation_error(error, FineTuneJobSpec)
+        ]
+        raise SpecError(problems, source) from None
+
+
+def load_jobs(path: str | Path) -> list[FineTuneJob]:
+    """Every FineTuneJob in a YAML file (other kinds in a multi-document file are skipped).
+
+    Raises SpecError when the file cannot be read, is not YAML, holds no FineTuneJob, or a job is invalid.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError([Problem("", f"cannot read the file: {error.strerror}")], source) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecError([Problem("", f"not valid YAML: {error}")], source) from None
+    jobs_docs = [d for d in documents if not isinstance(d, dict) or d.get("kind", KIND) == KIND]
+    if not jobs_docs:
+        raise SpecError([Problem("kind", f"no {KIND} document found in the file")], source)
+    jobs: list[FineTuneJob] = []
+    problems: list[Problem] = []
+    for index, document in enumerate(jobs_docs):
+        try:
+            jobs.append(parse_job(document, source))
+        except SpecError as error:
+            prefix = f"document {index + 1}: " if len(jobs_docs) > 1 else ""
+            problems.extend(Problem(prefix + p.field, p.message) for p in error.problems)
+    if problems:
+        raise SpecError(problems, source)
+    return jobs
+
+
+def load_job(path: str | Path) -> FineTuneJob:
+    """The single FineTuneJob in a YAML file. Raises SpecError if there is not exactly one, or it is invalid."""
+    jobs = load_jobs(path)
+    if len(jobs) != 1:
+        raise SpecError([Problem("", f"expected one {KIND} in the file, found {len(jobs)}")], str(path))
+    return jobs[0]
+
+
+def dump_job(job: FineTuneJob) -> str:
+    """The job as YAML with camelCase keys and every default filled in (what workers read)."""
+    data = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,484 @@
+"""The FineTuneJob resource: one pydantic model, the single source of truth.
+
+The CRD's OpenAPI schema, the reference docs, `kubetune validate` and the trainer all read these classes.
+This module must import without torch: the operator image does not ship it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kubetune.io"
+API_VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+
+class SpecModel(BaseModel):
+    """Base for every spec block: camelCase in YAML, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+# --- model ---------------------------------------------------------------------------------------------------
+
+
+class Task(StrEnum):
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    CAUSAL_LM = "causal-lm"
+
+
+class ModelSpec(SpecModel):
+    name: str = Field(
+        min_length=1,
+        description="Hugging Face hub id (e.g. bert-base-uncased) or a local/PVC path to a model folder.",
+    )
+    revision: str = Field(
+        default="main", min_length=1, description="Hub revision (branch, tag or commit) to download."
+    )
+    task: Task = Field(default=Task.SEQUENCE_CLASSIFICATION, description="What the model is fine-tuned for.")
+    num_labels: int | None = Field(
+        default=None,
+        ge=2,
+        le=10000,
+        description="Number of classes for sequence classification; inferred from the data when unset.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow model code from the hub repository to run (only for trusted models).",
+    )
+
+
+# --- dataset -------------------------------------------------------------------------------------------------
+
+
+class DataFormat(StrEnum):
+    CSV = "csv"
+    JSON = "json"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class DataFiles(SpecModel):
+    train: str = Field(min_length=1, description="Path or glob of the training file(s).")
+    eval: str | None = Field(default=None, description="Path or glob of the evaluation file(s).")
+    format: DataFormat | None = Field(
+        default=None, description="File format; inferred from the train file's extension when unset."
+    )
+
+
+class DatasetSpec(SpecModel):
+    name: str | None = Field(
+        default=None, description="Hugging Face hub dataset name (e.g. glue); leave unset when using files."
+    )
+    config: str | None = Field(default=None, description="Hub dataset configuration (e.g. mrpc).")
+    revision: str | None = Field(default=None, description="Hub dataset revision (branch, tag or commit).")
+    files: DataFiles | None = Field(default=None, description="Local or PVC files instead of a hub dataset.")
+    train_split: str = Field(default="train", min_length=1, description="Split used for training.")
+    eval_split: str | None = Field(
+        default="validation", description="Split used for evaluation; null disables evaluation."
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"],
+        min_length=1,
+        max_length=2,
+        description="Column(s) holding the text; two columns are encoded as a sentence pair.",
+    )
+    label_field: str | None = Field(
+        default="label", description="Column holding the class label (sequence classification only)."
+    )
+    max_length: int = Field(default=128, ge=8, le=131072, description="Tokens per example after truncation.")
+    max_train_samples: int | None = Field(
+        default=None, ge=1, description="Use at most this many training examples (for quick runs)."
+    )
+    max_eval_samples: int | None = Field(
+        default=None, ge=1, description="Use at most this many evaluation examples."
+    )
+    group_by_length: bool = Field(
+        default=False, description="Batch examples of similar length together to reduce padding."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if self.name and self.files:
+            raise ValueError(
+                "set either dataset.name (a hub dataset) or dataset.files (local files), not both"
+            )
+        if not self.name and not self.files:
+            raise ValueError(
+                "set dataset.name (a hub dataset such as glue) or dataset.files.train (a local file)"
+            )
+        return self
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+class MixedPrecision(StrEnum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Scheduler(StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    POLYNOMIAL = "polynomial"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+
+
+class Metric(StrEnum):
+    ACCURACY = "accuracy"
+    F1 = "f1"
+    PRECISION = "precision"
+    RECALL = "recall"
+    PERPLEXITY = "perplexity"
+
+
+CLASSIFICATION_METRICS = frozenset({Metric.ACCURACY, Metric.F1, Metric.PRECISION, Metric.RECALL})
+CAUSAL_LM_METRICS = frozenset({Metric.PERPLEXITY})
+
+
+class EvalStrategy(StrEnum):
+    NO = "no"
+    STEPS = "steps"
+    EPOCH = "epoch"
+
+
+class TrainingSpec(SpecModel):
+    epochs: float = Field(default=3.0, gt=0, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+    )
+    learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Peak learning rate of AdamW.")
+    per_device_train_batch_size: int = Field(
+        default=16, ge=1, le=65536, description="Training examples per process per micro-batch."
+    )
+    per_device_eval_batch_size: int = Field(
+        default=32, ge=1, le=65536, description="Evaluation examples per process per batch."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Micro-batches accumulated before each optimizer step."
+    )
+    warmup_steps: int = Field(
+        default=0, ge=0, description="Linear warmup steps; wins over warmupRatio when > 0."
+    )
+    warmup_ratio: float = Field(default=0.0, ge=0, le=1, description="Warmup as a fraction of all steps.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay (not on bias/norm).")
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(default=0.999, gt=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(default=1e-8, gt=0, le=1e-3, description="AdamW epsilon.")
+    lr_scheduler: Scheduler = Field(
+        default=Scheduler.LINEAR, description="Learning-rate schedule after warmup."
+    )
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="Clip gradients to this global norm; null disables clipping."
+    )
+    mixed_precision: MixedPrecision = Field(
+        default=MixedPrecision.NO, description="no, fp16 or bf16 (bf16 needs Ampere GPUs or newer, or CPU)."
+    )
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass to save memory."
+    )
+    metrics: list[Metric] = Field(
+        default_factory=lambda: [Metric.ACCURACY],
+        min_length=1,
+        description="Evaluation metrics; the first is the primary one shown in kubectl get.",
+    )
+    eval_strategy: EvalStrategy = Field(
+        default=EvalStrategy.EPOCH, description="When to evaluate: no, every evalSteps, or each epoch."
+    )
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N steps (evalStrategy: steps)."
+    )
+    logging_steps: int = Field(default=10, ge=1, description="Report loss and learning rate every N steps.")
+    dataloader_workers: int = Field(
+        default=0, ge=0, le=64, description="Data-loading worker processes per rank."
+    )
+
+    @model_validator(mode="after")
+    def _eval_cadence(self) -> TrainingSpec:
+        if self.eval_strategy == EvalStrategy.STEPS and self.eval_steps is None:
+            raise ValueError(
+                "training.evalStrategy is 'steps' but training.evalSteps is unset: set evalSteps: 100"
+            )
+        return self
+
+
+# --- distribution --------------------------------------------------------------------------------------------
+
+
+class OffloadDevice(StrEnum):
+    NONE = "none"
+    CPU = "cpu"
+    NVME = "nvme"
+
+
+class DeepSpeedSpec(SpecModel):
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=0,
+        description="ZeRO stage: 0 disables DeepSpeed (plain DDP), 1-3 shard optimizer/grads/params.",
+    )
+    offload_optimizer: OffloadDevice = Field(
+        default=OffloadDevice.NONE, description="Offload optimizer state to cpu or nvme (ZeRO ≥ 1)."
+    )
+    offload_parameters: OffloadDevice = Field(
+        default=OffloadDevice.NONE, description="Offload parameters to cpu or nvme (ZeRO 3 only)."
+    )
+    nvme_path: str | None = Field(default=None, description="Folder for nvme offload (required with nvme).")
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="Raw DeepSpeed JSON merged over the generated config; its keys win.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @model_validator(mode="after")
+    def _offload_rules(self) -> DeepSpeedSpec:
+        if self.offload_optimizer != OffloadDevice.NONE and self.zero_stage == 0:
+            raise ValueError(
+                f"deepspeed.offloadOptimizer is '{self.offload_optimizer}' but deepspeed.zeroStage is 0 "
+                "(DeepSpeed off): set zeroStage to 1, 2 or 3, or offloadOptimizer: none"
+            )
+        if self.offload_parameters != OffloadDevice.NONE and self.zero_stage != 3:
+            raise ValueError(
+                f"deepspeed.offloadParameters is '{self.offload_parameters}' but needs zeroStage 3 "
+                f"(got {self.zero_stage}): set zeroStage: 3, or offloadParameters: none"
+            )
+        uses_nvme = OffloadDevice.NVME in (self.offload_optimizer, self.offload_parameters)
+        if uses_nvme and not self.nvme_path:
+            raise ValueError("nvme offload needs deepspeed.nvmePath: set it to a fast local folder")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.zero_stage > 0 or bool(self.config)
+
+
+class DistributionSpec(SpecModel):
+    nodes: int = Field(default=1, ge=1, le=1024, description="Worker nodes (one pod each).")
+    processes_per_node: int = Field(
+        default=1, ge=1, le=64, description="Training processes per node; one GPU each on GPU nodes."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        default="auto", description="torch.distributed backend: auto picks nccl with GPUs, gloo without."
+    )
+    main_port: int = Field(default=29500, ge=1024, le=65535, description="Rendezvous port on worker 0.")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+# --- checkpoints and output ----------------------------------------------------------------------------------
+
+
+class CheckpointSpec(SpecModel):
+    every_steps: int | None = Field(
+        default=None, ge=1, description="Save a checkpoint every N optimizer steps (and at each epoch end)."
+    )
+    at_epoch_end: bool = Field(default=True, description="Save a checkpoint at the end of each epoch.")
+    keep_last: int = Field(default=2, ge=1, le=1000, description="How many recent checkpoints to keep.")
+    resume: bool = Field(default=True, description="Resume from the newest complete checkpoint on start.")
+
+
+class OutputSpec(SpecModel):
+    path: str = Field(
+        default="/output", min_length=1, description="Folder for checkpoints, the saved model and reports."
+    )
+    save_model: bool = Field(default=True, description="Save the fine-tuned model and tokenizer at the end.")
+
+
+# --- Kubernetes placement (read by the operator only) --------------------------------------------------------
+
+
+class VolumeSource(SpecModel):
+    claim_name: str | None = Field(
+        default=None, description="Name of a PersistentVolumeClaim to mount; unset uses an emptyDir."
+    )
+    mount_path: str = Field(min_length=1, description="Where the volume is mounted in the worker container.")
+    size_limit: str | None = Field(
+        default=None, description="emptyDir size limit, e.g. 20Gi (no claim only)."
+    )
+
+
+class SecretKeyRef(SpecModel):
+    name: str = Field(min_length=1, max_length=253, description="Secret name in the job's namespace.")
+    key: str = Field(default="token", min_length=1, description="Key in the Secret holding the value.")
+
+
+class Toleration(SpecModel):
+    key: str | None = Field(default=None, description="Taint key the toleration matches.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect matched; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+
+
+class ResourceSpec(SpecModel):
+    cpu: str | None = Field(default=None, description="CPU request (and limit) per worker, e.g. '8'.")
+    memory: str | None = Field(default=None, description="Memory request (and limit) per worker, e.g. 64Gi.")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu", min_length=1, description="Extended resource requested per process."
+    )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs per worker; defaults to processesPerNode (0 for CPU runs).",
+    )
+    shm_size: str = Field(
+        default="8Gi", description="Size of the /dev/shm memory volume for data loaders/NCCL."
+    )
+
+
+class KubernetesSpec(SpecModel):
+    image: str | None = Field(default=None, description="Trainer image; the operator's default when unset.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy for the worker containers."
+    )
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets used to pull the image.")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-worker resources.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the workers require."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the workers tolerate.")
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod affinity rules (core/v1 Affinity) copied to every worker.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the workers.")
+    scheduler_name: str | None = Field(default=None, description="Scheduler for the workers (e.g. volcano).")
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount the workers run as; a per-job one is created when unset."
+    )
+    hf_token_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret key with the Hugging Face token, exposed as HF_TOKEN."
+    )
+    output_volume: VolumeSource | None = Field(
+        default=None,
+        description="Volume holding output.path (use a PVC to keep checkpoints across restarts).",
+    )
+    cache_volume: VolumeSource | None = Field(
+        default=None, description="Volume for the Hugging Face cache (HF_HOME)."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for workers.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on worker pods.")
+
+
+class RunPolicy(SpecModel):
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="Gang restarts allowed after failures before the job fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the finished job (and its children) after this many seconds."
+    )
+    scheduling_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="Fail when workers stay unschedulable or cannot pull the image this long.",
+    )
+    suspend: bool = Field(default=False, description="Remove the workers but keep the job; false resumes it.")
+    report_progress: bool = Field(
+        default=True,
+        description="Let rank 0 patch live progress into the status (per-job least-privilege role).",
+    )
+
+
+# --- the resource --------------------------------------------------------------------------------------------
+
+
+class FineTuneJobSpec(SpecModel):
+    model: ModelSpec = Field(description="The model to fine-tune.")
+    dataset: DatasetSpec = Field(description="Training and evaluation data.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation hyperparameters.")
+    distribution: DistributionSpec = Field(
+        default_factory=DistributionSpec, description="Nodes, processes and DeepSpeed."
+    )
+    checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint cadence.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec, description="Pod placement and volumes (operator only)."
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Restarts, deadlines and suspension."
+    )
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> FineTuneJobSpec:
+        task = self.model.task
+        metrics = {Metric(m) for m in self.training.metrics}
+        if task == Task.SEQUENCE_CLASSIFICATION:
+            if not self.dataset.label_field:
+                raise ValueError(
+                    "model.task is sequence-classification but dataset.labelField is unset: "
+                    "name the column that holds the class, e.g. labelField: label"
+                )
+            wrong = sorted(metrics - CLASSIFICATION_METRICS)
+            allowed = ", ".join(sorted(CLASSIFICATION_METRICS))
+        else:
+            wrong = sorted(metrics - CAUSAL_LM_METRICS)
+            allowed = ", ".join(sorted(CAUSAL_LM_METRICS))
+        if wrong:
+            raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return str(self.training.metrics[0])
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata kubetune reads; everything else a user writes is kept and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        default="finetune",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Job name (a DNS label: lowercase letters, digits and '-').",
+    )
+    namespace: str | None = Field(default=None, description="Namespace of the job.")
+
+
+class FineTuneJob(BaseModel):
+    """A whole FineTuneJob document as `kubectl apply -f` takes it."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Annotated[str, Field(alias="apiVersion")] = f"{API_GROUP}/{API_VERSION}"
+    kind: Literal["FineTuneJob"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: FineTuneJobSpec
+    status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _api_version(self) -> FineTuneJob:
+        expected = f"{API_GROUP}/{API_VERSION}"
+        if self.api_version != expected:
+            raise ValueError(f"apiVersion is '{self.api_version}': use apiVersion: {expected}")
+        return self
