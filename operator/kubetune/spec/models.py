@@ -43,7 +43,10 @@ class Task(StrEnum):
 class ModelSpec(SpecModel):
     name: str = Field(
         min_length=1,
-        description="Hugging Face hub id (e.g. bert-base-uncased) or a local/PVC path to a model folder.",
+        description=(
+            "Hugging Face hub id (e.g. bert-base-uncased), a local/PVC path to a model folder, "
+            "or pkg://<python package>/<folder> for a model shipped inside an installed package."
+        ),
     )
     revision: str = Field(
         default="main", min_length=1, description="Hub revision (branch, tag or commit) to download."
@@ -54,6 +57,11 @@ class ModelSpec(SpecModel):
         ge=2,
         le=10000,
         description="Number of classes for sequence classification; inferred from the data when unset.",
+    )
+    weights_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the weights file (model.safetensors); loading fails on a mismatch.",
     )
     trust_remote_code: bool = Field(
         default=False,
