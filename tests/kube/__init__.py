@@ -1,0 +1,1 @@
+"""Harness for tests against a real local Kubernetes control plane (see harness.py)."""

@@ -1,0 +1,529 @@
+"""A real, local Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and KWOK-simulated GPU nodes, all on 127.0.0.1.
+
+    with LocalCluster(gpu_nodes=2, gpus_per_node=8) as cluster:
+        cluster.kubectl("get", "nodes")
+        pod = cluster.complete_pod("default", "worker-0", exit_code=1, message="CUDA out of memory")
+
+Everything runs from one temporary directory (certificates, etcd data, kubeconfigs, logs) on free
+loopback ports, so several clusters can run side by side; `stop()` (or leaving the `with` block, also
+through an exception or Ctrl-C) stops every process and removes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+
+from tests.kube.binaries import ClusterBinaries, find_binaries
+from tests.kube.kubeconfig import write_kubeconfig
+from tests.kube.pki import ClusterPKI, create_cluster_pki
+from tests.kube.processes import ManagedProcess, ProcessFailed, free_loopback_port, http_get_ok, https_get_ok
+
+KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+GPU_RESOURCE = "nvidia.com/gpu"
+# KWOK manages the nodes that carry this annotation, and only those.
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+# The annotations read by the `pod-complete-on-request` stage in kwok-stages.yaml.
+COMPLETE_ANNOTATION_PREFIX = "pod-complete.stage.kubetune.test/"
+START_TIMEOUT_SECONDS = 120.0
+
+T = TypeVar("T")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start, or a requested state was not reached in time."""
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Polls `condition` until it returns something truthy, and returns that.
+
+    Raises ClusterError naming `what` after `timeout` seconds; exceptions from `condition` count as
+    "not yet" (the API may briefly refuse while it starts) and the last one is reported.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as error:
+            last_error = error
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+class LocalCluster:
+    """A local control plane plus simulated GPU nodes; see the module docstring.
+
+    With binaries that lack the controller-manager/scheduler (envtest's KUBEBUILDER_ASSETS) only etcd
+    and the API server run: check `has_controllers` and `has_nodes`.
+    """
+
+    def __init__(
+        self,
+        binaries: ClusterBinaries | None = None,
+        *,
+        gpu_nodes: int = 2,
+        gpus_per_node: int = 8,
+        workdir: Path | None = None,
+        keep_workdir: bool = False,
+    ):
+        self.binaries = binaries or find_binaries()
+        self.initial_gpu_nodes = gpu_nodes
+        self.gpus_per_node = gpus_per_node
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetune-cluster-"))
+        self.keep_workdir = keep_workdir
+        self.processes: list[ManagedProcess] = []
+        self.server = ""
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.startup_seconds: float | None = None
+        self._pki: ClusterPKI | None = None
+        self._api_client: client.ApiClient | None = None
+        self._node_count = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def has_controllers(self) -> bool:
+        """True when kube-controller-manager and kube-scheduler run (garbage collection, Jobs, binding)."""
+        return self.binaries.has_controllers
+
+    @property
+    def has_nodes(self) -> bool:
+        """True when KWOK runs the fake GPU nodes, so scheduled pods become Running."""
+        return self.binaries.has_nodes
+
+    def start(self) -> None:
+        """Starts every process and waits until the cluster can run pods.
+
+        Raises ClusterError or ProcessFailed (with the failing process's log tail); on any failure,
+        including KeyboardInterrupt, whatever was started is stopped again first.
+        """
+        began = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+
+    def _start(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self._pki = pki = create_cluster_pki(self.workdir / "pki")
+        etcd_url = self._start_etcd()
+        self._start_apiserver(etcd_url, pki)
+        kubeconfigs = {
+            name: write_kubeconfig(
+                self.workdir / f"{name}.kubeconfig",
+                server=self.server,
+                ca_cert=pki.ca.cert,
+                user=user,
+                client_cert=pair.cert,
+                client_key=pair.key,
+            )
+            for name, user, pair in (
+                ("controller-manager", "system:kube-controller-manager", pki.controller_manager),
+                ("scheduler", "system:kube-scheduler", pki.scheduler),
+                ("kwok", "kwok-controller", pki.kwok),
+            )
+        }
+        if not self.has_controllers:
+            return
+        # The rest starts in parallel: each only needs the API server.
+        controller_manager = self._start_controller_manager(kubeconfigs["controller-manager"], pki)
+        scheduler = self._start_scheduler(kubeconfigs["scheduler"])
+        if self.has_nodes:
+            self._start_kwok(kubeconfigs["kwok"])
+            if self.initial_gpu_nodes:
+                self.add_gpu_nodes(self.initial_gpu_nodes, self.gpus_per_node)
+        for process in (controller_manager, scheduler):
+            healthy = functools.partial(https_get_ok, self._health_url(process), _insecure())
+            process.wait_until(healthy, 60, "healthy")
+        # Pods can be created once the service-account controller has made the namespace's `default`
+        # ServiceAccount (the ServiceAccount admission plugin requires it).
+        core = client.CoreV1Api(self.api_client())
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", "default"),
+            START_TIMEOUT_SECONDS,
+            "the default ServiceAccount (kube-controller-manager)",
+        )
+        if self.has_nodes and self.initial_gpu_nodes:
+            self.wait_for_nodes_ready()
+
+    def stop(self) -> None:
+        """Stops every started process (newest first) and removes the work directory unless kept."""
+        for process in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                process.stop()
+        self.processes.clear()
+        if self._api_client is not None:
+            with contextlib.suppress(Exception):
+                self._api_client.close()
+            self._api_client = None
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def check_running(self) -> None:
+        """Raises ProcessFailed when any cluster process has exited."""
+        for process in self.processes:
+            process.check_running()
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.workdir / "logs", env=env)
+        self.processes.append(process)
+        process.start()
+        return process
+
+    def _start_etcd(self) -> str:
+        client_port, peer_port = free_loopback_port(), free_loopback_port()
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.path("etcd")),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                # A throw-away test store: durability buys nothing and fsync costs seconds.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        etcd.wait_until(lambda: http_get_ok(f"{client_url}/health"), 30, "healthy")
+        return client_url
+
+    def _start_apiserver(self, etcd_url: str, pki: ClusterPKI) -> None:
+        port = free_loopback_port()
+        self.server = f"https://127.0.0.1:{port}"
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.path("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'apiserver'}",
+                f"--tls-cert-file={pki.apiserver.cert}",
+                f"--tls-private-key-file={pki.apiserver.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.service_account_public_key}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                # The `kubernetes` Service would get 127.0.0.1 as its endpoint, which the Endpoints
+                # validation rejects; nothing here reaches the API server through that Service.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        self.kubeconfig = write_kubeconfig(
+            self.kubeconfig,
+            server=self.server,
+            ca_cert=pki.ca.cert,
+            user="kubetune-admin",
+            client_cert=pki.admin.cert,
+            client_key=pki.admin.key,
+        )
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
+        apiserver.wait_until(lambda: https_get_ok(f"{self.server}/readyz", context), 90, "ready")
+
+    def _start_controller_manager(self, kubeconfig: Path, pki: ClusterPKI) -> ManagedProcess:
+        return self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.path("kube-controller-manager")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_loopback_port()}",
+                f"--cert-dir={self.workdir / 'controller-manager'}",
+                # One instance: leader election would only add the lease round-trip to the start-up.
+                "--leader-elect=false",
+                # Each controller acts as its own ServiceAccount, as on a real cluster, so RBAC applies.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--controllers=*",
+                "--profiling=false",
+            ],
+        )
+
+    def _start_scheduler(self, kubeconfig: Path) -> ManagedProcess:
+        return self._spawn(
+            "kube-scheduler",
+            [
+                str(self.binaries.path("kube-scheduler")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_loopback_port()}",
+                f"--cert-dir={self.workdir / 'scheduler'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
+
+    def _start_kwok(self, kubeconfig: Path) -> ManagedProcess:
+        key, value = KWOK_NODE_ANNOTATION
+        # KWOK also reads ~/.kwok/kwok.yaml when it exists; a private HOME keeps a developer's own
+        # KWOK configuration out of the tests.
+        env = {**os.environ, "HOME": str(self.workdir / "kwok-home")}
+        return self._spawn(
+            "kwok",
+            [
+                str(self.binaries.path("kwok")),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={KWOK_STAGES}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={key}={value}",
+                f"--cidr={POD_CIDR}",
+                "--node-lease-duration-seconds=40",
+                # No --server-address/--node-port: KWOK then opens no port at all.
+            ],
+            env=env,
+        )
+
+    @staticmethod
+    def _health_url(process: ManagedProcess) -> str:
+        port = next(arg.split("=", 1)[1] for arg in process.argv if arg.startswith("--secure-port="))
+        return f"https://127.0.0.1:{port}/healthz"
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def api_client(self) -> client.ApiClient:
+        """Returns a shared admin `kubernetes.client.ApiClient` for this cluster."""
+        if self._api_client is None:
+            self._api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._api_client
+
+    def new_api_client(self, kubeconfig: Path | None = None) -> client.ApiClient:
+        """Returns a new ApiClient for `kubeconfig` (default: admin); the caller closes it."""
+        return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the real kubectl against this cluster (admin unless `kubeconfig` is given).
+
+        Returns the completed process (text stdout/stderr). Raises ClusterError with kubectl's
+        stderr when it fails and `check` is true.
+        """
+        argv = [
+            str(self.binaries.path("kubectl")),
+            f"--kubeconfig={kubeconfig or self.kubeconfig}",
+            # Discovery cache next to the cluster rather than in the user's ~/.kube.
+            f"--cache-dir={self.workdir / 'kubectl-cache'}",
+            *args,
+        ]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> Path:
+        """Writes a kubeconfig that authenticates as ServiceAccount `namespace/name`; returns its path.
+
+        The token comes from the TokenRequest API, exactly as a pod's projected token would, so
+        the API server applies that ServiceAccount's RBAC permissions. Raises
+        kubernetes.client.ApiException when the ServiceAccount does not exist.
+        """
+        assert self._pki is not None, "the cluster is not started"
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds
+            )
+        )
+        response = client.CoreV1Api(self.api_client()).create_namespaced_service_account_token(
+            name, namespace, request
+        )
+        return write_kubeconfig(
+            self.workdir / "service-accounts" / f"{namespace}.{name}.kubeconfig",
+            server=self.server,
+            ca_cert=self._pki.ca.cert,
+            user=f"system:serviceaccount:{namespace}:{name}",
+            token=response.status.token if response.status else "",
+            namespace=namespace,
+        )
+
+    # -- simulated GPU nodes ---------------------------------------------------------------------
+
+    def add_gpu_nodes(
+        self,
+        count: int,
+        gpus: int,
+        *,
+        labels: dict[str, str] | None = None,
+        cpu: str = "32",
+        memory: str = "256Gi",
+    ) -> list[str]:
+        """Creates `count` KWOK nodes advertising `gpus` nvidia.com/gpu each; returns their names.
+
+        They become Ready within a second or two (see `wait_for_nodes_ready`). Raises ClusterError
+        when KWOK is not available.
+        """
+        if not self.has_nodes:
+            raise ClusterError(f"simulated nodes need kwok and the controllers in {self.binaries.bin_dir}")
+        core = client.CoreV1Api(self.api_client())
+        names = []
+        for _ in range(count):
+            self._node_count += 1
+            name = f"kwok-gpu-{self._node_count}"
+            resources = {"cpu": cpu, "memory": memory, "pods": "110", GPU_RESOURCE: str(gpus)}
+            internal_ip = f"10.0.{self._node_count // 250}.{self._node_count % 250 + 1}"
+            status = client.V1NodeStatus(
+                capacity=resources,
+                allocatable=resources,
+                addresses=[
+                    client.V1NodeAddress(type="InternalIP", address=internal_ip),
+                    client.V1NodeAddress(type="Hostname", address=name),
+                ],
+            )
+            node = client.V1Node(
+                metadata=client.V1ObjectMeta(
+                    name=name,
+                    annotations={KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
+                    labels={
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        "nvidia.com/gpu.present": "true",
+                        "nvidia.com/gpu.count": str(gpus),
+                        **(labels or {}),
+                    },
+                ),
+                status=status,
+            )
+            created = core.create_node(node)
+            # The API server keeps the status a Node is created with; patch it if a version does not.
+            if created.status is None or GPU_RESOURCE not in (created.status.capacity or {}):
+                core.patch_node_status(
+                    name, {"status": client.ApiClient().sanitize_for_serialization(status)}
+                )
+            names.append(name)
+        return names
+
+    def wait_for_nodes_ready(self, timeout: float = 60) -> list[str]:
+        """Waits until every KWOK node is Ready; returns their names. Raises ClusterError on timeout."""
+        core = client.CoreV1Api(self.api_client())
+        selector = "type=kwok"
+
+        def all_ready() -> list[str] | None:
+            nodes = core.list_node(label_selector=selector).items
+            ready = [
+                str(n.metadata.name if n.metadata else "")
+                for n in nodes
+                if n.status
+                and any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+            ]
+            return ready if nodes and len(ready) == len(nodes) else None
+
+        return wait_for(all_ready, timeout, "KWOK nodes to become Ready")
+
+    # -- pods ------------------------------------------------------------------------------------
+
+    def wait_for_pod_phase(
+        self, namespace: str, name: str, phases: Sequence[str], timeout: float = 60
+    ) -> Any:
+        """Waits until pod `namespace/name` is in one of `phases`; returns the V1Pod. Raises ClusterError."""
+        core = client.CoreV1Api(self.api_client())
+
+        def in_phase() -> Any:
+            pod = core.read_namespaced_pod(name, namespace)
+            return pod if pod.status and pod.status.phase in phases else None
+
+        return wait_for(in_phase, timeout, f"pod {namespace}/{name} to be {' or '.join(phases)}")
+
+    def complete_pod(
+        self,
+        namespace: str,
+        name: str,
+        exit_code: int = 0,
+        message: str = "",
+        reason: str | None = None,
+        timeout: float = 60,
+    ) -> Any:
+        """Ends a Running pod on a KWOK node as its kubelet would; returns the terminal V1Pod.
+
+        Exit code 0 gives phase Succeeded (reason `Completed`), anything else Failed (reason `Error`
+        unless `reason` says otherwise, e.g. `OOMKilled`); every container gets a `terminated` state
+        with the exit code, reason and `message` as its termination message. Waits for the pod to
+        be Running first. Raises ClusterError on timeout.
+        """
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        self.wait_for_pod_phase(namespace, name, ["Running"], timeout)
+        annotations = {
+            f"{COMPLETE_ANNOTATION_PREFIX}phase": phase,
+            f"{COMPLETE_ANNOTATION_PREFIX}exit-code": str(exit_code),
+            f"{COMPLETE_ANNOTATION_PREFIX}reason": reason or ("Completed" if exit_code == 0 else "Error"),
+            f"{COMPLETE_ANNOTATION_PREFIX}message": message,
+        }
+        core = client.CoreV1Api(self.api_client())
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        return self.wait_for_pod_phase(namespace, name, [phase], timeout)
+
+
+def _insecure() -> ssl.SSLContext:
+    """A TLS context for the components' own self-signed /healthz endpoints (loopback only)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+__all__ = ["ClusterError", "LocalCluster", "ProcessFailed", "wait_for"]
