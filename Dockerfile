@@ -8,7 +8,7 @@
 #
 # operator: the torch-free `kubetune` package (core dependencies only), runs `kubetune operator`.
 # trainer:  `kubetune[train]` (torch, transformers, accelerate, DeepSpeed...), runs `kubetune train`.
-# Both run as the non-root user kubetune (uid/gid 10001, the uid the operator's worker pods and the Helm
+# Both run as the non-root user kubetune (uid/gid 1000, the uid the operator's worker pods and the Helm
 # chart's securityContext use), from a virtualenv in /opt/kubetune/venv, and work on a read-only root
 # filesystem: everything they write goes to /tmp, /output or /cache, which the pods mount as volumes.
 # Versions come from requirements/constraints.txt, the same pins the test suite runs with.
@@ -24,7 +24,7 @@ ARG CUDA_BASE_IMAGE=nvidia/cuda:13.2.2-base-ubuntu24.04
 # cuda (default) or cpu: picks the trainer's build stage below (torch wheels and DeepSpeed ops).
 ARG VARIANT=cuda
 ARG VERSION=0.1.0
-ARG KUBETUNE_UID=10001
+ARG KUBETUNE_UID=1000
 
 # --- the kubetune wheel (shared by both images) --------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
@@ -127,25 +127,27 @@ LABEL org.opencontainers.image.title="kubetune-trainer" \
       io.kubetune.variant="${VARIANT}"
 ENV DEBIAN_FRONTEND=noninteractive
 # libaio: DeepSpeed's AIO op (nvme offload); libgomp: CPU Adam; ca-certificates: downloads from the hub.
-# Ubuntu images ship a user `ubuntu` with uid 1000; ours is separate and fixed.
+# Ubuntu images ship a user `ubuntu` with uid 1000, the uid our pods run as: it makes way for ours.
+# /output (spec.output.path's default) and /cache (HF_HOME) belong to that user, so a job without volumes works.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libaio1t64 libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
+    && if id ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
     && groupadd --gid "${KUBETUNE_UID}" kubetune \
     && useradd --uid "${KUBETUNE_UID}" --gid "${KUBETUNE_UID}" --create-home --home-dir /home/kubetune \
        --shell /usr/sbin/nologin kubetune \
-    && mkdir -p /output /cache/huggingface \
+    && mkdir -p /output /cache \
     && chown -R "${KUBETUNE_UID}:${KUBETUNE_UID}" /output /cache
 COPY --from=trainer-build /opt/kubetune/venv /opt/kubetune/venv
-# HF_HOME: the cache volume's default mount; TORCH_EXTENSIONS_DIR: where DeepSpeed would JIT-build an op that
+# HF_HOME: where the operator mounts the cache volume by default (it sets HF_HOME too); TORCH_EXTENSIONS_DIR: where DeepSpeed would JIT-build an op that
 # was not prebuilt (a writable volume, not the read-only root filesystem). (TOKENIZERS_PARALLELISM is no secret.)
 # hadolint ignore=DL3064
 ENV PATH=/opt/kubetune/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/kubetune \
-    HF_HOME=/cache/huggingface \
+    HF_HOME=/cache \
     TORCH_EXTENSIONS_DIR=/tmp/torch_extensions \
     OMP_NUM_THREADS=1 \
     TOKENIZERS_PARALLELISM=false

@@ -138,7 +138,7 @@ def test_images_write_nothing_to_the_read_only_root_filesystem(dockerfile: Docke
         assert env.get("PYTHONDONTWRITEBYTECODE") == "1", name
     trainer = dockerfile.stage("trainer").key_values("ENV")
     for variable in ("HF_HOME", "TORCH_EXTENSIONS_DIR"):
-        assert trainer[variable].startswith(("/tmp/", "/cache/")), f"{variable}={trainer[variable]}"
+        assert re.match(r"^/(tmp|cache)(/|$)", trainer[variable]), f"{variable}={trainer[variable]}"
 
 
 # --- what the images install -----------------------------------------------------------------------------------
@@ -346,3 +346,51 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private(
     for private in (".git/HEAD", "tests/conftest.py", ".env", "venv/bin/python", "out/model.safetensors"):
         assert ignore.excluded(private), f".dockerignore lets {private} into the build context"
     assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
+
+
+# --- the pod spec the operator writes ----------------------------------------------------------------------
+
+
+def _worker_pod() -> dict:
+    """A worker pod as the operator builds it, for a job that names no volumes (image defaults apply)."""
+    from kubetune.controller.children import JobRef, WorkerContext, build_worker_pod
+    from kubetune.spec import parse_spec
+
+    spec = parse_spec({"model": {"name": "bert-base-uncased"}, "dataset": {"name": "glue", "config": "mrpc"}})
+    job = JobRef(name="mrpc", namespace="default", uid="00000000-0000-0000-0000-000000000000")
+    return build_worker_pod(
+        WorkerContext(job=job, spec=spec, index=0, attempt=0, image="kubetune/trainer:test")
+    )
+
+
+def test_the_worker_pod_runs_what_the_trainer_image_provides(dockerfile: Dockerfile) -> None:
+    """The operator's command is the image's console script and CMD; it runs as the image's user."""
+    pod = _worker_pod()
+    (container,) = pod["spec"]["containers"]
+    trainer = dockerfile.stage("trainer")
+    assert container["command"] == [*trainer.last_exec_form("ENTRYPOINT"), *trainer.last_exec_form("CMD")]
+    uid, _, gid = _global_value(dockerfile, trainer, trainer.all("USER")[-1].text).partition(":")
+    security = pod["spec"]["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (int(uid), int(gid))
+    assert security["runAsNonRoot"] is True
+
+
+def test_the_paths_the_worker_writes_exist_in_the_trainer_image_and_belong_to_its_user(
+    dockerfile: Dockerfile,
+) -> None:
+    """HF_HOME (the cache mount) and the default output path are created and owned by the image's user,
+    so a job that mounts no volume there can still write; HF_HOME agrees between image and pod."""
+    from kubetune.spec.models import OutputSpec
+
+    pod = _worker_pod()
+    (container,) = pod["spec"]["containers"]
+    pod_env = {e["name"]: e.get("value") for e in container["env"]}
+    trainer = dockerfile.stage("trainer")
+    image_env = trainer.key_values("ENV")
+    assert pod_env["HF_HOME"] == image_env["HF_HOME"]
+    setup = trainer.run_text()
+    for path in (image_env["HF_HOME"], OutputSpec().path):
+        assert re.search(rf"mkdir -p [^&]*{re.escape(path)}(\s|$)", setup), (
+            f"the image does not create {path}"
+        )
+        assert re.search(rf"chown -R \S+ [^&]*{re.escape(path)}(\s|$)", setup), f"{path} is not the user's"
