@@ -149,13 +149,13 @@ def run_local(options: RunOptions, console: Console | None = None, errors: Conso
     try:
         plan = plan_run(options, cwd, dict(os.environ))
     except SpecError as error:
-        errors.print(f"✗ {error}", highlight=False, markup=False)
+        errors.print(f"✗ {error}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INVALID_SPEC
     try:
         if options.fresh:
             clear_output(plan.output_dir, cwd)
     except UnsafeOutputError as error:
-        errors.print(f"✗ {error}", highlight=False, markup=False)
+        errors.print(f"✗ {error}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INVALID_SPEC
     resuming = (plan.output_dir / "checkpoints").is_dir() and any((plan.output_dir / "checkpoints").iterdir())
     prepare_output(plan)
