@@ -368,7 +368,9 @@ def test_the_worker_pod_runs_what_the_trainer_image_provides(dockerfile: Dockerf
     pod = _worker_pod()
     (container,) = pod["spec"]["containers"]
     trainer = dockerfile.stage("trainer")
-    assert container["command"] == [*trainer.last_exec_form("ENTRYPOINT"), *trainer.last_exec_form("CMD")]
+    entrypoint, cmd = trainer.last_exec_form("ENTRYPOINT"), trainer.last_exec_form("CMD")
+    assert entrypoint is not None and cmd is not None
+    assert container["command"] == [*entrypoint, *cmd]
     uid, _, gid = _global_value(dockerfile, trainer, trainer.all("USER")[-1].text).partition(":")
     security = pod["spec"]["securityContext"]
     assert (security["runAsUser"], security["runAsGroup"]) == (int(uid), int(gid))
