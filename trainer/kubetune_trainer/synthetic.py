@@ -248,9 +248,9 @@ def build_tiny_model(
             num_attention_heads=heads,
             intermediate_size=hidden_size * 4,
             max_position_embeddings=max_positions,
-            num_labels=num_labels,
             pad_token_id=tokenizer.pad_token_id,
         )
+        config.num_labels = num_labels  # a property in transformers 5: also builds id2label/label2id
         model: Any = transformers.BertForSequenceClassification(config)
     elif task == "causal-lm":
         tokenizer = _byte_bpe_tokenizer(texts, vocab_size, max_positions)

@@ -1,0 +1,483 @@
+"""The training loop: Accelerate (DDP or DeepSpeed) with checkpoints, exact resume, evaluation and progress.
+
+Shaped like accelerate's nlp_example: prepare, loop, backward, step. What production adds sits in small
+helpers: `build_accelerator` (DeepSpeed from the spec), `Plan` (how many steps), `_resume` (newest complete
+checkpoint, exact batch), `_after_step` (logging, evaluation, checkpoints, agreed stops) and `_finish`
+(gathered model, model card, metrics.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from kubetune.contract import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
+from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune.launch import deepspeed_config
+from kubetune.spec.models import EvalStrategy, FineTuneJobSpec, Task
+from torch.utils.data import DataLoader
+
+from kubetune_trainer import checkpoints
+from kubetune_trainer.data import PreparedData, batches_per_process, build_collator, prepare_data
+from kubetune_trainer.evaluation import evaluate_model, load_metric
+from kubetune_trainer.model_card import render_model_card
+from kubetune_trainer.modelio import load_model, load_tokenizer, resolve_model_location, verify_weights
+from kubetune_trainer.optim import build_optimizer, build_scheduler
+from kubetune_trainer.preemption import StopRequest, agree_to_stop
+from kubetune_trainer.reporting import Reporter, Sink, default_sinks
+from kubetune_trainer.sampling import EpochSampler
+from kubetune_trainer.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def resolve_backend(backend: str) -> str:
+    """spec.distribution.backend with "auto" resolved: nccl when CUDA is available, else gloo."""
+    if backend != "auto":
+        return backend
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def launched_world_size() -> int:
+    """Processes in this launch (torchrun's WORLD_SIZE; 1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_accelerator(spec: FineTuneJobSpec) -> Any:
+    """An Accelerator for the spec: accumulation, precision, backend, and DeepSpeed when ZeRO is on."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    training = spec.training
+    plugin = None
+    if spec.distribution.deepspeed.enabled:
+        config = deepspeed_config(spec)
+        # The launch may be smaller than the spec (kubetune train --single-process): DeepSpeed checks the product.
+        config["train_batch_size"] = (
+            training.per_device_train_batch_size
+            * training.gradient_accumulation_steps
+            * launched_world_size()
+        )
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=config, zero3_init_flag=spec.distribution.deepspeed.zero_stage == 3
+        )
+    return Accelerator(
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        mixed_precision=str(training.mixed_precision),
+        deepspeed_plugin=plugin,
+        # We step the scheduler once per optimizer step ourselves; Accelerate's default would step it once per
+        # process per step (and DeepSpeed once per step), so the schedule would differ between the two.
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[
+            InitProcessGroupKwargs(
+                backend=resolve_backend(spec.distribution.backend), timeout=timedelta(minutes=30)
+            )
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long training runs, in the units the loop counts."""
+
+    batches_per_epoch: int  # micro-batches per process per epoch
+    steps_per_epoch: int  # optimizer steps per epoch
+    total_steps: int
+
+    @classmethod
+    def for_spec(cls, spec: FineTuneJobSpec, num_samples: int, num_processes: int) -> Plan:
+        training = spec.training
+        batches = batches_per_process(num_samples, training.per_device_train_batch_size, num_processes)
+        steps_per_epoch = math.ceil(batches / training.gradient_accumulation_steps)
+        total = training.max_steps or math.ceil(training.epochs * steps_per_epoch)
+        return cls(batches, steps_per_epoch, max(1, total))
+
+
+@dataclass
+class Outcome:
+    """How the run ended: the summary (as in metrics.json) and the process exit code."""
+
+    summary: JobSummary
+    exit_code: int
+
+
+@dataclass
+class _Window:
+    """Loss and throughput since the last step event."""
+
+    started: float = field(default_factory=time.time)
+    loss_sum: float = 0.0
+    micro_batches: int = 0
+    samples: int = 0
+
+    def reset(self) -> None:
+        self.started, self.loss_sum, self.micro_batches, self.samples = time.time(), 0.0, 0, 0
+
+
+class Trainer:
+    """One process's part of a training run. `run()` returns an Outcome; exceptions propagate after reporting."""
+
+    def __init__(
+        self, settings: RunSettings, extra_sinks: Iterable[Sink] = (), stop: StopRequest | None = None
+    ) -> None:
+        self.settings = settings
+        self.spec = settings.spec
+        self.accelerator = build_accelerator(self.spec)
+        self.reporter = Reporter(
+            default_sinks(settings.context, settings.job, extra_sinks),
+            enabled=self.accelerator.is_main_process,
+        )
+        self.stop = stop or StopRequest()
+        self.state = checkpoints.TrainerState()
+        self.started = time.time()
+        self.resumed_from: int | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.last_eval_step = -1
+        self.last_checkpoint_step = -1
+        self.loss_total = 0.0
+        self.loss_count = 0
+        self.samples_at_start = 0
+        self.step_at_start = 0
+
+    # --- reporting ---------------------------------------------------------------------------------------
+
+    def _event(self, kind: EventKind, **fields: Any) -> ProgressEvent:
+        event = ProgressEvent(
+            event=kind,
+            step=self.state.step,
+            total_steps=self.state.total_steps,
+            epoch=round(self._fractional_epoch(), 4),
+            **fields,
+        )
+        self.reporter.emit(event)
+        return event
+
+    def _fractional_epoch(self) -> float:
+        plan = getattr(self, "plan", None)
+        if plan is None:
+            return float(self.state.epoch)
+        return self.state.epoch + self.state.batches_in_epoch / plan.batches_per_epoch
+
+    def _summary(self, outcome: EventKind, message: str | None = None) -> JobSummary:
+        runtime = time.time() - self.started
+        samples = self.state.samples_seen - self.samples_at_start
+        return JobSummary(
+            outcome=outcome,
+            step=self.state.step,
+            total_steps=self.state.total_steps,
+            epoch=round(self._fractional_epoch(), 4),
+            train_loss=self.loss_total / self.loss_count if self.loss_count else None,
+            metrics=self.last_metrics,
+            samples_per_second=samples / runtime if runtime > 0 else None,
+            train_runtime_seconds=round(runtime, 3),
+            world_size=self.accelerator.num_processes,
+            model_path=str(self.settings.model_dir)
+            if outcome == EventKind.FINISHED and self.spec.output.save_model
+            else None,
+            message=message,
+        )
+
+    # --- setup -------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        accelerator, spec = self.accelerator, self.spec
+        token = os.environ.get("HF_TOKEN") or None
+        location = resolve_model_location(spec.model.name)
+        # The node's first process downloads and tokenizes; the others then read the caches.
+        with accelerator.local_main_process_first():
+            if accelerator.is_local_main_process:
+                verify_weights(spec.model, location, token)
+            self.tokenizer = load_tokenizer(spec.model, location, token)
+            self.data: PreparedData = prepare_data(spec, self.tokenizer, token)
+            self.metrics = {str(name): load_metric(str(name)) for name in spec.training.metrics}
+            self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label)
+        if spec.training.gradient_checkpointing:
+            # Non-reentrant checkpointing works with DDP's hooks and with frozen inputs.
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if spec.model.task == Task.CAUSAL_LM:
+                self.model.config.use_cache = False
+
+    def _build(self) -> None:
+        accelerator, spec, training = self.accelerator, self.spec, self.spec.training
+        collator = build_collator(spec.model.task, self.tokenizer)
+        self.sampler = EpochSampler(
+            len(self.data.train),
+            seed=training.seed,
+            lengths=self.data.train_lengths if spec.dataset.group_by_length else None,
+            batch_size=training.per_device_train_batch_size,
+            num_processes=accelerator.num_processes,
+        )
+        train_loader = DataLoader(
+            self.data.train,
+            batch_size=training.per_device_train_batch_size,
+            sampler=self.sampler,
+            collate_fn=collator,
+            num_workers=training.dataloader_workers,
+        )
+        self.plan = Plan.for_spec(spec, len(self.data.train), accelerator.num_processes)
+        self.state.total_steps = self.plan.total_steps
+        optimizer = build_optimizer(self.model, training, spec.distribution.deepspeed)
+        scheduler = build_scheduler(optimizer, training, self.plan.total_steps)
+        prepared = [self.model, optimizer, train_loader, scheduler]
+        eval_loader = None
+        if self.data.eval is not None and len(self.data.eval) > 0:
+            eval_loader = DataLoader(
+                self.data.eval,
+                batch_size=training.per_device_eval_batch_size,
+                shuffle=False,
+                collate_fn=collator,
+            )
+            prepared.append(eval_loader)
+        prepared = accelerator.prepare(*prepared)
+        self.model, self.optimizer, self.train_loader, self.scheduler = prepared[:4]
+        self.eval_loader = prepared[4] if eval_loader is not None else None
+        if len(self.train_loader) != self.plan.batches_per_epoch:
+            log.warning(
+                "expected %d batches per process, the prepared loader has %d",
+                self.plan.batches_per_epoch,
+                len(self.train_loader),
+            )
+            self.plan = Plan(len(self.train_loader), self.plan.steps_per_epoch, self.plan.total_steps)
+
+    def _resume(self) -> None:
+        from accelerate.utils import broadcast_object_list
+
+        if not self.spec.checkpointing.resume:
+            return
+        root = self.settings.checkpoints_dir
+        # Rank 0 decides, so every rank loads the same step even if a late save is visible to some only.
+        choice: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            latest = checkpoints.latest_complete(root)
+            choice = [str(latest) if latest else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(choice, from_process=0)
+        if choice[0] is None:
+            return
+        total = self.state.total_steps
+        self.state = checkpoints.load_checkpoint(self.accelerator, Path(choice[0]))
+        self.state.total_steps = total  # the spec may have changed maxSteps or epochs since
+        self.resumed_from = self.state.step
+        self.last_checkpoint_step = self.state.step
+        self.last_metrics = dict(self.state.last_metrics or {})
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Train to the planned step (or an agreed stop). Reports `failed` and re-raises on errors."""
+        try:
+            return self._run()
+        except BaseException as error:
+            message = f"{type(error).__name__}: {error}"
+            self._event(EventKind.FAILED, message=message)
+            self.reporter.close(self._summary(EventKind.FAILED, message))
+            raise
+
+    def _run(self) -> Outcome:
+        from accelerate.utils import set_seed
+
+        set_seed(self.spec.training.seed)
+        self._load()
+        self._build()
+        self._resume()
+        self.samples_at_start = self.state.samples_seen
+        self.step_at_start = self.state.step
+        self._event(
+            EventKind.STARTED,
+            resumed_from_step=self.resumed_from,
+            world_size=self.accelerator.num_processes,
+        )
+        preempted = self._train()
+        if preempted:
+            self._event(
+                EventKind.PREEMPTED,
+                message=f"stopped by {self.stop.signal_name} after step {self.state.step}",
+            )
+            summary = self._summary(
+                EventKind.PREEMPTED, f"checkpoint at step {self.state.step}; rerun to resume"
+            )
+            self.reporter.close(summary)
+            return Outcome(summary, EXIT_PREEMPTED)
+        return self._finish()
+
+    def _train(self) -> bool:
+        """The epoch/batch loop. Returns True when stopped early by an agreed stop request."""
+        accelerator, model, training = self.accelerator, self.model, self.spec.training
+        window = _Window()
+        model.train()
+        world = accelerator.num_processes
+        while self.state.step < self.state.total_steps:
+            self.sampler.set_epoch(self.state.epoch)
+            loader = self.train_loader
+            if self.state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and training.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                window.loss_sum += float(loss.detach())
+                window.micro_batches += 1
+                window.samples += int(batch["input_ids"].shape[0]) * world
+                self.state.samples_seen += int(batch["input_ids"].shape[0]) * world
+                self.state.batches_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                if not accelerator.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.state.step += 1
+                epoch_done = self.state.batches_in_epoch >= self.plan.batches_per_epoch
+                if epoch_done:
+                    self.state.epoch += 1
+                    self.state.batches_in_epoch = 0
+                if self._after_step(window, epoch_done):
+                    return True
+                if self.state.step >= self.state.total_steps:
+                    break
+        return False
+
+    def _after_step(self, window: _Window, epoch_done: bool) -> bool:
+        """Logging, evaluation and checkpoints after an optimizer step. Returns True to stop (preemption)."""
+        spec, state = self.spec, self.state
+        training, checkpointing = spec.training, spec.checkpointing
+        stop = agree_to_stop(self.accelerator, self.stop.requested)
+        last = state.step >= state.total_steps
+        if state.step % training.logging_steps == 0 or last or stop:
+            self._log_step(window)
+        wants_eval = (
+            training.eval_strategy == EvalStrategy.STEPS and state.step % (training.eval_steps or 1) == 0
+        ) or (training.eval_strategy == EvalStrategy.EPOCH and epoch_done)
+        if wants_eval and not stop:
+            self._evaluate()
+        wants_checkpoint = (
+            (checkpointing.every_steps is not None and state.step % checkpointing.every_steps == 0)
+            or (checkpointing.at_epoch_end and epoch_done)
+            or stop
+        )
+        if wants_checkpoint and state.step != self.last_checkpoint_step:
+            self._checkpoint()
+        return stop
+
+    def _log_step(self, window: _Window) -> None:
+        mean = torch.tensor([window.loss_sum, float(window.micro_batches)], device=self.accelerator.device)
+        mean = self.accelerator.reduce(mean, reduction="sum")
+        loss = float(mean[0] / mean[1]) if float(mean[1]) else None
+        if loss is not None:
+            self.loss_total += loss
+            self.loss_count += 1
+        elapsed = max(time.time() - window.started, 1e-9)
+        run_elapsed = time.time() - self.started
+        done = self.state.step - self.step_at_start
+        eta = run_elapsed / done * (self.state.total_steps - self.state.step) if done else None
+        self._event(
+            EventKind.STEP,
+            loss=loss,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            samples_per_second=round(window.samples / elapsed, 3),
+            eta_seconds=round(eta, 1) if eta is not None else None,
+        )
+        window.reset()
+
+    def _evaluate(self) -> None:
+        if self.eval_loader is None or self.last_eval_step == self.state.step:
+            return
+        metrics = evaluate_model(
+            self.accelerator,
+            self.model,
+            self.eval_loader,
+            self.spec.model.task,
+            self.metrics,
+            self.data.num_labels,
+        )
+        self.last_metrics = {name: round(value, 6) for name, value in metrics.items()}
+        self.last_eval_step = self.state.step
+        self._event(EventKind.EVAL, metrics=self.last_metrics)
+
+    def _checkpoint(self) -> None:
+        self.state.last_metrics = self.last_metrics or None
+        folder = checkpoints.save_checkpoint(
+            self.accelerator, self.settings.checkpoints_dir, self.state, self.spec.checkpointing.keep_last
+        )
+        self.last_checkpoint_step = self.state.step
+        self._event(EventKind.CHECKPOINT, checkpoint=str(folder))
+
+    # --- the end -----------------------------------------------------------------------------------------
+
+    def _finish(self) -> Outcome:
+        accelerator = self.accelerator
+        self._evaluate()  # always at the end (a no-op when this step was just evaluated)
+        output = self.settings.output_dir
+        if self.spec.output.save_model:
+            self._save_model()
+        if self.settings.debug_weights_hash:
+            self._write_weights_hash()
+        summary = self._summary(EventKind.FINISHED)
+        if accelerator.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            temporary = output / f".{METRICS_FILE}.tmp"
+            temporary.write_text(summary.model_dump_json(indent=2, exclude_none=True), encoding="utf-8")
+            os.replace(temporary, output / METRICS_FILE)
+        accelerator.wait_for_everyone()
+        self._event(EventKind.FINISHED, metrics=self.last_metrics, loss=summary.train_loss)
+        self.reporter.close(summary)
+        return Outcome(summary, EXIT_OK)
+
+    def _save_model(self) -> None:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        # Under ZeRO-3 this gathers the sharded weights (a collective: every rank calls it).
+        state_dict = accelerator.get_state_dict(self.model)
+        if accelerator.is_main_process:
+            folder = self.settings.model_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            unwrapped = accelerator.unwrap_model(self.model)
+            unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+            card = render_model_card(
+                self.settings.job,
+                self._summary(EventKind.FINISHED),
+                self.data.source,
+                {
+                    "train": len(self.data.train),
+                    **({"eval": len(self.data.eval)} if self.data.eval is not None else {}),
+                },
+                self.data.id2label,
+            )
+            (folder / "README.md").write_text(card, encoding="utf-8")
+        accelerator.wait_for_everyone()
+
+    def _write_weights_hash(self) -> None:
+        """Debug aid for tests: each rank writes a hash of the weights it holds (they must agree under DDP)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        folder = self.settings.output_dir / "debug"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"weights-rank-{self.accelerator.process_index}.sha256").write_text(
+            digest.hexdigest() + "\n"
+        )
+
+
+def train(
+    settings: RunSettings, extra_sinks: Iterable[Sink] = (), stop: StopRequest | None = None
+) -> Outcome:
+    """Run one process's part of the job described by `settings`. Returns its Outcome; raises on failure."""
+    return Trainer(settings, extra_sinks, stop).run()
+
+
+__all__ = ["EXIT_FAILED", "Outcome", "Plan", "Trainer", "build_accelerator", "resolve_backend", "train"]

@@ -1,0 +1,1 @@
+"""The f1 metric module (see f1.py)."""

@@ -1,0 +1,1 @@
+"""The perplexity metric module (see perplexity.py)."""

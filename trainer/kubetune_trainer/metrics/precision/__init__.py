@@ -1,0 +1,1 @@
+"""The precision metric module (see precision.py)."""

@@ -1,0 +1,1 @@
+"""The recall metric module (see recall.py)."""

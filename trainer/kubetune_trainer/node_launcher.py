@@ -1,0 +1,239 @@
+"""`kubetune train`: start this node's training processes and report how they ended.
+
+Steps: read the launcher contract (`NodeContext.from_env`), load and validate the job (invalid: message, exit 2,
+nothing written), write the accelerate (and DeepSpeed) config files into a private folder, and run
+`accelerate launch` for this node, which starts `kubetune_trainer.worker` once per process through torchrun.
+
+Signals: SIGTERM/SIGINT are forwarded straight to the worker processes (not to torchrun, whose 30 s
+shutdown timer would cut a checkpoint short); they agree on a step, save a checkpoint and exit, and this
+process exits 75 (`EXIT_PREEMPTED`) so the launcher knows to resume rather than fail.
+
+Exit codes: 0 finished, 75 preempted, 2 invalid job (spec, data columns, model pin), 1 other failures, with
+the failing rank's message and traceback tail printed last on stderr.
+
+This module is torch-free at import time; torch is imported only to ask whether CUDA is present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+from kubetune.contract import (
+    EXIT_FAILED,
+    EXIT_INVALID_SPEC,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    JOB_FILE,
+    ContractError,
+    NodeContext,
+)
+from kubetune.launch import LaunchConfigError, accelerate_config, accelerate_launch_args, deepspeed_config
+from kubetune.spec import FineTuneJob, SpecError, load_job
+
+from kubetune_trainer.settings import WORKER_STATUS_DIR
+
+DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "kubetune" / "torch_extensions"
+
+
+@dataclass(frozen=True)
+class LaunchFiles:
+    """The config files written for one node launch."""
+
+    folder: Path
+    accelerate_config: Path
+    deepspeed_config: Path | None
+    status_dir: Path
+
+
+def load_and_validate(context: NodeContext) -> FineTuneJob:
+    """The job from context.job_file, also checked for a buildable DeepSpeed config.
+
+    Raises SpecError or LaunchConfigError.
+    """
+    job = load_job(context.job_file)
+    if job.spec.distribution.deepspeed.enabled:
+        deepspeed_config(job.spec)
+    return job
+
+
+def write_launch_files(job: FineTuneJob, context: NodeContext, folder: Path) -> LaunchFiles:
+    """Write accelerate.yaml (and deepspeed.json) into `folder`. Returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds_path: Path | None = None
+    if job.spec.distribution.deepspeed.enabled:
+        ds_path = folder / "deepspeed.json"
+        ds_path.write_text(json.dumps(deepspeed_config(job.spec), indent=2), encoding="utf-8")
+    accelerate_path = folder / "accelerate.yaml"
+    config = accelerate_config(job.spec, context, str(ds_path) if ds_path else None)
+    accelerate_path.write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
+    status_dir = folder / "status"
+    status_dir.mkdir(exist_ok=True)
+    return LaunchFiles(folder, accelerate_path, ds_path, status_dir)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def child_environment(
+    job: FineTuneJob, files: LaunchFiles, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The workers' environment: ours plus the status folder, the extensions cache and the CPU switch."""
+    env = dict(os.environ if base is None else base)
+    env[WORKER_STATUS_DIR] = str(files.status_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # DeepSpeed JIT-compiles small ops on first use (~30 s); keep them between runs.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
+    if not job.spec.distribution.deepspeed.enabled and not _cuda_available():
+        # DDP on CPU: keeps the torchrun launch of --multi_gpu but trains on CPU over gloo. (With DeepSpeed this
+        # variable would silently turn DeepSpeed off, so DeepSpeed runs on its own CPU accelerator instead.)
+        env["ACCELERATE_USE_CPU"] = "1"
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.extend(int(p) for p in task.read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+class _SignalForwarder:
+    """Passes SIGTERM/SIGINT to the worker processes (the launcher's children), remembering that it did."""
+
+    def __init__(self, launcher: subprocess.Popen[bytes]) -> None:
+        self.launcher = launcher
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalForwarder:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._forward)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(signum).name
+        workers = _children(self.launcher.pid)
+        targets = workers or [self.launcher.pid]  # still starting up: let torchrun stop
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        print(
+            f"kubetune train: {self.received} received, asked {len(targets)} process(es) to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def read_statuses(status_dir: Path) -> list[dict[str, Any]]:
+    """The rank-<N>.json records the workers left, by rank."""
+    records = []
+    for path in sorted(status_dir.glob("rank-*.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(records, key=lambda record: int(record.get("rank", 0)))
+
+
+def decide_exit(
+    launcher_code: int, statuses: list[dict[str, Any]], signalled: bool
+) -> tuple[int, str | None]:
+    """This node's exit code and, for failures, the message to print last."""
+    failed = [s for s in statuses if s.get("outcome") == "failed"]
+    if failed:
+        first = failed[0]
+        code = int(first.get("exit_code", EXIT_FAILED)) or EXIT_FAILED
+        detail = first.get("traceback") or ""
+        return code, f"rank {first.get('rank')} failed: {first.get('message', '')}\n{detail}".rstrip()
+    if any(s.get("outcome") == "preempted" for s in statuses):
+        return EXIT_PREEMPTED, None
+    if launcher_code == 0 and statuses:
+        return EXIT_OK, None
+    if signalled:
+        return EXIT_PREEMPTED, f"stopped by a signal before training reported (launcher exit {launcher_code})"
+    if launcher_code == 0:
+        return EXIT_OK, None
+    return EXIT_FAILED, (
+        f"the training processes exited with code {launcher_code} without reporting why "
+        "(killed, out of memory, or a peer node failed): see the log above"
+    )
+
+
+def launch_node(
+    context: NodeContext, job: FineTuneJob, env: Mapping[str, str] | None = None, work_dir: Path | None = None
+) -> int:
+    """Run this node's share of `job` through `accelerate launch`; returns the node's exit code."""
+    folder = Path(tempfile.mkdtemp(prefix="kubetune-node-", dir=work_dir))
+    try:
+        files = write_launch_files(job, context, folder)
+        args = accelerate_launch_args(job.spec, context, str(files.accelerate_config))
+        command = [sys.executable, "-m", "accelerate.commands.launch", *args]
+        launcher = subprocess.Popen(command, env=child_environment(job, files, env))
+        with _SignalForwarder(launcher) as forwarder:
+            while True:
+                try:
+                    launcher_code = launcher.wait()
+                    break
+                except InterruptedError:
+                    continue
+        code, message = decide_exit(
+            launcher_code, read_statuses(files.status_dir), forwarder.received is not None
+        )
+        if message:
+            print(f"kubetune train: {message}", file=sys.stderr, flush=True)
+        return code
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_single_process(context: NodeContext, job: FineTuneJob) -> int:
+    """Train in this process (world size 1) for debugging; returns the exit code."""
+    from kubetune_trainer.settings import RunSettings
+    from kubetune_trainer.worker import run_worker
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
+    return run_worker(RunSettings.from_job(job, context))
+
+
+def main(
+    job_file: str | None = None, single_process: bool = False, env: Mapping[str, str] | None = None
+) -> int:
+    """`kubetune train`: validate, then launch this node (or train in-process). Returns the exit code."""
+    source = dict(os.environ if env is None else env)
+    if job_file:
+        source[JOB_FILE] = job_file
+    try:
+        context = NodeContext.from_env(source)
+        job = load_and_validate(context)
+    except (ContractError, SpecError, LaunchConfigError) as error:
+        print(f"kubetune train: {error}", file=sys.stderr, flush=True)
+        return EXIT_INVALID_SPEC
+    if single_process:
+        return run_single_process(context, job)
+    return launch_node(context, job, source)
