@@ -1,0 +1,342 @@
+"""kopf wiring: watch events become reconcile requests; a reconcile reads, plans, and writes. I/O only.
+
+Watch events (of FineTuneJobs and of their worker pods) only *trigger* work; each reconcile then reads the
+job and its pods fresh from the API server and decides with the pure `plan()`. Requests for one job are
+coalesced and never run concurrently (a burst of pod events is one or two reconciles), different jobs run
+in parallel on a thread pool. Time-based transitions (backoff, deadlines, scheduling timeouts, TTL) come
+back through `requeue_after`, like controller-runtime's RequeueAfter.
+
+kopf contributes the watch streams, peering (two replicas: one active), the liveness endpoint and logging.
+No kopf change handlers are used, so kopf writes nothing to the objects (no annotations, no finalizers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kubetune.controller import names
+from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
+from kubetune.controller.kube import ApiError, Kube
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.observe import format_time, observe_pod, tail
+from kubetune.controller.plan import JobEvent, ObservedJob, Plan, PlanOptions, plan, status_patch
+from kubetune.spec.models import API_GROUP, API_VERSION, KIND, PLURAL
+
+logger = logging.getLogger("kubetune.operator")
+
+JobKey = tuple[str, str]  # (namespace, name)
+MAX_ERROR_DELAY = 30.0
+
+
+@dataclass
+class _KeyState:
+    running: bool = False
+    dirty: bool = False
+    timer: asyncio.TimerHandle | None = None
+    timer_due: float = 0.0
+    errors: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Reconciler:
+    """Reconciles FineTuneJobs: `request()` from the event loop, `reconcile()` on worker threads."""
+
+    kube: Kube
+    options: PlanOptions = field(default_factory=PlanOptions)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    threads: int = 8
+    _states: dict[JobKey, _KeyState] = field(default_factory=dict)
+    _ensured: set[tuple[str, str, str, int]] = field(default_factory=set)
+    _executor: ThreadPoolExecutor | None = None
+    _instance: str = field(default_factory=socket.gethostname)
+
+    # --- scheduling (event loop) ------------------------------------------------------------------------------
+
+    def request(self, key: JobKey, delay: float = 0.0) -> None:
+        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds."""
+        loop = asyncio.get_running_loop()
+        state = self._states.setdefault(key, _KeyState())
+        if delay > 0:
+            due = loop.time() + delay
+            if state.timer is not None and state.timer_due <= due:
+                return  # an earlier wake-up is already scheduled
+            if state.timer is not None:
+                state.timer.cancel()
+            state.timer = loop.call_later(delay, self._timer_fired, key)
+            state.timer_due = due
+            return
+        if state.running:
+            state.dirty = True
+            return
+        state.running = True
+        state.task = loop.create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
+
+    def _timer_fired(self, key: JobKey) -> None:
+        state = self._states.get(key)
+        if state is not None:
+            state.timer = None
+        self.request(key)
+
+    def forget(self, key: JobKey) -> None:
+        """The job is gone: drop its timers and bookkeeping."""
+        state = self._states.pop(key, None)
+        if state is not None and state.timer is not None:
+            state.timer.cancel()
+        self._ensured = {marker for marker in self._ensured if marker[:2] != key}
+        self.metrics.observe_phase(key, None)
+
+    async def _run(self, key: JobKey) -> None:
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="reconcile")
+        state = self._states[key]
+        try:
+            while True:
+                state.dirty = False
+                try:
+                    requeue = await loop.run_in_executor(self._executor, self.reconcile, key)
+                    state.errors = 0
+                except Exception as error:  # an API hiccup must not kill the loop: retry with backoff
+                    state.errors += 1
+                    requeue = min(MAX_ERROR_DELAY, 0.5 * 2 ** (state.errors - 1))
+                    self.metrics.reconcile_errors.inc()
+                    logger.warning(
+                        "reconcile of %s/%s failed (retry in %.1fs): %s", key[0], key[1], requeue, error
+                    )
+                if key not in self._states:
+                    return  # forgotten (deleted) meanwhile
+                if requeue is not None and not state.dirty:
+                    if requeue <= 0:
+                        state.dirty = True
+                    else:
+                        self.request(key, requeue)
+                if not state.dirty:
+                    return
+        finally:
+            state.running = False
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- one reconcile (worker thread) ------------------------------------------------------------------------
+
+    def reconcile(self, key: JobKey) -> float | None:
+        """Read job + pods, plan, write. Returns seconds until the next look (None: only on events).
+
+        Raises ApiError (or connection errors) for the caller to retry with backoff.
+        """
+        namespace, name = key
+        started = time.monotonic()
+        body = self.kube.get_job(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.observe_phase(key, None)
+            return None
+        job = ObservedJob.from_body(body)
+        pods = []
+        for raw in self.kube.list_pods(namespace, names.worker_selector(name)):
+            observed = observe_pod(raw)
+            if observed is None:
+                continue
+            owners = {ref.get("uid") for ref in raw["metadata"].get("ownerReferences") or []}
+            if job.uid not in owners:
+                # A leftover of an earlier job of the same name: stale, to be deleted before we reuse names.
+                observed = dataclasses.replace(observed, attempt=-1)
+            pods.append(observed)
+        result = plan(job, pods, datetime.now(UTC), self.options)
+        self._ensure_children(job, result)
+        self._create_workers(job, result)
+        patch = status_patch(body.get("status") or {}, result.status)
+        if patch:
+            try:
+                self.kube.patch_job_status(namespace, name, patch, body["metadata"].get("resourceVersion"))
+            except ApiError as error:
+                if error.status == 409:
+                    return 0.0  # the job changed under us: re-read and re-plan right away
+                raise
+            restarts = result.status.restarts - job.status.restarts
+            if restarts > 0:
+                self.metrics.restarts.inc(restarts)
+            for event in result.events:
+                self._post_event(body, event)
+            if result.status.phase != job.status.phase:
+                logger.info(
+                    "job %s/%s: %s -> %s: %s",
+                    namespace,
+                    name,
+                    job.status.phase,
+                    result.status.phase,
+                    result.status.message,
+                )
+        for pod_name in result.delete_workers:
+            self.kube.delete_pod(namespace, pod_name)
+        if result.delete_job:
+            logger.info("job %s/%s: ttlSecondsAfterFinished passed, deleting it", namespace, name)
+            self.kube.delete_job(namespace, name, job.uid)
+        self.metrics.observe_phase(key, str(result.status.phase) if result.status.phase else None)
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        return result.requeue_after
+
+    def _ensure_children(self, job: ObservedJob, result: Plan) -> None:
+        """Service, ConfigMap and progress RBAC, server-side applied once per spec generation per process."""
+        if not result.ensure_children or result.spec is None:
+            return
+        marker = (job.namespace, job.name, job.uid, job.generation)
+        if marker in self._ensured:
+            return
+        ref = JobRef(job.name, job.namespace, job.uid)
+        for child in build_job_children(ref, result.spec):
+            self.kube.apply(child)
+        self._ensured.add(marker)
+
+    def _create_workers(self, job: ObservedJob, result: Plan) -> None:
+        if not result.create_workers or result.spec is None:
+            return
+        ref = JobRef(job.name, job.namespace, job.uid)
+        image = result.spec.kubernetes.image or self.options.default_image
+        failures: list[str] = []
+        for index in result.create_workers:
+            context = WorkerContext(ref, result.spec, index, result.status.attempt, image)
+            pod = build_worker_pod(context, job.generation)
+            try:
+                if self.kube.create(pod):
+                    self.metrics.pods_created.inc()
+            except ApiError as error:
+                failures.append(f"{pod['metadata']['name']}: {error}")
+        if failures:
+            # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
+            result.status.workers.created -= len(failures)
+            result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
+            result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
+            result.requeue(10.0)
+
+    def _post_event(self, body: dict[str, Any], event: JobEvent) -> None:
+        metadata = body["metadata"]
+        now = format_time(datetime.now(UTC))
+        record = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": tail(event.message, 1000),
+            "source": {"component": names.MANAGED_BY},
+            "reportingComponent": names.MANAGED_BY,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", record)
+        except ApiError as error:  # an Event is nice to have; never worth failing a reconcile
+            logger.warning("could not post event %s on %s: %s", event.reason, metadata["name"], error)
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How `kubetune operator` runs (from its command line)."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    peering_name: str = "kubetune"
+    standalone: bool = False
+    priority: int = 0
+    batch_window: float = 0.01
+
+
+def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """A kopf registry with the operator's handlers (a fresh one, so importing this module registers nothing)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # The same credentials as our own client: in-cluster ServiceAccount, else $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # we post our own Events, only on phase transitions
+        settings.peering.name = operator_settings.peering_name
+        settings.peering.priority = operator_settings.priority
+        settings.peering.standalone = operator_settings.standalone
+        settings.peering.mandatory = False  # without the kopf.dev peering CRDs: run alone, with a warning
+        # kopf waits this long to batch the events of one object; ours coalesce anyway, so keep it short.
+        settings.batching.batch_window = operator_settings.batch_window
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+
+    operator_settings = settings
+
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    async def job_event(event: Any, name: str, namespace: str | None, **_: Any) -> None:
+        if namespace is None:
+            return
+        if event.get("type") == "DELETED":
+            reconciler.forget((namespace, name))
+            return
+        reconciler.request((namespace, name))
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_JOB: kopf.PRESENT},
+        registry=registry,
+    )
+    async def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace is not None:
+            reconciler.request((namespace, labels[names.LABEL_JOB]))
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        reconciler.shutdown()
+
+    return registry
+
+
+def run_operator(
+    reconciler: Reconciler,
+    settings: OperatorSettings,
+    liveness_endpoint: str | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+    on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+) -> None:
+    """Run kopf with our handlers until stopped (SIGTERM/SIGINT or `stop_flag`)."""
+    registry = build_registry(reconciler, settings)
+    loop = asyncio.new_event_loop()
+    if on_loop is not None:
+        on_loop(loop)
+    namespaces = list(settings.namespaces)
+    kwargs: dict[str, Any] = {"clusterwide": not namespaces, "namespaces": namespaces}
+    try:
+        kopf.run(
+            loop=loop,
+            registry=registry,
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            standalone=settings.standalone or None,
+            **kwargs,
+        )
+    finally:
+        loop.close()

@@ -1,0 +1,579 @@
+"""The reconcile decision, as a pure function: FineTuneJob + its worker pods + the time → what to do.
+
+`plan()` never talks to the API. The kopf handlers read the job and its pods (fresh, not from a cache),
+call it, and carry out the `Plan`: create/delete pods, ensure the job-level children, patch the status
+fields that changed, post Events, and come back after `requeue_after` seconds for time-based transitions
+(backoff, deadlines, TTL, scheduling timeouts).
+
+The state machine of the gang (one attempt = one set of worker pods labelled with the attempt number):
+
+    Pending ─▶ Starting ─▶ Running ─▶ Succeeded            (worker 0 exits 0)
+       │          │           │
+       └──────────┴───────────┴──▶ Restarting ─▶ Pending   (a worker failed: delete the whole gang, wait
+                                        │                    until it is gone and a backoff passed, then
+                                        └──▶ Failed          create attempt+1), or Failed past backoffLimit
+    any active phase ─▶ Suspended ─▶ Pending               (suspend: workers deleted, status kept)
+    any active phase ─▶ Failed                             (deadline, stuck scheduling / image pull)
+
+Every decision is derived from observed state (attempt labels, status counters), never from "what the last
+reconcile did", so running it twice on the same observation does the same thing once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune.controller.children import DEFAULT_IMAGE
+from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
+from kubetune.controller.status import (
+    FINAL_PHASES,
+    Condition,
+    ConditionType,
+    Failure,
+    FailureReason,
+    FineTuneJobStatus,
+    Metrics,
+    Phase,
+    Progress,
+)
+from kubetune.crd import MAX_JOB_NAME_LENGTH
+from kubetune.events import JobSummary
+from kubetune.spec.loading import SpecError, parse_spec
+from kubetune.spec.models import FineTuneJobSpec
+
+# How soon to look again while waiting for something that produces no watch event of ours.
+POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Operator-wide settings the planner needs."""
+
+    default_image: str = DEFAULT_IMAGE
+    backoff_base_seconds: float = 10.0  # first gang-restart delay after a failure; doubles each time
+    backoff_max_seconds: float = 360.0
+    preemption_delay_seconds: float = 1.0  # restart after a preemption/disruption: no growing backoff
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """The FineTuneJob as read from the API server."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    creation_time: datetime
+    spec: dict[str, Any]
+    status: FineTuneJobStatus
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ObservedJob:
+        """From the resource's JSON. Raises KeyError when metadata.name/namespace/uid are missing."""
+        metadata = body["metadata"]
+        created = parse_time(metadata.get("creationTimestamp"))
+        return cls(
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            uid=metadata["uid"],
+            generation=int(metadata.get("generation") or 1),
+            creation_time=created or datetime.fromtimestamp(0).astimezone(),
+            spec=dict(body.get("spec") or {}),
+            status=FineTuneJobStatus.model_validate(body.get("status") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A Kubernetes Event to post on the FineTuneJob."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What the handler must do for one FineTuneJob."""
+
+    status: FineTuneJobStatus
+    spec: FineTuneJobSpec | None = None
+    ensure_children: bool = False  # Service, ConfigMap, progress RBAC
+    create_workers: list[int] = field(default_factory=list)  # indices, for attempt status.attempt
+    delete_workers: list[str] = field(default_factory=list)  # pod names
+    delete_job: bool = False  # ttlSecondsAfterFinished passed
+    events: list[JobEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        """Ask to be called again in `seconds` (the earliest request wins)."""
+        seconds = max(0.0, seconds)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def backoff_seconds(failures: int, options: PlanOptions) -> float:
+    """Delay before gang attempt after the `failures`-th failure: base · 2^(failures-1), capped."""
+    exponent = max(0, failures - 1)
+    return float(min(options.backoff_max_seconds, options.backoff_base_seconds * (2**exponent)))
+
+
+def set_condition(
+    status: FineTuneJobStatus,
+    kind: ConditionType,
+    value: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> None:
+    """Add or update a condition; lastTransitionTime moves only when its True/False value changes."""
+    text = "True" if value else "False"
+    for condition in status.conditions:
+        if condition.type == kind:
+            if condition.status != text:
+                condition.last_transition_time = format_time(now)
+            condition.status, condition.reason, condition.message = text, reason, message
+            condition.observed_generation = generation
+            return
+    status.conditions.append(
+        Condition(
+            type=kind,
+            status=text,
+            reason=reason,
+            message=message,
+            last_transition_time=format_time(now),
+            observed_generation=generation,
+        )
+    )
+
+
+def _name_problem(name: str) -> str | None:
+    if len(name) > MAX_JOB_NAME_LENGTH or not name[:1].isalpha():
+        return (
+            f"metadata.name '{name}' must start with a letter and be at most {MAX_JOB_NAME_LENGTH} "
+            "characters (it names the Service and worker hostnames): rename the job"
+        )
+    return None
+
+
+def _primary_metric(spec: FineTuneJobSpec | None, metrics: dict[str, float]) -> str:
+    """'accuracy=0.8610' for the spec's primary metric (eval_-prefixed or not), '' when absent."""
+    if not metrics:
+        return ""
+    wanted = spec.primary_metric if spec is not None else None
+    candidates = [f"eval_{wanted}", wanted] if wanted else []
+    for key in candidates:
+        if key in metrics:
+            return f"{wanted}={metrics[key]:.4g}"
+    key, value = sorted(metrics.items())[0]
+    return f"{key.removeprefix('eval_')}={value:.4g}"
+
+
+def progress_summary(step: int, total: int) -> str:
+    if total <= 0:
+        return f"{step}" if step else ""
+    return f"{step}/{total} ({100.0 * step / total:.0f}%)"
+
+
+def apply_summary(status: FineTuneJobStatus, summary: JobSummary, spec: FineTuneJobSpec | None) -> None:
+    """Fold rank 0's final JobSummary (from its termination message) into progress and metrics."""
+    total = summary.total_steps or summary.step
+    status.progress = Progress(
+        step=summary.step,
+        total_steps=total,
+        epoch=summary.epoch,
+        percent=round(100.0 * summary.step / total, 2) if total else 0.0,
+        eta_seconds=0.0 if summary.outcome == "finished" else None,
+        summary=progress_summary(summary.step, total),
+        update_time=(status.progress.update_time if status.progress else None),
+    )
+    previous = status.metrics or Metrics()
+    evals = {**previous.eval, **summary.metrics}
+    status.metrics = Metrics(
+        train_loss=summary.train_loss if summary.train_loss is not None else previous.train_loss,
+        samples_per_second=(
+            summary.samples_per_second
+            if summary.samples_per_second is not None
+            else previous.samples_per_second
+        ),
+        eval=evals,
+        primary=_primary_metric(spec, evals),
+        model_path=summary.model_path or previous.model_path,
+    )
+
+
+class _Planner:
+    def __init__(self, job: ObservedJob, pods: list[WorkerPod], now: datetime, options: PlanOptions) -> None:
+        self.job = job
+        self.pods = pods
+        self.now = now
+        self.options = options
+        self.previous = job.status
+        self.plan = Plan(status=job.status.model_copy(deep=True))
+        self.status = self.plan.status
+        self.status.observed_generation = job.generation
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+
+    def condition(self, kind: ConditionType, value: bool, reason: str, message: str) -> None:
+        set_condition(self.status, kind, value, reason, message, self.now, self.job.generation)
+
+    def delete_live_workers(self, keep_finished: bool = True) -> None:
+        """Delete every worker not already being deleted (finished ones stay for their logs if asked)."""
+        for pod in self.pods:
+            if pod.deleting or (keep_finished and pod.finished):
+                continue
+            self.plan.delete_workers.append(pod.name)
+
+    def finish(self, phase: Phase, reason: str, message: str) -> Plan:
+        self.status.phase = phase
+        self.status.message = message
+        self.status.completion_time = format_time(self.now)
+        self.status.next_attempt_time = None
+        succeeded = phase == Phase.SUCCEEDED
+        self.condition(ConditionType.SUCCEEDED if succeeded else ConditionType.FAILED, True, reason, message)
+        self.condition(ConditionType.WORKERS_READY, False, reason, "the job has finished")
+        self.condition(ConditionType.RESTARTING, False, reason, "")
+        self.delete_live_workers()
+        self._ttl()
+        return self.plan
+
+    def _ttl(self) -> None:
+        spec = self.plan.spec
+        completed = parse_time(self.status.completion_time)
+        if spec is None or completed is None or spec.run_policy.ttl_seconds_after_finished is None:
+            return
+        expires = completed + timedelta(seconds=spec.run_policy.ttl_seconds_after_finished)
+        if self.now >= expires:
+            self.plan.delete_job = True
+        else:
+            self.plan.requeue((expires - self.now).total_seconds())
+
+    def record_failure(self, pod: WorkerPod) -> Failure:
+        termination = pod.termination
+        message = tail(termination.message if termination else "")
+        summary = JobSummary.from_termination_message(message) if message else None
+        if summary is not None and summary.message:
+            message = tail(summary.message)
+        failure = Failure(
+            pod=pod.name,
+            container="trainer",
+            exit_code=termination.exit_code if termination else None,
+            reason=str(pod.failure_reason()),
+            message=message,
+            attempt=pod.attempt,
+            time=format_time(self.now),
+        )
+        self.status.last_failure = failure
+        return failure
+
+    # --- the decision -------------------------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        if self.previous.phase in FINAL_PHASES:
+            return self.final()
+        spec = self.validate()
+        if spec is None:
+            return self.plan
+        self.plan.spec = spec
+        self.status.workers.total = spec.distribution.nodes
+        if spec.run_policy.suspend:
+            return self.suspend()
+        if self.previous.phase == Phase.SUSPENDED:
+            self.condition(ConditionType.SUSPENDED, False, "Resumed", "runPolicy.suspend is false")
+            self.plan.events.append(JobEvent("Normal", "Resumed", "recreating the workers"))
+            self.status.attempt_start_time = None
+        self.plan.ensure_children = True
+        if self.status.start_time is None:
+            self.status.start_time = format_time(self.now)
+        deadline = self.check_deadline(spec)
+        if deadline is not None:
+            return deadline
+        current = [p for p in self.pods if p.attempt == self.status.attempt]
+        stale = [p for p in self.pods if p.attempt != self.status.attempt]
+        self.plan.delete_workers.extend(p.name for p in stale if not p.deleting)
+        if self.previous.phase == Phase.RESTARTING and not self.restart_due(spec):
+            return self.plan
+        outcome = self.check_outcome(spec, current)
+        if outcome is not None:
+            return outcome
+        self.create_missing(spec, current)
+        self.count_and_phase(spec, current)
+        return self.plan
+
+    def final(self) -> Plan:
+        """Succeeded and Failed are final: only clean up running workers and honour the TTL."""
+        try:
+            self.plan.spec = parse_spec(self.job.spec)
+        except SpecError:
+            self.plan.spec = None
+        self.delete_live_workers()
+        self._ttl()
+        return self.plan
+
+    def validate(self) -> FineTuneJobSpec | None:
+        """The parsed spec, or None after failing the job with every problem named (nothing is created)."""
+        problems: list[str] = []
+        name_problem = _name_problem(self.job.name)
+        if name_problem:
+            problems.append(name_problem)
+        spec = None
+        try:
+            spec = parse_spec(self.job.spec)
+        except SpecError as error:
+            problems.extend(str(p) for p in error.problems)
+        if not problems:
+            self.condition(ConditionType.ACCEPTED, True, "Valid", "the spec is valid")
+            return spec
+        message = "invalid spec: " + "; ".join(problems)
+        self.status.phase = Phase.FAILED
+        self.status.message = tail(message)
+        self.status.completion_time = format_time(self.now)
+        self.status.last_failure = Failure(reason=FailureReason.INVALID_SPEC, message=tail(message))
+        self.condition(ConditionType.ACCEPTED, False, FailureReason.INVALID_SPEC, tail(message))
+        self.condition(ConditionType.FAILED, True, FailureReason.INVALID_SPEC, tail(message))
+        self.plan.events.append(JobEvent("Warning", FailureReason.INVALID_SPEC, tail(message)))
+        self.delete_live_workers()
+        return None
+
+    def suspend(self) -> Plan:
+        """Workers deleted, status kept; the active deadline restarts on resume (as for a batch/v1 Job)."""
+        self.delete_live_workers(keep_finished=False)
+        if self.previous.phase != Phase.SUSPENDED:
+            self.plan.events.append(
+                JobEvent("Normal", "Suspended", "runPolicy.suspend is true: workers removed")
+            )
+        self.status.phase = Phase.SUSPENDED
+        self.status.message = "suspended: set spec.runPolicy.suspend to false to resume"
+        self.status.start_time = None
+        self.status.attempt_start_time = None
+        self.status.next_attempt_time = None
+        alive = sum(1 for p in self.pods if not p.deleting) - len(self.plan.delete_workers)
+        self.status.workers.created = max(0, alive)
+        self.status.workers.ready = self.status.workers.scheduled = 0
+        self.status.workers.summary = f"0/{self.status.workers.total}"
+        self.condition(ConditionType.SUSPENDED, True, "Suspended", "runPolicy.suspend is true")
+        self.condition(ConditionType.WORKERS_READY, False, "Suspended", "workers removed while suspended")
+        return self.plan
+
+    def check_deadline(self, spec: FineTuneJobSpec) -> Plan | None:
+        limit = spec.run_policy.active_deadline_seconds
+        started = parse_time(self.status.start_time)
+        if limit is None or started is None:
+            return None
+        ends = started + timedelta(seconds=limit)
+        if self.now < ends:
+            self.plan.requeue((ends - self.now).total_seconds())
+            return None
+        message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({limit}s)"
+        self.plan.events.append(JobEvent("Warning", FailureReason.DEADLINE, message))
+        return self.finish(Phase.FAILED, FailureReason.DEADLINE, message)
+
+    def restart_due(self, spec: FineTuneJobSpec) -> bool:
+        """While Restarting: True once the old gang is gone and the backoff has passed."""
+        if any(True for _ in self.pods):
+            self.delete_live_workers(keep_finished=False)
+            self.status.workers.created = 0
+            self.plan.requeue(POLL_SECONDS)
+            return False
+        due = parse_time(self.status.next_attempt_time)
+        if due is not None and self.now < due:
+            self.plan.requeue((due - self.now).total_seconds())
+            return False
+        self.status.next_attempt_time = None
+        self.status.attempt_start_time = None
+        self.status.workers.created = 0
+        self.condition(
+            ConditionType.RESTARTING, False, "Recreated", f"attempt {self.status.attempt} starting"
+        )
+        return True
+
+    def check_outcome(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
+        """Succeeded, a gang restart, or Failed; None while the attempt is still going."""
+        by_index = {p.index: p for p in current}
+        leader = by_index.get(0)
+        if leader is not None and leader.succeeded:
+            summary = JobSummary.from_termination_message(
+                leader.termination.message if leader.termination else ""
+            )
+            if summary is not None:
+                apply_summary(self.status, summary, spec)
+            message = "training finished"
+            if self.status.metrics and self.status.metrics.primary:
+                message += f": {self.status.metrics.primary}"
+            self.count_workers(spec, current)
+            return self.finish(Phase.SUCCEEDED, "Completed", message)
+        broken = [p for p in current if p.failed]
+        # A worker of this attempt being deleted by someone else (drain, kubectl delete), or gone after it
+        # existed, breaks the world as surely as a crash.
+        vanished = self.status.workers.created > len(current) and self.previous.phase != Phase.RESTARTING
+        disrupted = [p for p in current if p.deleting and not p.finished]
+        if broken or disrupted or vanished:
+            return self.gang_restart(spec, current, broken, disrupted)
+        return self.check_stuck(spec, current)
+
+    def gang_restart(
+        self,
+        spec: FineTuneJobSpec,
+        current: list[WorkerPod],
+        broken: list[WorkerPod],
+        disrupted: list[WorkerPod],
+    ) -> Plan:
+        if broken:
+            # Prefer a real failure over a preemption as the reason: it is what the user must fix.
+            culprit = sorted(broken, key=lambda p: (p.preempted, p.index))[0]
+            failure = self.record_failure(culprit)
+            counts = not culprit.preempted
+        else:
+            pod_name = disrupted[0].name if disrupted else ""
+            failure = Failure(
+                pod=pod_name,
+                reason=FailureReason.POD_DELETED,
+                message="a worker pod was deleted while the gang was running",
+                attempt=self.status.attempt,
+                time=format_time(self.now),
+            )
+            self.status.last_failure = failure
+            counts = False
+        if counts:
+            self.status.failed_attempts += 1
+        if self.status.failed_attempts > spec.run_policy.backoff_limit:
+            message = (
+                f"{failure.pod} failed ({failure.reason}, exit code {failure.exit_code}) and the gang has "
+                f"failed {self.status.failed_attempts} times, more than runPolicy.backoffLimit "
+                f"({spec.run_policy.backoff_limit}): {failure.message}"
+            )
+            self.plan.events.append(JobEvent("Warning", FailureReason.BACKOFF_LIMIT, tail(message, 900)))
+            self.count_workers(spec, current)
+            return self.finish(Phase.FAILED, FailureReason.BACKOFF_LIMIT, tail(message))
+        delay = (
+            backoff_seconds(self.status.failed_attempts, self.options)
+            if counts
+            else self.options.preemption_delay_seconds
+        )
+        self.status.restarts += 1
+        self.status.attempt += 1
+        self.status.next_attempt_time = format_time(self.now + timedelta(seconds=delay))
+        self.status.phase = Phase.RESTARTING
+        self.status.message = (
+            f"{failure.pod or 'a worker'} failed ({failure.reason}): restarting the whole gang as attempt "
+            f"{self.status.attempt} in {delay:.0f}s (failures {self.status.failed_attempts}/"
+            f"{spec.run_policy.backoff_limit})"
+        )
+        self.condition(ConditionType.RESTARTING, True, str(failure.reason), self.status.message)
+        self.condition(ConditionType.WORKERS_READY, False, "GangRestart", "the gang is being recreated")
+        self.plan.events.append(JobEvent("Warning", "GangRestart", tail(self.status.message, 900)))
+        self.delete_live_workers(keep_finished=False)
+        self.count_workers(spec, current)
+        self.status.workers.created = 0
+        self.plan.requeue(delay)
+        return self.plan
+
+    def check_stuck(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
+        """Fail when a worker cannot be scheduled or its image pulled for schedulingTimeoutSeconds."""
+        stuck = [p for p in current if p.stuck_reason is not None and not p.deleting]
+        if not stuck:
+            return None
+        pod = sorted(stuck, key=lambda p: p.index)[0]
+        started = parse_time(self.status.attempt_start_time) or self.now
+        timeout = timedelta(seconds=spec.run_policy.scheduling_timeout_seconds)
+        permanent = pod.stuck_reason == FailureReason.INVALID_IMAGE
+        if not permanent and self.now - started < timeout:
+            self.plan.requeue((started + timeout - self.now).total_seconds())
+            return None
+        reason = str(pod.stuck_reason)
+        waited = int((self.now - started).total_seconds())
+        message = f"{pod.name} cannot start ({reason}) after {waited}s: {pod.stuck_message}"
+        self.status.last_failure = Failure(
+            pod=pod.name,
+            container="trainer",
+            reason=reason,
+            message=pod.stuck_message,
+            attempt=pod.attempt,
+            time=format_time(self.now),
+        )
+        self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
+        self.count_workers(spec, current)
+        return self.finish(Phase.FAILED, reason, tail(message))
+
+    def create_missing(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
+        present = {p.index for p in current}
+        # A pod of another attempt may still hold a name (being deleted): wait for it.
+        taken = {p.index for p in self.pods}
+        missing = [i for i in range(spec.distribution.nodes) if i not in present]
+        blocked = [i for i in missing if i in taken]
+        self.plan.create_workers = [i for i in missing if i not in taken]
+        if blocked:
+            self.plan.requeue(POLL_SECONDS)
+        if self.plan.create_workers and self.status.attempt_start_time is None:
+            self.status.attempt_start_time = format_time(self.now)
+
+    def count_workers(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
+        workers = self.status.workers
+        workers.total = spec.distribution.nodes
+        workers.created = len(current) + len(self.plan.create_workers)
+        workers.scheduled = sum(1 for p in current if p.scheduled)
+        workers.ready = sum(1 for p in current if p.ready)
+        workers.succeeded = sum(1 for p in current if p.succeeded)
+        workers.failed = sum(1 for p in current if p.failed)
+        workers.summary = f"{workers.ready}/{workers.total}"
+
+    def count_and_phase(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
+        self.count_workers(spec, current)
+        workers = self.status.workers
+        total = workers.total
+        if workers.created < total or workers.scheduled < total:
+            phase, message = Phase.PENDING, f"{workers.scheduled}/{total} workers scheduled"
+            stuck = [p for p in current if p.stuck_reason is not None]
+            if stuck:
+                message += f"; {stuck[0].name}: {stuck[0].stuck_reason} {stuck[0].stuck_message}"
+        elif workers.ready < total:
+            phase, message = Phase.STARTING, f"{workers.ready}/{total} workers running"
+        else:
+            phase, message = Phase.RUNNING, f"all {total} workers running (attempt {self.status.attempt})"
+        self.status.phase = phase
+        self.status.message = tail(message, 300)
+        running = phase == Phase.RUNNING
+        self.condition(
+            ConditionType.WORKERS_READY,
+            running,
+            "AllWorkersRunning" if running else "WorkersStarting",
+            message if not running else f"{total}/{total} workers running",
+        )
+
+
+def plan(
+    job: ObservedJob,
+    pods: list[WorkerPod],
+    now: datetime,
+    options: PlanOptions | None = None,
+) -> Plan:
+    """Decide what should exist for `job` given its worker `pods` at time `now`.
+
+    Returns the Plan (new status, pods to create/delete, events, when to look again). Never raises for a bad
+    spec: that becomes phase Failed with the problems named.
+    """
+    result = _Planner(job, pods, now, options or PlanOptions()).run()
+    if result.status.phase != job.status.phase and result.status.phase is not None:
+        kind = "Warning" if result.status.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
+        if not result.events:  # an explicit event (GangRestart, BackoffLimitExceeded, ...) says more
+            result.events.append(JobEvent(kind, str(result.status.phase), result.status.message or ""))
+    return result
+
+
+def status_patch(old: dict[str, Any], new: FineTuneJobStatus) -> dict[str, Any]:
+    """The JSON merge patch turning status `old` into `new`: only changed top-level fields (empty: nothing to
+    write). Fields the operator does not own (live progress written by rank 0) are kept unless `new` changed
+    them relative to what was read."""
+    wanted = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    patch: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if old.get(key) != value:
+            patch[key] = value
+    owned = {info.alias or name for name, info in FineTuneJobStatus.model_fields.items()}
+    for key in old:
+        if key not in wanted and key in owned:
+            patch[key] = None
+    return patch

@@ -1,0 +1,56 @@
+"""Every permission the operator uses, in one place (the Helm chart's ClusterRole is built from this list).
+
+Exactly the verbs the code calls, plus what kopf itself needs (watching, Events, peering, discovery).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.spec.models import API_GROUP, PLURAL
+
+OPERATOR_RULES: list[dict[str, Any]] = [
+    # The FineTuneJobs: watched (kopf), read fresh each reconcile, deleted after ttlSecondsAfterFinished.
+    {"apiGroups": [API_GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "delete"]},
+    # Status written by the operator (merge patch). Holding get/patch here is also what lets the operator
+    # grant the per-job progress Role (RBAC forbids granting what one does not hold).
+    {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    # Worker pods: watched (kopf), listed fresh, created, deleted on gang restart/suspend/finish.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    # Job-level children, written by server-side apply.
+    {
+        "apiGroups": [""],
+        "resources": ["services", "configmaps", "serviceaccounts"],
+        "verbs": ["get", "create", "patch"],
+    },
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": ["get", "create", "patch"],
+    },
+    # Events for every phase transition (core/v1, as kubectl describe shows them).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf: peering (two replicas, one active), and the resource/namespace observation it does at startup.
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["kopfpeerings", "clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+
+def cluster_role(name: str = "kubetune-operator") -> dict[str, Any]:
+    """OPERATOR_RULES as a ClusterRole manifest."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubetune"}},
+        "rules": [dict(rule) for rule in OPERATOR_RULES],
+    }

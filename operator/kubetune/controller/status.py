@@ -1,0 +1,126 @@
+"""The FineTuneJob status: what the operator (and rank 0's progress sink) write back to the resource.
+
+Like the spec, these pydantic models are the single source of truth: the CRD's status schema is generated
+from them (`kubetune.crd`), the planner builds them, and `kubectl get` columns read their fields.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class StatusModel(BaseModel):
+    """camelCase on the wire like the spec; unknown fields ignored so older operators can read newer status."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"  # accepted; workers created but not all scheduled yet
+    STARTING = "Starting"  # all workers scheduled; containers starting (image pull, init)
+    RUNNING = "Running"  # every worker is running
+    RESTARTING = "Restarting"  # a worker failed: the whole gang is being recreated (after a backoff)
+    SUCCEEDED = "Succeeded"  # worker 0 finished successfully (final)
+    FAILED = "Failed"  # invalid spec, backoffLimit exhausted, deadline, stuck scheduling (final)
+    SUSPENDED = "Suspended"  # spec.runPolicy.suspend: workers removed, status kept
+
+
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+# Phases in which the spec is locked (the CRD's transition rule repeats this list).
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING})
+
+
+class ConditionType(StrEnum):
+    ACCEPTED = "Accepted"  # the spec passed validation and the children exist
+    WORKERS_READY = "WorkersReady"  # every worker of the current attempt is running
+    SUSPENDED = "Suspended"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(StatusModel):
+    type: str = Field(description="Accepted, WorkersReady, Suspended, Restarting, Succeeded or Failed.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason, e.g. BackoffLimitExceeded.")
+    message: str = Field(default="", description="What happened, for people.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed.")
+    observed_generation: int | None = Field(default=None, description="Spec generation it describes.")
+
+
+class WorkerCounts(StatusModel):
+    total: int = Field(default=0, description="Workers of the gang (spec.distribution.nodes).")
+    created: int = Field(default=0, description="Worker pods of the current attempt that exist.")
+    scheduled: int = Field(default=0, description="Workers bound to a node.")
+    ready: int = Field(default=0, description="Workers running (containers ready).")
+    succeeded: int = Field(default=0, description="Workers that exited 0.")
+    failed: int = Field(default=0, description="Workers that failed in the current attempt.")
+    summary: str = Field(default="", description="ready/total, shown by kubectl get.")
+
+
+class Progress(StatusModel):
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, description="Fractional epochs done.")
+    percent: float = Field(default=0.0, description="step / totalSteps in percent.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
+    summary: str = Field(default="", description="e.g. '120/500 (24%)', shown by kubectl get.")
+    update_time: str | None = Field(default=None, description="When rank 0 last reported.")
+
+
+class Metrics(StatusModel):
+    train_loss: float | None = Field(default=None, description="Latest (or final mean) training loss.")
+    samples_per_second: float | None = Field(default=None, description="Training throughput.")
+    eval: dict[str, float] = Field(default_factory=dict, description="Latest eval_* metrics.")
+    primary: str = Field(default="", description="The primary eval metric, e.g. 'accuracy=0.861'.")
+    model_path: str | None = Field(default=None, description="Where the fine-tuned model was saved.")
+
+
+class FailureReason(StrEnum):
+    OOM_KILLED = "OOMKilled"
+    ERROR = "Error"
+    PREEMPTED = "Preempted"
+    EVICTED = "Evicted"
+    POD_DELETED = "PodDeleted"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL = "ImagePullBackOff"
+    CONFIG_ERROR = "CreateContainerConfigError"
+    INVALID_IMAGE = "InvalidImageName"
+    DEADLINE = "DeadlineExceeded"
+    BACKOFF_LIMIT = "BackoffLimitExceeded"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class Failure(StatusModel):
+    pod: str = Field(default="", description="Worker pod that failed.")
+    container: str = Field(default="", description="Container that failed.")
+    exit_code: int | None = Field(default=None, description="Container exit code.")
+    reason: str = Field(default="", description="OOMKilled, Error, Preempted, Unschedulable, ...")
+    message: str = Field(default="", description="Tail of the termination message or scheduler message.")
+    attempt: int = Field(default=0, description="Gang attempt in which it happened.")
+    time: str | None = Field(default=None, description="When it was observed.")
+
+
+class FineTuneJobStatus(StatusModel):
+    phase: Phase | None = Field(default=None, description="Pending, Starting, Running, Restarting, ...")
+    conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
+    observed_generation: int | None = Field(default=None, description="Spec generation last acted on.")
+    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pods by state.")
+    attempt: int = Field(default=0, description="Current gang attempt (KUBETUNE_ATTEMPT of the workers).")
+    restarts: int = Field(default=0, description="Gang restarts so far (failures and preemptions).")
+    failed_attempts: int = Field(
+        default=0, description="Restarts caused by failures; the job fails when it exceeds backoffLimit."
+    )
+    start_time: str | None = Field(default=None, description="When the job (re)started running.")
+    attempt_start_time: str | None = Field(default=None, description="When the current attempt began.")
+    next_attempt_time: str | None = Field(
+        default=None, description="While Restarting: when the gang is recreated (exponential backoff)."
+    )
+    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    progress: Progress | None = Field(default=None, description="Live progress reported by rank 0.")
+    metrics: Metrics | None = Field(default=None, description="Latest training and eval metrics.")
+    last_failure: Failure | None = Field(default=None, description="The most recent worker failure.")
+    message: str = Field(default="", description="One line on the current phase.")

@@ -1,0 +1,385 @@
+"""The FineTuneJob CustomResourceDefinition, generated from the pydantic models.
+
+The spec models (`kubetune.spec.models`) and the status models (`kubetune.controller.status`) are the one
+source of truth; this module turns their JSON schema into a *structural* OpenAPI v3 schema the API server
+accepts (refs inlined, `anyOf: [X, null]` folded, exclusive bounds in OpenAPI 3.0 form, defaults from
+default factories so nested defaults apply server-side) and adds what a JSON schema cannot say:
+
+* CEL rules (`x-kubernetes-validations`) mirroring the models' cross-field validators, so `kubectl apply`
+  refuses such specs with the same advice `kubetune validate` gives;
+* a transition rule that locks the spec while the job is active (only `suspend` and
+  `ttlSecondsAfterFinished` may change), because a running gang cannot change shape under its feet;
+* the status subresource and the printer columns of `kubectl get finetunejobs`.
+
+`kubetune crd` prints or writes the result; `manifests/crd/finetunejobs.kubetune.io.yaml` is its committed
+output and a test fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter
+
+from kubetune.controller.status import ACTIVE_PHASES, FineTuneJobStatus
+from kubetune.spec.models import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    DatasetSpec,
+    DeepSpeedSpec,
+    FineTuneJobSpec,
+    TrainingSpec,
+)
+
+CRD_NAME = f"{PLURAL}.{API_GROUP}"
+CRD_FILE = f"{CRD_NAME}.yaml"
+# Worker hostnames are "<job>-worker-<index>" (index < 1024) and must be DNS labels (≤ 63 characters);
+# the headless Service is named after the job and Service names must start with a letter.
+MAX_JOB_NAME_LENGTH = 51
+
+# Keys of a JSON schema that survive into the structural schema (everything else, e.g. title, is dropped).
+_KEPT_KEYS = {
+    "type",
+    "description",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "nullable",
+    "x-kubernetes-preserve-unknown-fields",
+}
+
+
+def _rule(
+    rule: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+# CEL rules mirroring each model's @model_validator (keep them side by side with the pydantic versions;
+# tests/operator/test_crd.py checks both refuse the same documents). Values are checked after the API
+# server applied defaults, so defaulted fields are always present.
+CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
+    DatasetSpec: [
+        _rule(
+            "!(has(self.name) && has(self.files))",
+            "set either dataset.name (a hub dataset) or dataset.files (local files), not both",
+        ),
+        _rule(
+            "has(self.name) || has(self.files)",
+            "set dataset.name (a hub dataset such as glue) or dataset.files.train (a local file)",
+        ),
+    ],
+    TrainingSpec: [
+        _rule(
+            "self.evalStrategy != 'steps' || has(self.evalSteps)",
+            "training.evalStrategy is 'steps' but training.evalSteps is unset: set evalSteps: 100",
+            field_path=".evalSteps",
+        ),
+    ],
+    DeepSpeedSpec: [
+        _rule(
+            "self.offloadOptimizer == 'none' || self.zeroStage != 0",
+            "deepspeed.offloadOptimizer needs zeroStage 1, 2 or 3 (0 means DeepSpeed off): "
+            "set zeroStage, or offloadOptimizer: none",
+            field_path=".offloadOptimizer",
+        ),
+        _rule(
+            "self.offloadParameters == 'none' || self.zeroStage == 3",
+            "deepspeed.offloadParameters needs zeroStage 3: set zeroStage: 3, or offloadParameters: none",
+            field_path=".offloadParameters",
+        ),
+        _rule(
+            "(self.offloadOptimizer != 'nvme' && self.offloadParameters != 'nvme') || has(self.nvmePath)",
+            "nvme offload needs deepspeed.nvmePath: set it to a fast local folder",
+            field_path=".nvmePath",
+        ),
+    ],
+    FineTuneJobSpec: [
+        _rule(
+            "self.model.task != 'causal-lm' || self.training.metrics.all(m, m == 'perplexity')",
+            "training.metrics do not apply to task causal-lm: use perplexity",
+            field_path=".training.metrics",
+        ),
+        _rule(
+            "self.model.task == 'causal-lm' || self.training.metrics.all(m, m != 'perplexity')",
+            "training.metrics do not apply to task sequence-classification: use accuracy, f1, precision, recall",
+            field_path=".training.metrics",
+        ),
+    ],
+}
+
+_ACTIVE = "[" + ", ".join(f"'{phase}'" for phase in sorted(ACTIVE_PHASES)) + "]"
+_LOCKED_SPEC_BLOCKS = (
+    "model",
+    "dataset",
+    "training",
+    "distribution",
+    "checkpointing",
+    "output",
+    "kubernetes",
+)
+_LOCKED_RUN_POLICY = ("backoffLimit", "schedulingTimeoutSeconds", "reportProgress")
+_LOCKED_OPTIONAL_RUN_POLICY = ("activeDeadlineSeconds",)
+
+
+def _unchanged_spec_expression() -> str:
+    parts = [f"self.spec.{block} == oldSelf.spec.{block}" for block in _LOCKED_SPEC_BLOCKS]
+    parts += [f"self.spec.runPolicy.{key} == oldSelf.spec.runPolicy.{key}" for key in _LOCKED_RUN_POLICY]
+    for key in _LOCKED_OPTIONAL_RUN_POLICY:
+        new, old = f"self.spec.runPolicy.{key}", f"oldSelf.spec.runPolicy.{key}"
+        parts.append(f"has({new}) == has({old}) && (!has({new}) || {new} == {old})")
+    return " && ".join(f"({part})" for part in parts)
+
+
+ROOT_RULES: list[dict[str, str]] = [
+    _rule(
+        f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && self.metadata.name.matches('^[a-z]')",
+        f"metadata.name must start with a letter and be at most {MAX_JOB_NAME_LENGTH} characters: it names "
+        "the headless Service and the worker hostnames <name>-worker-<index>",
+        reason="FieldValueInvalid",
+    ),
+    {
+        "rule": (
+            "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+            f"!(oldSelf.status.phase in {_ACTIVE}) || ({_unchanged_spec_expression()})"
+        ),
+        "messageExpression": (
+            "'spec cannot change while the job is ' + oldSelf.status.phase + "
+            "': only spec.runPolicy.suspend and spec.runPolicy.ttlSecondsAfterFinished may; "
+            "suspend the job first (runPolicy.suspend: true), or delete it and apply a new one'"
+        ),
+        "fieldPath": ".spec",
+        "reason": "FieldValueForbidden",
+    },
+]
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Job phase."},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "description": "Model fine-tuned."},
+    {"name": "Nodes", "type": "string", "jsonPath": ".status.workers.summary", "description": "ready/total"},
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress.summary",
+        "description": "step/total (percent)",
+    },
+    {
+        "name": "Metric",
+        "type": "string",
+        "jsonPath": ".status.metrics.primary",
+        "description": "Primary eval metric.",
+    },
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "priority": 1,
+        "description": "What the job is doing or why it failed.",
+    },
+]
+
+
+class SchemaError(ValueError):
+    """A model uses a type the structural-schema converter does not know how to express."""
+
+
+def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every pydantic model reachable from `root`, by class name (the keys of pydantic's $defs)."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation.__name__ in found:
+                return
+            found[annotation.__name__] = annotation
+            for field in annotation.model_fields.values():
+                visit(field.annotation)
+        for arg in getattr(annotation, "__args__", ()) or ():
+            visit(arg)
+
+    visit(root)
+    return found
+
+
+def _factory_default(model: type[BaseModel], alias: str) -> tuple[bool, Any]:
+    """(has_default, value) for a field filled by a default factory: the nested model with its defaults
+    written out (the API server validates a default against CEL rules before filling nested defaults), the
+    factory's value for non-empty lists/maps."""
+    for name, field in model.model_fields.items():
+        if (field.alias or name) != alias or field.default_factory is None:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            return True, value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if value:
+            return True, TypeAdapter(type(value)).dump_python(value, mode="json")
+        return False, None
+    return False, None
+
+
+class _Converter:
+    def __init__(self, root: type[BaseModel]) -> None:
+        raw = root.model_json_schema(by_alias=True, mode="validation")
+        self.defs: dict[str, Any] = raw.pop("$defs", {})
+        self.root_schema = raw
+        self.classes = _model_classes(root)
+        self.root_name = root.__name__
+
+    def convert_root(self) -> dict[str, Any]:
+        return self._convert(self.root_schema, model_name=self.root_name)
+
+    def _convert(self, node: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+        node = dict(node)
+        if "$ref" in node:
+            name = node.pop("$ref").split("/")[-1]
+            target = self._convert(self.defs[name], model_name=name)
+            target.update(self._convert_siblings(node))
+            return target
+        if "anyOf" in node:
+            options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+            if len(options) != 1:
+                raise SchemaError(f"cannot express a union of {len(options)} types: {options}")
+            inner = self._convert(options[0])
+            siblings = self._convert_siblings(node)
+            inner.update(siblings)
+            if siblings.get("default") is not None:
+                # null means something here ("disable"), distinct from the default: keep it.
+                inner["nullable"] = True
+            return inner
+        if "const" in node:
+            value = node.pop("const")
+            node.setdefault("enum", [value])
+            node.setdefault("type", "string" if isinstance(value, str) else "integer")
+        out = self._convert_siblings(node)
+        kind = node.get("type")
+        if kind == "object":
+            out.update(self._convert_object(node, model_name))
+        elif kind == "array" and "items" in node:
+            out["items"] = self._convert(node["items"])
+        return out
+
+    def _convert_siblings(self, node: dict[str, Any]) -> dict[str, Any]:
+        out = {k: copy.deepcopy(v) for k, v in node.items() if k in _KEPT_KEYS}
+        # JSON Schema 2020 writes exclusive bounds as numbers; OpenAPI 3.0 as a flag on minimum/maximum.
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if isinstance(out.get(exclusive), int | float) and not isinstance(out[exclusive], bool):
+                out[bound] = out.pop(exclusive)
+                out[exclusive] = True
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
+
+    def _convert_object(self, node: dict[str, Any], model_name: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        model = self.classes.get(model_name or "")
+        properties = node.get("properties")
+        if properties:
+            out["properties"] = {}
+            for key, value in properties.items():
+                schema = self._convert(value)
+                if model is not None and "default" not in schema:
+                    has_default, default = _factory_default(model, key)
+                    if has_default:
+                        schema["default"] = default
+                out["properties"][key] = schema
+            if node.get("required"):
+                out["required"] = list(node["required"])
+        additional = node.get("additionalProperties")
+        if additional is True or (additional is None and not properties):
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif isinstance(additional, dict):
+            out["additionalProperties"] = self._convert(additional)
+        if model is not None and model in CEL_RULES:
+            out["x-kubernetes-validations"] = copy.deepcopy(CEL_RULES[model])
+        return out
+
+
+def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a pydantic model. Raises SchemaError for unsupported types."""
+    return _Converter(model).convert_root()
+
+
+def build_crd() -> dict[str, Any]:
+    """The FineTuneJob CustomResourceDefinition as a dict (apiextensions.k8s.io/v1)."""
+    spec_schema = structural_schema(FineTuneJobSpec)
+    spec_schema["description"] = "What to fine-tune, on what data, how, and where it runs."
+    status_schema = structural_schema(FineTuneJobStatus)
+    status_schema["description"] = "Written by the operator (and rank 0's progress reporter)."
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": (
+            "A FineTuneJob fine-tunes a Hugging Face model on one or more GPU nodes; the kubetune operator "
+            "runs one worker pod per node and reports progress and metrics in the status."
+        ),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": copy.deepcopy(ROOT_RULES),
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/part-of": "kubetune"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["kubetune"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+HEADER = (
+    "# Generated by `kubetune crd` from kubetune.spec.models and kubetune.controller.status: do not edit.\n"
+)
+
+
+def render_crd() -> str:
+    """The CRD as the YAML text committed under manifests/crd/ (stable key order, a header comment)."""
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=110, allow_unicode=True)
