@@ -26,8 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from kubetune.contract import DEFAULT_TERMINATION_LOG, NodeContext
 from kubetune.controller import names
+from kubetune.launch import accelerate_config, deepspeed_config
 from kubetune.spec.loading import dump_job
 from kubetune.spec.models import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec, ObjectMeta
 
@@ -121,23 +124,24 @@ def build_service(job: JobRef, spec: FineTuneJobSpec) -> dict[str, Any]:
 
 
 def config_files(job: JobRef, spec: FineTuneJobSpec) -> dict[str, str]:
-    """The files mounted at /etc/kubetune: the job YAML with defaults filled in, plus the DeepSpeed JSON and
-    accelerate config when the trainer's torch-free builders (`kubetune.launch`) are installed."""
+    """The files mounted at /etc/kubetune: the job YAML with every default filled in (what `kubetune train`
+    reads), plus the accelerate config and, with DeepSpeed, the DeepSpeed JSON it derives from it, so a user
+    can see exactly what each node runs with (`kubectl get cm <job>-config -o yaml`).
+
+    Raises LaunchConfigError when the raw DeepSpeed config contradicts the spec (the planner checks first).
+    """
     document = FineTuneJob(metadata=ObjectMeta(name=job.name, namespace=job.namespace), spec=spec)
     files = {names.JOB_FILE_KEY: dump_job(document)}
-    try:
-        from kubetune import launch  # the trainer helper's builders; absent in older checkouts
-    except ImportError:
-        return files
-    deepspeed_config = getattr(launch, "deepspeed_config", None)
-    if deepspeed_config is not None and spec.distribution.deepspeed.enabled:
+    deepspeed_path = None
+    if spec.distribution.deepspeed.enabled:
         files[names.DEEPSPEED_FILE_KEY] = json.dumps(deepspeed_config(spec), indent=2, sort_keys=True)
-    accelerate_config = getattr(launch, "accelerate_config", None)
-    if accelerate_config is not None:
-        # Written for node 0; `kubetune train` sets the machine rank of its own node from the environment.
-        context = _node_context(job, spec, index=0, attempt=0)
-        rendered = accelerate_config(spec, context)
-        files[names.ACCELERATE_FILE_KEY] = rendered if isinstance(rendered, str) else json.dumps(rendered)
+        deepspeed_path = f"{names.CONFIG_MOUNT_PATH}/{names.DEEPSPEED_FILE_KEY}"
+    # One file for every node: the machine rank in it is node 0's; `kubetune train` passes each node's own
+    # rank on the accelerate command line, which wins over the file.
+    context = _node_context(job, spec, index=0, attempt=0)
+    files[names.ACCELERATE_FILE_KEY] = yaml.safe_dump(
+        accelerate_config(spec, context, deepspeed_path), sort_keys=True
+    )
     return files
 
 

@@ -40,6 +40,7 @@ from kubetune.controller.status import (
 )
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
+from kubetune.launch import LaunchConfigError, deepspeed_config
 from kubetune.spec.loading import SpecError, parse_spec
 from kubetune.spec.models import FineTuneJobSpec
 
@@ -324,6 +325,11 @@ class _Planner:
             spec = parse_spec(self.job.spec)
         except SpecError as error:
             problems.extend(str(p) for p in error.problems)
+        if spec is not None and spec.distribution.deepspeed.enabled:
+            try:
+                deepspeed_config(spec)
+            except LaunchConfigError as error:
+                problems.append(f"spec.distribution.deepspeed.config: {error}")
         if not problems:
             self.condition(ConditionType.ACCEPTED, True, "Valid", "the spec is valid")
             return spec

@@ -1,0 +1,226 @@
+"""Given a FineTuneJob spec, the builders write the Service, ConfigMap, progress RBAC and worker pods a user
+expects: the env contract, GPUs, /dev/shm, volumes, the HF token Secret, placement, a non-root security
+context, owner references; every object valid against the Kubernetes 1.36 OpenAPI schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubetune.contract import NodeContext
+from kubetune.controller.children import (
+    JobRef,
+    WorkerContext,
+    build_config_map,
+    build_job_children,
+    build_progress_rbac,
+    build_service,
+    build_worker_pod,
+)
+from kubetune.spec import parse_job, parse_spec
+from kubetune.spec.models import FineTuneJobSpec
+
+JOB = JobRef(name="bert", namespace="team-a", uid="1234")
+K8S_VERSION = "1.36.0"
+
+
+def spec(**overrides: Any) -> FineTuneJobSpec:
+    document: dict[str, Any] = {
+        "model": {"name": "prajjwal1/bert-tiny"},
+        "dataset": {"name": "glue", "config": "sst2"},
+        "distribution": {"nodes": 4, "processesPerNode": 8, "mainPort": 23456},
+    }
+    document.update(overrides)
+    return parse_spec(document)
+
+
+def worker(index: int = 1, attempt: int = 2, **overrides: Any) -> dict[str, Any]:
+    return build_worker_pod(
+        WorkerContext(JOB, spec(**overrides), index, attempt, "registry/trainer:1"), generation=3
+    )
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+def mounts_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+
+
+def volumes_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod["spec"]["volumes"]}
+
+
+def test_a_worker_carries_the_launcher_contract_for_its_rank() -> None:
+    pod = worker(index=1, attempt=2)
+    context = NodeContext.from_env({k: v for k, v in env_of(pod).items() if isinstance(v, str)})
+    assert (context.node_rank, context.num_nodes, context.procs_per_node) == (1, 4, 8)
+    assert context.main_addr == "bert-worker-0.bert.team-a.svc"
+    assert context.main_port == 23456
+    assert context.attempt == 2
+    assert context.job_file == "/etc/kubetune/job.yaml"
+    assert (context.job_name, context.job_namespace) == ("bert", "team-a")
+    assert context.termination_log == "/dev/termination-log"
+    assert pod["metadata"]["name"] == "bert-worker-1"
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("bert-worker-1", "bert")
+    labels = pod["metadata"]["labels"]
+    assert labels["kubetune.io/node-rank"] == "1" and labels["kubetune.io/attempt"] == "2"
+
+
+def test_a_worker_requests_one_gpu_per_process_and_runs_the_trainer_like_a_batch_pod() -> None:
+    pod = worker(kubernetes={"resources": {"cpu": "8", "memory": "64Gi"}})
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "8"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["command"] == ["kubetune", "train"]
+    assert container["image"] == "registry/trainer:1"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    override = worker(kubernetes={"resources": {"gpusPerNode": 0}})
+    assert "resources" not in override["spec"]["containers"][0]
+
+
+def test_a_worker_mounts_the_config_shm_output_and_cache_volumes() -> None:
+    pod = worker(
+        kubernetes={
+            "outputVolume": {"claimName": "runs", "mountPath": "/output"},
+            "cacheVolume": {"claimName": "hf-cache", "mountPath": "/hf"},
+            "resources": {"shmSize": "16Gi"},
+        }
+    )
+    mounts, volumes = mounts_of(pod), volumes_of(pod)
+    assert mounts == {
+        "kubetune-config": "/etc/kubetune",
+        "dshm": "/dev/shm",
+        "output": "/output",
+        "hf-cache": "/hf",
+    }
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "runs"}
+    assert volumes["hf-cache"]["persistentVolumeClaim"] == {"claimName": "hf-cache"}
+    assert volumes["kubetune-config"]["configMap"] == {"name": "bert-config"}
+    assert env_of(pod)["HF_HOME"] == "/hf"
+
+
+def test_the_hf_token_comes_from_the_secret_reference_never_inline() -> None:
+    pod = worker(kubernetes={"hfTokenSecret": {"name": "hf", "key": "token"}})
+    assert env_of(pod)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+
+
+def test_placement_comes_from_the_spec() -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                ]
+            }
+        }
+    }
+    pod = worker(
+        kubernetes={
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": affinity,
+            "priorityClassName": "training",
+            "schedulerName": "volcano",
+            "imagePullSecrets": ["regcred"],
+            "labels": {"team": "nlp"},
+            "env": {"NCCL_DEBUG": "INFO"},
+        }
+    )
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert pod["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["spec"]["affinity"] == affinity
+    assert pod["spec"]["priorityClassName"] == "training"
+    assert pod["spec"]["schedulerName"] == "volcano"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["metadata"]["labels"]["team"] == "nlp"
+    assert env_of(pod)["NCCL_DEBUG"] == "INFO"
+
+
+def test_user_labels_and_env_cannot_override_the_operators_identity() -> None:
+    pod = worker(kubernetes={"labels": {"kubetune.io/job-name": "other"}, "env": {"KUBETUNE_NODE_RANK": "0"}})
+    assert pod["metadata"]["labels"]["kubetune.io/job-name"] == "bert"
+    assert env_of(pod)["KUBETUNE_NODE_RANK"] == "1"
+
+
+def test_workers_run_as_non_root_without_privileges() -> None:
+    pod = worker()
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    container = pod["spec"]["containers"][0]["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_every_child_is_owned_by_the_job_so_deleting_it_collects_them() -> None:
+    children = [*build_job_children(JOB, spec()), worker()]
+    for child in children:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "bert",
+            "uid": "1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert child["metadata"]["labels"]["kubetune.io/job-name"] == "bert"
+
+
+def test_the_headless_service_publishes_workers_before_they_are_ready() -> None:
+    service = build_service(JOB, spec())
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"kubetune.io/job-name": "bert", "kubetune.io/role": "worker"}
+    assert service["metadata"]["name"] == "bert"
+
+
+def test_the_config_map_holds_the_job_with_defaults_and_the_launch_configs() -> None:
+    job_spec = spec(distribution={"nodes": 2, "deepspeed": {"zeroStage": 2}})
+    data = build_config_map(JOB, job_spec)["data"]
+    job = parse_job(yaml.safe_load(data["job.yaml"]))
+    assert job.spec == job_spec and job.metadata.name == "bert"
+    assert json.loads(data["deepspeed.json"])["zero_optimization"]["stage"] == 2
+    accelerate = yaml.safe_load(data["accelerate.yaml"])
+    assert accelerate["distributed_type"] == "DEEPSPEED" and accelerate["num_machines"] == 2
+    assert "deepspeed.json" not in build_config_map(JOB, spec())["data"]
+
+
+def test_progress_rbac_grants_patch_on_this_jobs_status_only() -> None:
+    account, role, binding = build_progress_rbac(JOB, spec())
+    assert account["metadata"]["name"] == "bert-worker"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["kubetune.io"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["bert"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "bert-worker", "namespace": "team-a"}]
+    pod = worker()
+    assert pod["spec"]["serviceAccountName"] == "bert-worker"
+    assert pod["spec"]["automountServiceAccountToken"] is True
+
+
+def test_without_progress_reporting_workers_get_no_api_token() -> None:
+    assert build_progress_rbac(JOB, spec(runPolicy={"reportProgress": False})) == []
+    pod = worker(runPolicy={"reportProgress": False})
+    assert "serviceAccountName" not in pod["spec"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"kubernetes": {"outputVolume": {"mountPath": "/o", "sizeLimit": "1Gi"}}}]
+)
+def test_every_object_is_valid_kubernetes(overrides: dict[str, Any]) -> None:
+    objects = [*build_job_children(JOB, spec(**overrides)), worker(**overrides)]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

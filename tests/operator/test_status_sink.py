@@ -1,0 +1,91 @@
+"""Rank 0's status sink turns progress events into merge patches of status.progress/metrics, writes urgent
+events at once and step events at most once per interval, flushes the summary on close, and never raises.
+(The patcher here is a list-appending function: the real API write is covered by the cluster test.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune.status_sink import StatusSink, status_patch_for_event, status_patch_for_summary
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.fail = fail
+        self.written = threading.Event()
+
+    def __call__(self, patch: dict[str, Any]) -> None:
+        if self.fail:
+            raise ConnectionError("API server unreachable")
+        self.patches.append(patch)
+        self.written.set()
+
+
+def test_a_step_event_becomes_progress_and_metrics() -> None:
+    event = ProgressEvent(
+        event=EventKind.STEP,
+        step=30,
+        total_steps=120,
+        epoch=0.75,
+        loss=0.5,
+        samples_per_second=12.0,
+        eta_seconds=90,
+    )
+    patch = status_patch_for_event(event, "accuracy")
+    progress = patch["progress"]
+    assert (progress["step"], progress["totalSteps"], progress["percent"], progress["summary"]) == (
+        30,
+        120,
+        25.0,
+        "30/120 (25%)",
+    )
+    assert progress["etaSeconds"] == 90
+    assert patch["metrics"] == {"trainLoss": 0.5, "samplesPerSecond": 12.0}
+
+
+def test_eval_metrics_set_the_primary_column_and_nan_is_dropped() -> None:
+    event = ProgressEvent(
+        event=EventKind.EVAL,
+        step=60,
+        total_steps=120,
+        metrics={"eval_accuracy": 0.8125, "eval_loss": float("nan")},
+    )
+    metrics = status_patch_for_event(event, "accuracy")["metrics"]
+    assert metrics == {"eval": {"eval_accuracy": 0.8125}, "primary": "accuracy=0.8125"}
+    summary = JobSummary(
+        outcome=EventKind.FINISHED,
+        step=120,
+        total_steps=120,
+        metrics={"eval_accuracy": 0.9},
+        model_path="/output/model",
+    )
+    final = status_patch_for_summary(summary, "accuracy")
+    assert final["progress"]["percent"] == 100.0 and final["metrics"]["modelPath"] == "/output/model"
+
+
+def test_steps_are_rate_limited_urgent_events_are_not_and_close_flushes() -> None:
+    recorder = Recorder()
+    sink = StatusSink(recorder, min_interval=60.0)
+    sink.emit(ProgressEvent(event=EventKind.STARTED, total_steps=100))
+    assert recorder.written.wait(5)
+    for step in range(1, 50):
+        sink.emit(ProgressEvent(event=EventKind.STEP, step=step, total_steps=100, loss=1.0 / step))
+    time.sleep(0.3)
+    assert len(recorder.patches) == 1  # the steps wait for the interval, coalesced
+    sink.close(JobSummary(outcome=EventKind.FINISHED, step=100, total_steps=100, train_loss=0.1))
+    assert len(recorder.patches) == 2
+    assert recorder.patches[-1]["progress"]["step"] == 100
+    assert recorder.patches[-1]["metrics"]["trainLoss"] == 0.1
+    assert sink.writes == 2
+
+
+def test_a_failing_api_never_reaches_the_training_loop() -> None:
+    sink = StatusSink(Recorder(fail=True), min_interval=0.0)
+    for step in range(5):
+        sink.emit(ProgressEvent(event=EventKind.STEP, step=step, total_steps=5))
+    sink.close(JobSummary(outcome=EventKind.FAILED, message="boom"))
+    assert sink.writes == 0
