@@ -127,33 +127,63 @@ def test_equal_health_and_metrics_ports_are_refused_with_the_fix(helm: Helm, val
 # --- RBAC: exactly what the operator uses ----------------------------------------------------------------------
 
 
-def _rules_file() -> dict[str, list[dict[str, Any]]]:
-    return yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())
+def _rules_file() -> dict[str, Any]:
+    rules: dict[str, Any] = yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())
+    return rules
+
+
+def test_the_chart_rules_are_derived_from_the_operators_own_list() -> None:
+    """files/operator-rules.yaml is what tests.deploy.manifests derives from OPERATOR_RULES, and together the
+    two modes' rules cover every resource and verb of that list (nothing the operator calls is missing)."""
+    from kubetune.controller.rbac import OPERATOR_RULES
+
+    from tests.deploy.manifests import RULES_FILE, render_rules
+
+    assert RULES_FILE.read_text() == render_rules(), "stale: run python -m tests.deploy.manifests"
+    rules = _rules_file()
+
+    def grants(rule_list: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+        return {
+            (group, resource, verb)
+            for rule in rule_list
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+
+    wanted = grants(OPERATOR_RULES)
+    namespaced_mode = grants(rules["namespacedMode"]["namespaced"] + rules["namespacedMode"]["cluster"])
+    assert grants(rules["clusterMode"]) | namespaced_mode == wanted
+    # Each mode leaves out only what kopf never calls in that mode.
+    assert {r for _, r, _ in wanted - grants(rules["clusterMode"])} == {"kopfpeerings", "namespaces"}
+    assert {r for _, r, _ in wanted - namespaced_mode} == {"clusterkopfpeerings"}
 
 
 def test_cluster_mode_grants_everything_through_one_cluster_role(helm: Helm, values_dir: Path) -> None:
     objects = helm.render(None, values_dir)
-    rules = _rules_file()
     role = one(objects, "ClusterRole", FULLNAME)
-    assert role["rules"] == rules["cluster"] + rules["namespaced"] + rules["clusterPeering"]
+    assert role["rules"] == _rules_file()["clusterMode"]
     binding = one(objects, "ClusterRoleBinding", FULLNAME)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert not find(objects, "Role") and not find(objects, "RoleBinding")
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "kubetune"
+    args = _operator_pod(objects)["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--namespace")]
 
 
 def test_namespaced_mode_grants_job_rights_only_in_the_watched_namespaces(
     helm: Helm, values_dir: Path
 ) -> None:
-    """A Role per watched namespace; cluster-wide only the CRD reads kopf needs (nothing namespaced)."""
+    """A Role per watched namespace; cluster-wide only kopf's CRD and namespace reads (nothing namespaced)."""
     objects = helm.render(NAMESPACED, values_dir)
-    rules = _rules_file()
+    rules = _rules_file()["namespacedMode"]
     assert one(objects, "ClusterRole", FULLNAME)["rules"] == rules["cluster"]
     cluster_resources = {r for rule in rules["cluster"] for r in rule["resources"]}
-    assert cluster_resources == {"customresourcedefinitions"}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in rules["cluster"])
     assert {r["metadata"]["namespace"] for r in find(objects, "Role")} == {"team-a", "team-b"}
     for role in find(objects, "Role"):
-        assert role["rules"] == rules["namespaced"] + rules["namespacedPeering"]
+        assert role["rules"] == rules["namespaced"]
     for binding in find(objects, "RoleBinding"):
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
@@ -163,8 +193,8 @@ def test_namespaced_mode_grants_job_rights_only_in_the_watched_namespaces(
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert {p["metadata"]["namespace"] for p in find(objects, "KopfPeering")} == {"team-a", "team-b"}
     assert not find(objects, "ClusterKopfPeering")
-    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    args = _operator_pod(objects)["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -179,18 +209,11 @@ def test_no_rule_reads_secrets_or_uses_wildcards_or_escalates(
             assert not {"list", "watch"} & set(rule["verbs"]), f"the operator never lists these: {rule}"
 
 
-def test_the_chart_rules_are_the_operators_own_list() -> None:
-    """files/operator-rules.yaml equals what the operator declares it uses (kubetune.controller.rbac)."""
-    rbac = pytest.importorskip("kubetune.controller.rbac", reason="the operator's RBAC list has not landed")
-    rules = _rules_file()
-    assert rules == rbac.chart_rules(), "regenerate charts/kubetune/files/operator-rules.yaml"
-
-
-# --- the operator Deployment -----------------------------------------------------------------------------------
+# --- the operator StatefulSet -----------------------------------------------------------------------------------
 
 
 def _operator_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = one(objects, "StatefulSet")["spec"]["template"]["spec"]
     return spec
 
 
@@ -217,12 +240,15 @@ def test_the_operator_runs_non_root_read_only_without_privileges_as_the_image_us
 def test_the_operator_command_line_is_accepted_by_kubetune_operator(
     helm: Helm, values_dir: Path, values: dict | None
 ) -> None:
-    """The Deployment's args parse with the real CLI (the image's ENTRYPOINT is `kubetune`)."""
+    """The StatefulSet's args parse with the real CLI (the image's ENTRYPOINT is `kubetune`), once Kubernetes
+    has expanded $(POD_INDEX) from the pod-index label."""
     from kubetune.cli import build_parser
 
     (container,) = _operator_pod(helm.render(values, values_dir))["containers"]
-    args = build_parser().parse_args(container["args"])
+    args = build_parser().parse_args([a.replace("$(POD_INDEX)", "1") for a in container["args"]])
     assert args.command == "operator"
+    assert args.priority == 1 and args.peering == "kubetune"
+    assert args.namespace == (values or {}).get("watch", {}).get("namespaces", [])
 
 
 def test_the_default_trainer_image_is_the_charts_version_and_reaches_the_operator(
@@ -230,20 +256,25 @@ def test_the_default_trainer_image_is_the_charts_version_and_reaches_the_operato
 ) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     (container,) = _operator_pod(helm.render(None, values_dir))["containers"]
-    assert f"--trainer-image=ghcr.io/kubetune/trainer:{chart['appVersion']}" in container["args"]
+    assert f"--image=ghcr.io/kubetune/trainer:{chart['appVersion']}" in container["args"]
     assert container["image"] == f"ghcr.io/kubetune/operator:{chart['appVersion']}"
     digest = "sha256:" + "a" * 64
     (pinned,) = _operator_pod(helm.render({"image": {"digest": digest}}, values_dir))["containers"]
     assert pinned["image"] == f"ghcr.io/kubetune/operator@{digest}"
 
 
-def test_two_replicas_peer_through_kopf_with_pod_identities(helm: Helm, values_dir: Path) -> None:
+def test_two_replicas_peer_through_kopf_each_with_its_own_priority(helm: Helm, values_dir: Path) -> None:
+    """kopf pauses every operator that sees a live peer of equal priority, so each replica's priority is its
+    StatefulSet pod index: one works (the highest), the others stand by."""
     objects = helm.render(EVERYTHING_ON, values_dir)
-    deployment = one(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 2
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    workload = one(objects, "StatefulSet")
+    assert workload["spec"]["replicas"] == 2
+    assert workload["spec"]["podManagementPolicy"] == "Parallel"
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env["POD_ID"] == "metadata.name"
+    assert env["POD_INDEX"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert "--priority=$(POD_INDEX)" in container["args"]
     assert "--peering=kubetune" in container["args"]
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "kubetune"
 

@@ -42,10 +42,10 @@ def test_the_kind_values_install_the_cpu_trainer_from_loaded_images(helm: Helm, 
     """manifests/kind/values.yaml passes the chart's schema and the tags match the kind README's builds."""
     values = yaml.safe_load((MANIFESTS / "kind" / "values.yaml").read_text())
     objects = helm.render(values, values_dir)
-    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"]
     assert container["imagePullPolicy"] == "Never"  # loaded with `kind load docker-image`
     readme = (MANIFESTS / "kind" / "README.md").read_text()
-    trainer = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--trainer-image="))
+    trainer = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--image="))
     assert trainer.endswith("-cpu") and f"-t {trainer} " in readme
     assert f"-t {container['image']} " in readme
     assert "--build-arg VARIANT=cpu" in readme

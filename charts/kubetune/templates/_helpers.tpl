@@ -16,7 +16,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
 {{- end -}}
 
-{{/* Labels that select the operator's pods (never change them: Deployment selectors are immutable). */}}
+{{/* Labels that select the operator's pods (never change them: workload selectors are immutable). */}}
 {{- define "kubetune.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -56,7 +56,7 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/* The operator's RBAC rules, kept as data in files/operator-rules.yaml (generated from the operator's own
-     list: tests/deploy checks they are equal). Keys: namespaced, cluster, clusterPeering, namespacedPeering. */}}
+     list, kubetune.controller.rbac). Keys: clusterMode, namespacedMode.namespaced, namespacedMode.cluster. */}}
 {{- define "kubetune.rules" -}}
 {{- .Files.Get "files/operator-rules.yaml" -}}
 {{- end -}}
