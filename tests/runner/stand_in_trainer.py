@@ -1,9 +1,8 @@
 """A stand-in for `kubetune train` that speaks the launcher contract without training anything.
 
 Used only where the real trainer cannot produce the situation on demand (a node that hangs, a node that
-finishes while another is stuck). It reads `NodeContext.from_env()`, joins the other nodes over a TCP
-store on KUBETUNE_MAIN_ADDR:PORT like torch.distributed would, and on rank 0 writes progress events and
-metrics.json. Behaviour switches (env):
+finishes while another is stuck). It reads `NodeContext.from_env()` and, on rank 0, writes progress events
+and metrics.json like the trainer; SIGTERM makes it exit 75. Behaviour switches (env):
 
 - STAND_IN_STEPS: steps to "train" (default 10), STAND_IN_STEP_SECONDS: sleep per step (default 0.05)
 - STAND_IN_FAIL_RANK: this node raises after STAND_IN_FAIL_AT_STEP steps (default 3)

@@ -85,7 +85,7 @@ class PlainView:
         self._last_step_line = 0.0
 
     def start(self, title: str) -> None:
-        self.console.print(title, highlight=False, soft_wrap=True)
+        self.console.print(title, highlight=False, markup=False, soft_wrap=True)
 
     def update(self, event: ProgressEvent) -> None:
         if event.event == EventKind.STEP:
@@ -94,10 +94,10 @@ class PlainView:
             if now - self._last_step_line < self.interval and not last_step:
                 return
             self._last_step_line = now
-        self.console.print(describe_event(event), highlight=False, soft_wrap=True)
+        self.console.print(describe_event(event), highlight=False, markup=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True)
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def stop(self) -> None:
         pass
@@ -113,7 +113,7 @@ class RichView:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
+            TextColumn("{task.fields[stats]}", markup=False),
             console=console,
             transient=False,
         )
@@ -121,7 +121,7 @@ class RichView:
         self._eval = ""
 
     def start(self, title: str) -> None:
-        self.console.print(title, highlight=False)
+        self.console.print(title, highlight=False, markup=False)
         self.progress.start()
         self._task = self.progress.add_task("starting nodes", total=None, stats="")
 
@@ -133,21 +133,21 @@ class RichView:
         kind = EventKind(event.event)
         total = event.total_steps or None
         if kind == EventKind.STARTED:
-            self.progress.console.print(describe_event(event), highlight=False)
+            self.progress.console.print(describe_event(event), highlight=False, markup=False)
             self._set(description="epoch 0.00", total=total, completed=event.step)
         elif kind == EventKind.STEP:
             stats = describe_step(event) + (f" · {self._eval}" if self._eval else "")
             self._set(description=f"epoch {event.epoch:.2f}", total=total, completed=event.step, stats=stats)
         elif kind == EventKind.EVAL:
             self._eval = format_metrics(event.metrics)
-            self.progress.console.print(describe_event(event), highlight=False)
+            self.progress.console.print(describe_event(event), highlight=False, markup=False)
         else:
             if kind == EventKind.FINISHED:
                 self._set(total=total, completed=event.step)
-            self.progress.console.print(describe_event(event), highlight=False)
+            self.progress.console.print(describe_event(event), highlight=False, markup=False)
 
     def note(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False)
+        self.progress.console.print(text, highlight=False, markup=False)
 
     def stop(self) -> None:
         self.progress.stop()

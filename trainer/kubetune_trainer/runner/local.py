@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kubetune.contract import EXIT_INVALID_SPEC
@@ -100,7 +100,7 @@ def _show_failure(console: Console, plan: LocalRunPlan, outcome: Outcome) -> str
     """Print the failed node's log tail (and its own error message). Returns the text for report.md."""
     text = outcome.message or "the run failed"
     if outcome.failed_rank is None:
-        console.print(f"[bold red]✗ {text}[/]")
+        console.print(Text(f"✗ {text}", style="bold red"), soft_wrap=True)
         return text
     rank = outcome.failed_rank
     summary = termination_summary(plan.termination_log(rank))
@@ -114,7 +114,7 @@ def _show_failure(console: Console, plan: LocalRunPlan, outcome: Outcome) -> str
             border_style="red",
         )
     )
-    console.print(f"[bold red]✗ {text}[/]")
+    console.print(Text(f"✗ {text}", style="bold red"), soft_wrap=True)
     return text + ("\n\n" + "\n".join(tail.splitlines()[-20:]) if tail else "")
 
 
@@ -166,12 +166,7 @@ def run_local(options: RunOptions, console: Console | None = None, errors: Conso
     view = make_view(console, options.plain_interval_seconds)
     limits = options.limits
     if limits.deadline_seconds is None and job.spec.run_policy.active_deadline_seconds:
-        limits = WatchdogLimits(
-            deadline_seconds=job.spec.run_policy.active_deadline_seconds,
-            stall_seconds=limits.stall_seconds,
-            straggler_seconds=limits.straggler_seconds,
-            stop_grace_seconds=limits.stop_grace_seconds,
-        )
+        limits = replace(limits, deadline_seconds=float(job.spec.run_policy.active_deadline_seconds))
     title = (
         f"kubetune run {job.metadata.name}: {plan.nodes} node(s) x {plan.procs_per_node} process(es) "
         f"on {_device_description(plan)}, {envs[0]['OMP_NUM_THREADS']} thread(s) per process, "
@@ -198,5 +193,10 @@ def run_local(options: RunOptions, console: Console | None = None, errors: Conso
     result = _report(plan, outcome, started_at, elapsed)
     print_final(console, result)
     if outcome.kind == "preempted":
-        console.print(f"stopped: checkpoint kept in {plan.output_dir / 'checkpoints'}; rerun to resume")
+        console.print(
+            f"stopped: checkpoint kept in {plan.output_dir / 'checkpoints'}; run the same command again to resume",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return outcome.exit_code

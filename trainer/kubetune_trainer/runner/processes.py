@@ -1,8 +1,9 @@
 """The simulated nodes: one `kubetune train` process (and its own process group) per node.
 
-Each node runs in a session of its own, so a Ctrl-C in the terminal reaches only `kubetune run`, which then
-stops the nodes in order: SIGTERM to each node's whole group (the trainer saves a checkpoint and exits 75),
-SIGKILL for whatever is still there after the grace period.
+Each node runs in a session (and process group) of its own, so a Ctrl-C in the terminal reaches only
+`kubetune run`, which then stops the nodes in order: SIGTERM to each node's `kubetune train` (it forwards the
+signal to its workers, which agree on a step, save a checkpoint and exit; the node exits 75), then SIGKILL to
+each node's whole process group for whatever is still there after the grace period.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class NodeProcess:
         except PermissionError:  # the group id was reused by someone else's process: not ours to signal
             return False
         return True
+
+    def request_stop(self) -> None:
+        """Ask the node to stop gracefully: SIGTERM to `kubetune train`, which forwards it to its workers
+        (not to torchrun, whose own 30 s shutdown timer could cut a checkpoint short). When the node's main
+        process is gone already, its leftover workers get the SIGTERM directly."""
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+        else:
+            self.signal_group(signal.SIGTERM)
 
     def group_alive(self) -> bool:
         """Whether any process of the node's group (e.g. an accelerate worker) still runs."""
@@ -151,13 +162,13 @@ class NodeGroup:
         force_now: Callable[[], bool] = lambda: False,
         on_tick: Callable[[], None] = lambda: None,
     ) -> None:
-        """SIGTERM every node's group, wait up to `grace_seconds`, then SIGKILL what is left.
+        """Ask every node to stop (SIGTERM), wait up to `grace_seconds`, then SIGKILL what is left.
 
         `force_now` (e.g. a second Ctrl-C) skips the rest of the wait; `on_tick` runs while waiting (to keep
         the display fed). Returns when every node's main process has been reaped and no group member runs.
         """
         for node in self.nodes:
-            node.signal_group(signal.SIGTERM)
+            node.request_stop()
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and not force_now():
             self.poll()

@@ -215,4 +215,4 @@ def metrics_table(result: RunResult) -> Table:
 def print_final(console: Console, result: RunResult) -> None:
     """The metrics table and where the reports are."""
     console.print(metrics_table(result))
-    console.print(f"reports in {result.output_dir}", highlight=False)
+    console.print(f"reports in {result.output_dir}", highlight=False, markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ class WatchdogLimits:
     stall_seconds: float | None = 1800.0  # no new log output and no new event for this long
     straggler_seconds: float = 120.0  # others still running this long after one node finished cleanly
     stop_grace_seconds: float = 120.0  # SIGTERM → SIGKILL (the trainer saves a checkpoint meanwhile)
+    settle_seconds: float = 3.0  # after a node fails, wait this long for its peers' exits to find the cause
 
 
 @dataclass
@@ -90,6 +91,43 @@ class ActivityClock:
         return time.monotonic() - self.last_change
 
 
+# When one rank dies, its peers fail a moment later in their next collective with errors like these. They are
+# symptoms: the node whose log does not show one is the root cause.
+COLLATERAL_ERRORS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "DistNetworkError",
+    "DistBackendError",
+    "recvBytes",
+    "sendBytes",
+    "NCCL communicator was aborted",
+    "Socket Timeout",
+    "Connection refused",
+)
+
+
+def _log_end(path: Path, size: int = 32 * 1024) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def root_cause(failed: list[NodeProcess]) -> NodeProcess:
+    """The node whose failure caused the others: the first to fail among those whose log shows no
+    collateral communication error (or simply the first to fail when every log shows one)."""
+    ordered = sorted(failed, key=lambda node: (node.exited_at or 0.0, node.rank))
+    for node in ordered:
+        tail = _log_end(node.log_path)
+        if not any(marker in tail for marker in COLLATERAL_ERRORS):
+            return node
+    return ordered[0]
+
+
 def _failure_code(node: NodeProcess) -> int:
     # The trainer exits 2 when the data or model does not fit the spec (e.g. a missing column).
     return EXIT_INVALID_SPEC if node.exit_code == EXIT_INVALID_SPEC else 1
@@ -138,12 +176,13 @@ def supervise(
                 return Outcome(
                     "preempted", EXIT_PREEMPTED, message="a node was stopped by SIGTERM", events=events
                 )
-            stop_all(f"node {node.rank} failed ({describe_exit(node.exit_code or 0)})")
+            cause = root_cause(_settle(group, node, limits.settle_seconds, pump))
+            stop_all(f"node {cause.rank} failed ({describe_exit(cause.exit_code or 0)})")
             return Outcome(
                 "failed",
-                _failure_code(node),
-                failed_rank=node.rank,
-                message=f"node {node.rank} failed with {describe_exit(node.exit_code or 0)}",
+                _failure_code(cause),
+                failed_rank=cause.rank,
+                message=f"node {cause.rank} failed with {describe_exit(cause.exit_code or 0)}",
                 events=events,
             )
         if not group.running:
@@ -166,6 +205,18 @@ def supervise(
         time.sleep(poll_seconds)
     pump()
     return Outcome("finished", 0, events=events)
+
+
+def _settle(
+    group: NodeGroup, first: NodeProcess, settle_seconds: float, on_tick: Callable[[], None]
+) -> list[NodeProcess]:
+    """Every node that failed within `settle_seconds` of `first` (first included)."""
+    deadline = time.monotonic() + settle_seconds
+    while time.monotonic() < deadline and group.running:
+        group.poll()
+        on_tick()
+        time.sleep(0.1)
+    return [n for n in group.nodes if n.exit_code not in (None, 0, EXIT_PREEMPTED) or n is first]
 
 
 def _watchdog_problem(
