@@ -72,6 +72,11 @@ def build_accelerator(spec: FineTuneJobSpec) -> Any:
         plugin = DeepSpeedPlugin(
             hf_ds_config=config, zero3_init_flag=spec.distribution.deepspeed.zero_stage == 3
         )
+    handlers: list[Any] = []
+    if launched_world_size() > 1:
+        # Without an explicit backend Accelerate on CPU would not join the group DeepSpeed expects (gloo).
+        backend = resolve_backend(spec.distribution.backend)
+        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30)))
     return Accelerator(
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         mixed_precision=str(training.mixed_precision),
@@ -79,11 +84,7 @@ def build_accelerator(spec: FineTuneJobSpec) -> Any:
         # We step the scheduler once per optimizer step ourselves; Accelerate's default would step it once per
         # process per step (and DeepSpeed once per step), so the schedule would differ between the two.
         step_scheduler_with_optimizer=False,
-        kwargs_handlers=[
-            InitProcessGroupKwargs(
-                backend=resolve_backend(spec.distribution.backend), timeout=timedelta(minutes=30)
-            )
-        ],
+        kwargs_handlers=handlers,
     )
 
 
@@ -133,11 +134,12 @@ class Trainer:
     ) -> None:
         self.settings = settings
         self.spec = settings.spec
-        self.accelerator = build_accelerator(self.spec)
+        # Rank 0 reports; known from the launcher before the process group exists, so setup errors are reported.
         self.reporter = Reporter(
             default_sinks(settings.context, settings.job, extra_sinks),
-            enabled=self.accelerator.is_main_process,
+            enabled=os.environ.get("RANK", "0") == "0",
         )
+        self.accelerator: Any = None
         self.stop = stop or StopRequest()
         self.state = checkpoints.TrainerState()
         self.started = time.time()
@@ -149,6 +151,7 @@ class Trainer:
         self.loss_count = 0
         self.samples_at_start = 0
         self.step_at_start = 0
+        self.loop_started = time.time()
 
     # --- reporting ---------------------------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class Trainer:
             metrics=self.last_metrics,
             samples_per_second=samples / runtime if runtime > 0 else None,
             train_runtime_seconds=round(runtime, 3),
-            world_size=self.accelerator.num_processes,
+            world_size=self.accelerator.num_processes if self.accelerator else launched_world_size(),
             model_path=str(self.settings.model_dir)
             if outcome == EventKind.FINISHED and self.spec.output.save_model
             else None,
@@ -277,6 +280,7 @@ class Trainer:
     def run(self) -> Outcome:
         """Train to the planned step (or an agreed stop). Reports `failed` and re-raises on errors."""
         try:
+            self.accelerator = build_accelerator(self.spec)
             return self._run()
         except BaseException as error:
             message = f"{type(error).__name__}: {error}"
@@ -293,6 +297,7 @@ class Trainer:
         self._resume()
         self.samples_at_start = self.state.samples_seen
         self.step_at_start = self.state.step
+        self.loop_started = time.time()
         self._event(
             EventKind.STARTED,
             resumed_from_step=self.resumed_from,
@@ -380,7 +385,7 @@ class Trainer:
             self.loss_total += loss
             self.loss_count += 1
         elapsed = max(time.time() - window.started, 1e-9)
-        run_elapsed = time.time() - self.started
+        run_elapsed = time.time() - self.loop_started
         done = self.state.step - self.step_at_start
         eta = run_elapsed / done * (self.state.total_steps - self.state.step) if done else None
         self._event(

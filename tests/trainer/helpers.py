@@ -1,0 +1,173 @@
+"""Helpers for trainer tests: run `kubetune train` for real (single process, or a gang of nodes on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.contract import NodeContext
+from kubetune.events import STDOUT_PREFIX, ProgressEvent
+from kubetune_trainer.synthetic import write_job_file
+
+
+@dataclass(frozen=True)
+class Assets:
+    """Data files and a tiny model shared by the tests of one session (read-only)."""
+
+    train: Path
+    eval: Path
+    model: Path
+    string_train: Path
+    string_eval: Path
+
+
+def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for trainer child processes: offline, one thread, private termination log."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_job(tmp_path: Path, assets: Assets, name: str = "job", **overrides: Any) -> Path:
+    """A job file for the sentiment data and tiny model, output under tmp_path/<name>-out."""
+    return write_job_file(
+        tmp_path / f"{name}.yaml",
+        model=str(assets.model),
+        train=str(assets.train),
+        eval=str(assets.eval),
+        output=str(tmp_path / f"{name}-out"),
+        overrides=overrides,
+    )
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[ProgressEvent]:
+        return [
+            ProgressEvent.from_json(line)
+            for line in self.stdout.splitlines()
+            if line.startswith(STDOUT_PREFIX)
+        ]
+
+
+def run_single(job: Path, env: Mapping[str, str], timeout: float = 240) -> Result:
+    """`kubetune train JOB --single-process` in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "train", str(job), "--single-process"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def node_env(
+    env: Mapping[str, str], job: Path, rank: int, nodes: int, procs: int, port: int
+) -> dict[str, str]:
+    context = NodeContext(
+        job_file=str(job),
+        node_rank=rank,
+        num_nodes=nodes,
+        procs_per_node=procs,
+        main_addr="127.0.0.1",
+        main_port=port,
+        termination_log=env["KUBETUNE_TERMINATION_LOG"] + f"-node{rank}",
+    )
+    return {**env, **context.to_env()}
+
+
+def start_nodes(
+    job: Path, env: Mapping[str, str], nodes: int, procs_per_node: int = 1, logs: Path | None = None
+) -> list[subprocess.Popen[str]]:
+    """Start one `kubetune train` per node with the launcher contract (rank 0 gets KUBETUNE_EVENTS_FILE if set)."""
+    port = free_port()
+    processes = []
+    for rank in range(nodes):
+        node = node_env(env, job, rank, nodes, procs_per_node, port)
+        if rank != 0:
+            node.pop("KUBETUNE_EVENTS_FILE", None)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "kubetune.cli", "train"],
+                env=node,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return processes
+
+
+def wait_nodes(processes: list[subprocess.Popen[str]], timeout: float = 300) -> list[Result]:
+    results = []
+    deadline = time.time() + timeout
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.time()))
+            results.append(Result(process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return results
+
+
+def run_nodes(
+    job: Path, env: Mapping[str, str], nodes: int, procs_per_node: int = 1, timeout: float = 300
+) -> list[Result]:
+    """Run a whole gang of `kubetune train` nodes to the end."""
+    return wait_nodes(start_nodes(job, env, nodes, procs_per_node), timeout)
+
+
+def explain(results: list[Result] | Result) -> str:
+    """Tails of every node's output, for assertion messages."""
+    items = results if isinstance(results, list) else [results]
+    return "\n".join(
+        f"--- node {i} rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}" for i, r in enumerate(items)
+    )
+
+
+def read_summary(output: Path) -> dict[str, Any]:
+    return dict(json.loads((output / "metrics.json").read_text()))
+
+
+def wait_for_line(path: Path, predicate: Callable[[str], bool], timeout: float = 120) -> str:
+    """The first line of `path` (polled) that satisfies `predicate`. Raises AssertionError on timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if predicate(line):
+                    return line
+        time.sleep(0.05)
+    raise AssertionError(f"no matching line in {path} within {timeout} s")
