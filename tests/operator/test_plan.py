@@ -182,7 +182,7 @@ def test_a_worker_deleted_from_under_a_running_gang_restarts_it() -> None:
 
 
 def test_a_spec_that_passes_the_schema_but_not_pydantic_fails_with_the_field_named() -> None:
-    body = job_body(dataset={"name": "glue", "labelField": None})
+    body = job_body(dataset={"name": "glue", "labelField": ""})
     result = decide(body, [], 0)
     assert result.status.phase == Phase.FAILED
     assert not result.ensure_children and result.create_workers == []
