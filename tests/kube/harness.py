@@ -42,6 +42,9 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 # The annotations read by the `pod-complete-on-request` stage in kwok-stages.yaml.
 COMPLETE_ANNOTATION_PREFIX = "pod-complete.stage.kubetune.test/"
 START_TIMEOUT_SECONDS = 120.0
+WORKDIR_PREFIX = "kubetune-cluster-"
+# Holds the pid of the Python process that owns a work directory (see remove_stale_workdirs).
+OWNER_FILE = "owner.pid"
 
 T = TypeVar("T")
 
@@ -71,6 +74,29 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str, inter
         time.sleep(interval)
 
 
+def remove_stale_workdirs() -> list[Path]:
+    """Removes the work directories of clusters whose owning process is gone; returns them.
+
+    A harness killed with SIGKILL takes its cluster's processes with it (parent-death signal) but
+    cannot remove its directory; the next start does. Directories of live owners, kept ones
+    (`keep_workdir`, which removes the owner file) and foreign ones are left alone.
+    """
+    removed = []
+    for candidate in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((candidate / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being created, kept, or not ours
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
 class LocalCluster:
     """A local control plane plus simulated GPU nodes; see the module docstring.
 
@@ -91,7 +117,9 @@ class LocalCluster:
         self.initial_gpu_nodes = gpu_nodes
         self.gpus_per_node = gpus_per_node
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetune-cluster-"))
+        if workdir is None:
+            remove_stale_workdirs()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.keep_workdir = keep_workdir
         self.processes: list[ManagedProcess] = []
         self.server = ""
@@ -138,6 +166,7 @@ class LocalCluster:
 
     def _start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         self._pki = pki = create_cluster_pki(self.workdir / "pki")
         etcd_url = self._start_etcd()
         self._start_apiserver(etcd_url, pki)
@@ -191,6 +220,9 @@ class LocalCluster:
             self._api_client = None
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            # Kept for inspection: no longer a candidate for remove_stale_workdirs.
+            (self.workdir / OWNER_FILE).unlink(missing_ok=True)
 
     def check_running(self) -> None:
         """Raises ProcessFailed when any cluster process has exited."""
@@ -287,6 +319,10 @@ class LocalCluster:
                 f"--cluster-signing-key-file={pki.ca.key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--controllers=*",
+                # The default client rate limit (20/s) spreads the start of ~40 controllers, each
+                # fetching its own ServiceAccount token, over several seconds.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
                 "--profiling=false",
             ],
         )

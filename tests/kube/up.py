@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the work directory (logs, etcd data) at exit"
     )
     args = parser.parse_args(argv)
-    # SIGTERM (e.g. from a process supervisor) stops the cluster as cleanly as Ctrl-C does.
+    # SIGTERM (e.g. from a process supervisor) stops the cluster as cleanly as Ctrl-C does; SIGINT is
+    # set explicitly because a shell that starts us in the background would have it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         cluster = LocalCluster(
             gpu_nodes=args.gpu_nodes, gpus_per_node=args.gpus_per_node, keep_workdir=args.keep
