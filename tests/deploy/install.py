@@ -75,6 +75,11 @@ class Release:
         out = self.helm.run(*self._args("get", "manifest", self.name)).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
+    def hooks(self) -> list[dict[str, Any]]:
+        """The release's hook objects (`helm get hooks`): the `helm test` pod."""
+        out = self.helm.run(*self._args("get", "hooks", self.name)).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
     def operator_container(self) -> dict[str, Any]:
         """The operator container of the installed StatefulSet."""
         (workload,) = [o for o in self.manifest() if o["kind"] == "StatefulSet"]

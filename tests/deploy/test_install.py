@@ -6,6 +6,8 @@ examples are accepted by the API server."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +191,17 @@ def test_the_charts_operator_runs_a_job_to_succeeded_with_only_its_service_accou
         log = operator.log()
         assert "Forbidden" not in log and "403" not in log, log[-4000:]
         assert "kubetune_" in operator.metrics()
+
+        # And the `helm test` pod's check passes against this operator (its Service address made local)
+        (test_pod,) = release.hooks()
+        command = test_pod["spec"]["containers"][0]["command"]
+        service = f"http://{release.fullname}.{release.namespace}.svc:8080"
+        assert command[0] == "python" and service in command[-1]
+        script = command[-1].replace(service, f"http://127.0.0.1:{operator.health_port}")
+        check = subprocess.run(
+            [sys.executable, *command[1:-1], script], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0 and "HTTP 200" in check.stdout, check.stdout + check.stderr
     finally:
         operator.stop()
 
