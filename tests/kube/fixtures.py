@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from kubernetes import client, config
 
 from tests.kube.binaries import BinariesNotFound, find_binaries
 from tests.kube.harness import ClusterError, LocalCluster, wait_for
+from tests.kube.kubeconfig import write_service_account_kubeconfig
 
 REQUIRE_ENV = "KUBETUNE_REQUIRE_CLUSTER"
 EXISTING_ENV = "KUBETUNE_USE_EXISTING_CLUSTER"
@@ -55,6 +57,7 @@ class ExistingCluster:
         self.kubeconfig = kubeconfig
         self._api_client = config.new_client_from_config(config_file=str(kubeconfig))
         self.server = str(self._api_client.configuration.host)
+        self._tempdir = tempfile.TemporaryDirectory(prefix="kubetune-existing-")
 
     def api_client(self) -> client.ApiClient:
         """Returns the shared admin ApiClient."""
@@ -79,8 +82,30 @@ class ExistingCluster:
             )
         return result
 
+    def new_api_client(self, kubeconfig: Path | None = None) -> client.ApiClient:
+        """Returns a new ApiClient for `kubeconfig` (default: $KUBECONFIG); the caller closes it."""
+        return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
+
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> Path:
+        """Writes a kubeconfig for ServiceAccount `namespace/name` into a temp dir; returns its path."""
+        ca_cert = self._api_client.configuration.ssl_ca_cert
+        if not ca_cert:
+            raise ClusterError(f"{self.kubeconfig} names no certificate authority for the server")
+        return write_service_account_kubeconfig(
+            self._api_client,
+            Path(self._tempdir.name) / f"{namespace}.{name}.kubeconfig",
+            namespace,
+            name,
+            server=self.server,
+            ca_cert=Path(ca_cert),
+            expiration_seconds=expiration_seconds,
+        )
+
     def stop(self) -> None:
         """Closes the client; the cluster itself is left alone."""
+        self._tempdir.cleanup()
         self._api_client.close()
 
 

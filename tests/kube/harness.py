@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from tests.kube.binaries import ClusterBinaries, find_binaries
-from tests.kube.kubeconfig import write_kubeconfig
+from tests.kube.kubeconfig import write_kubeconfig, write_service_account_kubeconfig
 from tests.kube.pki import ClusterPKI, create_cluster_pki
 from tests.kube.processes import ManagedProcess, ProcessFailed, free_loopback_port, http_get_ok, https_get_ok
 
@@ -414,26 +414,18 @@ class LocalCluster:
     ) -> Path:
         """Writes a kubeconfig that authenticates as ServiceAccount `namespace/name`; returns its path.
 
-        The token comes from the TokenRequest API, exactly as a pod's projected token would, so
-        the API server applies that ServiceAccount's RBAC permissions. Raises
-        kubernetes.client.ApiException when the ServiceAccount does not exist.
+        See tests.kube.kubeconfig.write_service_account_kubeconfig (TokenRequest API; raises
+        kubernetes.client.ApiException when the ServiceAccount does not exist).
         """
         assert self._pki is not None, "the cluster is not started"
-        request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds
-            )
-        )
-        response = client.CoreV1Api(self.api_client()).create_namespaced_service_account_token(
-            name, namespace, request
-        )
-        return write_kubeconfig(
+        return write_service_account_kubeconfig(
+            self.api_client(),
             self.workdir / "service-accounts" / f"{namespace}.{name}.kubeconfig",
+            namespace,
+            name,
             server=self.server,
             ca_cert=self._pki.ca.cert,
-            user=f"system:serviceaccount:{namespace}:{name}",
-            token=response.status.token if response.status else "",
-            namespace=namespace,
+            expiration_seconds=expiration_seconds,
         )
 
     # -- simulated GPU nodes ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
 
 CLUSTER_NAME = "kubetune-local"
 
@@ -58,3 +59,35 @@ def write_kubeconfig(
     # Credentials: readable by the owner only, like the files kubeadm writes.
     path.chmod(0o600)
     return path
+
+
+def write_service_account_kubeconfig(
+    api: client.ApiClient,
+    path: Path,
+    namespace: str,
+    name: str,
+    *,
+    server: str,
+    ca_cert: Path,
+    expiration_seconds: int = 3600,
+) -> Path:
+    """Writes a kubeconfig that authenticates as ServiceAccount `namespace/name`; returns `path`.
+
+    The token comes from the TokenRequest API (for the API server's default audience), exactly as a
+    pod's projected token would, so the API server applies that ServiceAccount's RBAC permissions.
+    Raises kubernetes.client.ApiException when the ServiceAccount does not exist.
+    """
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(expiration_seconds=expiration_seconds)
+    )
+    response = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
+    if response.status is None or not response.status.token:
+        raise RuntimeError(f"TokenRequest for {namespace}/{name} returned no token")
+    return write_kubeconfig(
+        path,
+        server=server,
+        ca_cert=ca_cert,
+        user=f"system:serviceaccount:{namespace}:{name}",
+        token=response.status.token,
+        namespace=namespace,
+    )
