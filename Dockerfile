@@ -69,9 +69,9 @@ ENTRYPOINT ["kubetune"]
 CMD ["operator"]
 
 # --- trainer image: build stages -----------------------------------------------------------------------------
-# DeepSpeed's C++/CUDA ops are compiled here, ahead of time, because the worker pods have a read-only root
-# filesystem and no compiler: CPU Adam and the AIO op (ZeRO-3 offload to cpu/nvme), fused Adam and the
-# utils op. Everything else stays just-in-time (DS_BUILD_OPS=0).
+# DeepSpeed's C++/CUDA ops are compiled here, ahead of time, because the runtime image has no compiler (and
+# a job should not spend its GPUs' time compiling): CPU Adam and the AIO op (ZeRO-3 offload to cpu/nvme),
+# fused Adam and the utils op. Everything else stays just-in-time (DS_BUILD_OPS=0).
 FROM ${CUDA_DEVEL_IMAGE} AS trainer-build-cuda
 ENV TORCH_INDEX_URL="" \
     DS_BUILD_OPS=0 \
@@ -82,7 +82,8 @@ ENV TORCH_INDEX_URL="" \
     TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX" \
     MAX_JOBS=4
 
-# CPU torch comes from PyTorch's CPU index (much smaller than the CUDA wheels); only CPU Adam is prebuilt.
+# CPU torch comes from PyTorch's CPU index (much smaller than the CUDA wheels): as an extra index, so that its
+# dependencies still resolve to the pinned versions, and 2.x.y+cpu outranks 2.x.y. CPU Adam and AIO are prebuilt.
 FROM ${CUDA_BASE_IMAGE} AS trainer-build-cpu
 ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" \
     DS_BUILD_OPS=0 \
@@ -104,7 +105,7 @@ RUN python3 -m venv /opt/kubetune/venv
 ENV PATH=/opt/kubetune/venv/bin:${PATH}
 COPY requirements/constraints.txt /tmp/constraints.txt
 # torch first: DeepSpeed's build imports it (hence --no-build-isolation) to find CUDA and the ABI.
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+RUN pip install --no-cache-dir --constraint /tmp/constraints.txt ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         torch setuptools wheel ninja
 RUN pip install --no-cache-dir --constraint /tmp/constraints.txt --no-build-isolation deepspeed \
     && ds_report
