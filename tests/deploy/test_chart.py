@@ -277,6 +277,10 @@ def test_two_replicas_peer_through_kopf_each_with_its_own_priority(helm: Helm, v
     assert "--priority=$(POD_INDEX)" in container["args"]
     assert "--peering=kubetune" in container["args"]
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "kubetune"
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == workload["spec"]["selector"]
+    assert not find(helm.render(None, values_dir), "PodDisruptionBudget")  # one replica: nothing to keep
 
 
 def test_probes_and_service_point_at_the_health_and_metrics_ports(helm: Helm, values_dir: Path) -> None:
