@@ -43,6 +43,7 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 COMPLETE_ANNOTATION_PREFIX = "pod-complete.stage.kubetune.test/"
 START_TIMEOUT_SECONDS = 120.0
 WORKDIR_PREFIX = "kubetune-cluster-"
+PORT_RACE_ATTEMPTS = 3
 # Holds the pid of the Python process that owns a work directory (see remove_stale_workdirs).
 OWNER_FILE = "owner.pid"
 
@@ -157,11 +158,25 @@ class LocalCluster:
         including KeyboardInterrupt, whatever was started is stopped again first.
         """
         began = time.monotonic()
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            try:
+                self._start()
+                break
+            except ProcessFailed as error:
+                self._stop_processes()
+                # A free port is picked, released and only then bound by the binary; another process
+                # may take it in between. Rare, harmless, and worth a fresh try.
+                if "address already in use" not in str(error) or attempt == PORT_RACE_ATTEMPTS:
+                    self.stop()
+                    raise
+                for entry in self.workdir.iterdir():
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            except BaseException:
+                self.stop()
+                raise
         self.startup_seconds = time.monotonic() - began
 
     def _start(self) -> None:
@@ -210,6 +225,14 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stops every started process (newest first) and removes the work directory unless kept."""
+        self._stop_processes()
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            # Kept for inspection: no longer a candidate for remove_stale_workdirs.
+            (self.workdir / OWNER_FILE).unlink(missing_ok=True)
+
+    def _stop_processes(self) -> None:
         for process in reversed(self.processes):
             with contextlib.suppress(Exception):
                 process.stop()
@@ -218,11 +241,6 @@ class LocalCluster:
             with contextlib.suppress(Exception):
                 self._api_client.close()
             self._api_client = None
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        else:
-            # Kept for inspection: no longer a candidate for remove_stale_workdirs.
-            (self.workdir / OWNER_FILE).unlink(missing_ok=True)
 
     def check_running(self) -> None:
         """Raises ProcessFailed when any cluster process has exited."""

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube import harness
 from tests.kube.binaries import CLUSTER_HACK_DIR
 from tests.kube.harness import LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 LISTEN = "0A"
 
@@ -94,3 +95,26 @@ def test_helm_from_the_same_build_runs(kube_cluster: LocalCluster) -> None:
         check=True,
     ).stdout
     assert out.startswith(_pinned("HELM_VERSION"))
+
+
+def test_a_port_taken_before_the_binary_binds_it_is_retried(
+    kube_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replays the race between picking a free port and the binary binding it: the first pick is a
+    port someone else listens on (a real socket; only the port choice is steered)."""
+    if not isinstance(kube_cluster, LocalCluster):
+        pytest.skip("needs the local binaries")
+    real_pick = harness.free_loopback_port
+    picks = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+
+        def pick() -> int:
+            picks.append(taken.getsockname()[1] if not picks else real_pick())
+            return picks[-1]
+
+        monkeypatch.setattr(harness, "free_loopback_port", pick)
+        with LocalCluster(kube_cluster.binaries, gpu_nodes=0) as second:
+            assert second.kubectl("get", "namespace", "default").returncode == 0
+    assert picks[0] not in picks[1:]
