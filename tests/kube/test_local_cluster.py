@@ -105,7 +105,7 @@ def test_a_port_taken_before_the_binary_binds_it_is_retried(
     if not isinstance(kube_cluster, LocalCluster):
         pytest.skip("needs the local binaries")
     real_pick = harness.free_loopback_port
-    picks = []
+    picks: list[int] = []
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
