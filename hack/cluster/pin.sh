@@ -9,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod
 
 # The staging modules that k8s.io/kubernetes lists at v0.0.0 with a local replace; every one of them is
 # published at the v0.Y.Z matching the release (k8s.io/sample-cli-plugin is not, and kubernetes does not
