@@ -96,6 +96,7 @@ class ChartOperator:
     kubeconfig: Path
     log_path: Path
     index: int = 0
+    pod_id: str = ""  # kopf's peer identity; defaults to operator-<index> like the pod names
     health_port: int = 0
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -119,7 +120,7 @@ class ChartOperator:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "POD_ID": f"operator-{self.index}",
+            "POD_ID": self.pod_id or f"operator-{self.index}",
             "POD_INDEX": str(self.index),
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this machine for a pod

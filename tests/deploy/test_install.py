@@ -377,3 +377,91 @@ def test_plain_manifests_install_and_the_examples_pass_the_api_servers_validatio
     for example in sorted((manifests / "examples").glob("*.yaml")):
         result = kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
+
+
+# --- two replicas ---------------------------------------------------------------------------------------------
+
+
+def test_two_replicas_one_works_the_other_stands_by_and_takes_over(
+    kube_cluster: Any,
+    kube_namespace: str,
+    kubectl: Any,
+    release: Release,
+    deploy_pool: list[str],
+    tmp_path: Path,
+) -> None:
+    """Replicas 0 and 1 of the chart's StatefulSet, run as their pods would (priority = pod index): replica 1
+    works, replica 0 pauses; when replica 1 stops, replica 0 resumes and finishes the job."""
+    release.install(_values(release, replicaCount=2, watch={"namespaces": [kube_namespace]}))
+    wait_for(
+        lambda: _can(kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace) or None,
+        30,
+        "the chart's RBAC to take effect",
+    )
+    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
+    container = release.operator_container()
+    replicas = [ChartOperator(container, kubeconfig, tmp_path / f"operator-{i}.log", index=i) for i in (1, 0)]
+    for replica in replicas:
+        replica.start()
+    active, standby = replicas
+    try:
+        # Replica 0 sees the higher-priority peer and pauses; replica 1 runs the job
+        wait_for(lambda: "Pausing operations in favour of" in standby.log() or None, 30, "replica 0 to pause")
+        assert "Pausing" not in active.log()
+        kubectl("apply", "-f", "-", input=_job("ha-job"))
+        _running_workers(kube_cluster, kube_namespace, "ha-job", 2)
+        _wait_phase(kube_cluster, kube_namespace, "ha-job", "Running")
+
+        # When replica 1 stops, replica 0 resumes and carries the job to the end
+        active.stop()
+        wait_for(lambda: "Resuming operations" in standby.log() or None, 30, "replica 0 to resume")
+        kube_cluster.complete_pod(kube_namespace, "ha-job-worker-1", exit_code=0)
+        summary = JobSummary(
+            outcome=EventKind.FINISHED, step=10, total_steps=10, metrics={"eval_accuracy": 0.7}
+        )
+        kube_cluster.complete_pod(
+            kube_namespace, "ha-job-worker-0", exit_code=0, message=summary.to_termination_message()
+        )
+        final = _wait_phase(kube_cluster, kube_namespace, "ha-job", "Succeeded")
+        assert final["metrics"]["primary"] == "accuracy=0.7"
+        pods: Any = client.CoreV1Api(kube_cluster.api_client()).list_namespaced_pod(
+            kube_namespace, label_selector="kubetune.io/job-name=ha-job"
+        )
+        assert sorted(p.metadata.name for p in pods.items) == [
+            "ha-job-worker-0",
+            "ha-job-worker-1",
+        ]  # no duplicates
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_replicas_of_equal_priority_would_all_pause_which_is_why_each_gets_its_pod_index(
+    kube_cluster: Any, kube_namespace: str, kubectl: Any, release: Release, tmp_path: Path
+) -> None:
+    """The reason the chart is a StatefulSet: two peers with the same kopf priority pause each other, so a
+    Deployment (identical pods) with two replicas would stop all work."""
+    release.install(_values(release, replicaCount=2, watch={"namespaces": [kube_namespace]}))
+    wait_for(
+        lambda: _can(kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace) or None,
+        30,
+        "the chart's RBAC to take effect",
+    )
+    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
+    container = release.operator_container()
+    twins = [
+        ChartOperator(container, kubeconfig, tmp_path / f"twin-{n}.log", index=0, pod_id=f"twin-{n}")
+        for n in (1, 2)
+    ]
+    try:
+        for twin in twins:
+            twin.start()
+        for twin in twins:
+
+            def paused(twin: ChartOperator = twin) -> bool | None:
+                return "Pausing all operators, including self" in twin.log() or None
+
+            wait_for(paused, 30, f"{twin.pod_id} to pause")
+    finally:
+        for twin in twins:
+            twin.stop()
