@@ -313,3 +313,13 @@ def test_the_helm_test_hook_asks_the_operators_health_endpoint(helm: Helm, value
     assert test_pod["spec"]["automountServiceAccountToken"] is False
     assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert not find(helm.render({"test": {"enabled": False}}, values_dir), "Pod")
+
+
+def test_the_chart_and_the_operator_agree_on_the_trainer_image_repository() -> None:
+    """The operator's built-in fallback and the chart's default name the same repository (the chart always
+    passes --image, so the fallback only matters for `kubetune operator` run by hand)."""
+    from kubetune.controller.children import DEFAULT_IMAGE
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    repository = DEFAULT_IMAGE.split("@")[0].rsplit(":", 1)[0]
+    assert repository == values["trainer"]["image"]["repository"]
