@@ -1,7 +1,8 @@
 """Given the local cluster, when a Deployment asking for GPUs is applied with kubectl, then the
 controller-manager creates its ReplicaSet and pods, the scheduler binds them to KWOK GPU nodes without
-exceeding any node's nvidia.com/gpu, and KWOK makes them Running. And a Job's pods end the way a test
-says, with the exit code and termination message a kubelet would report."""
+exceeding any node's nvidia.com/gpu, and KWOK makes them Running. A Job's pods end the way a test
+says, with the exit code and termination message a kubelet would report, and the Job controller acts
+on it. A Service gets EndpointSlices with the Running pods' IPs."""
 
 from __future__ import annotations
 
@@ -152,3 +153,41 @@ def test_a_test_ends_a_job_pod_with_exit_code_and_termination_message(
     assert terminated.reason == (reason or "Completed")
     # and the Job controller draws its conclusion from it
     wait_for(lambda: _job_condition(api, kube_namespace, "train", job_condition), 60, f"Job {job_condition}")
+
+
+def test_a_service_gets_endpoint_slices_with_the_running_pods_ips(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any
+) -> None:
+    api = kube_cluster.api_client()
+    # Given two Running pods behind a Service (rendezvous services of training jobs look like this)
+    kubectl("create", "deployment", "rendezvous", "--image=registry.invalid/trainer:1", "--replicas=2")
+    kubectl("expose", "deployment", "rendezvous", "--port=29500", "--cluster-ip=None")
+
+    def running_ips() -> set[str] | None:
+        pods = (
+            client.CoreV1Api(api).list_namespaced_pod(kube_namespace, label_selector="app=rendezvous").items
+        )
+        ips = {str(p.status.pod_ip) for p in pods if p.status and p.status.phase == "Running"}
+        return ips if len(ips) == 2 else None
+
+    ips = wait_for(running_ips, 60, "two Running rendezvous pods")
+
+    # Then the EndpointSlice controller publishes exactly their IPs as ready endpoints
+    def slice_ips() -> set[str] | None:
+        slices = (
+            client.DiscoveryV1Api(api)
+            .list_namespaced_endpoint_slice(
+                kube_namespace, label_selector="kubernetes.io/service-name=rendezvous"
+            )
+            .items
+        )
+        ready = {
+            address
+            for endpoint_slice in slices
+            for endpoint in endpoint_slice.endpoints or []
+            if endpoint.conditions and endpoint.conditions.ready
+            for address in endpoint.addresses
+        }
+        return ready if ready == ips else None
+
+    wait_for(slice_ips, 30, f"an EndpointSlice with {sorted(ips)}")
