@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,13 +109,20 @@ def node_env(
 
 
 def start_nodes(
-    job: Path, env: Mapping[str, str], nodes: int, procs_per_node: int = 1, logs: Path | None = None
+    job: Path,
+    env: Mapping[str, str],
+    nodes: int,
+    procs_per_node: int = 1,
+    per_node_jobs: Mapping[int, Path] | None = None,
 ) -> list[subprocess.Popen[str]]:
-    """Start one `kubetune train` per node with the launcher contract (rank 0 gets KUBETUNE_EVENTS_FILE if set)."""
+    """Start one `kubetune train` per node with the launcher contract (rank 0 gets KUBETUNE_EVENTS_FILE if set).
+
+    `per_node_jobs` gives some nodes another job file (to make one node fail on purpose).
+    """
     port = free_port()
     processes = []
     for rank in range(nodes):
-        node = node_env(env, job, rank, nodes, procs_per_node, port)
+        node = node_env(env, (per_node_jobs or {}).get(rank, job), rank, nodes, procs_per_node, port)
         if rank != 0:
             node.pop("KUBETUNE_EVENTS_FILE", None)
         processes.append(
@@ -123,22 +132,28 @@ def start_nodes(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                start_new_session=True,  # so a hung node's whole tree can be killed
             )
         )
     return processes
 
 
 def wait_nodes(processes: list[subprocess.Popen[str]], timeout: float = 300) -> list[Result]:
+    """Wait for every node; on timeout kill each node's whole process tree and fail with their output."""
     results = []
     deadline = time.time() + timeout
     try:
         for process in processes:
             stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.time()))
             results.append(Result(process.returncode, stdout, stderr))
-    finally:
+    except subprocess.TimeoutExpired:
+        outputs = []
         for process in processes:
-            if process.poll() is None:
-                process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            outputs.append(Result(-9, stdout, stderr))
+        raise AssertionError(f"nodes still running after {timeout} s:\n{explain(outputs)}") from None
     return results
 
 

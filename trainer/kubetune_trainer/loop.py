@@ -204,7 +204,9 @@ class Trainer:
             self.tokenizer = load_tokenizer(spec.model, location, token)
             self.data: PreparedData = prepare_data(spec, self.tokenizer, token)
             self.metrics = {str(name): load_metric(str(name)) for name in spec.training.metrics}
-            self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label)
+        # Every rank at once: under ZeRO-3 from_pretrained partitions the weights, a collective. (Concurrent hub
+        # downloads of the same file are serialised by huggingface_hub's file locks.)
+        self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label)
         if spec.training.gradient_checkpointing:
             # Non-reentrant checkpointing works with DDP's hooks and with frozen inputs.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -303,7 +305,11 @@ class Trainer:
             resumed_from_step=self.resumed_from,
             world_size=self.accelerator.num_processes,
         )
-        preempted = self._train()
+        self.stop.install()
+        try:
+            preempted = self._train()
+        finally:
+            self.stop.uninstall()
         if preempted:
             self._event(
                 EventKind.PREEMPTED,

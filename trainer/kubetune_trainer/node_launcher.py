@@ -108,6 +108,18 @@ def child_environment(
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if `kubetune train` dies (torchrun then stops its workers)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: best effort only
+
+
 def _children(pid: int) -> list[int]:
     """Direct child processes of `pid` (Linux /proc)."""
     found: list[int] = []
@@ -137,14 +149,22 @@ class _SignalForwarder:
             signal.signal(signum, handler)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        again = self.received is not None
         self.received = signal.Signals(signum).name
         workers = _children(self.launcher.pid)
-        targets = workers or [self.launcher.pid]  # still starting up: let torchrun stop
+        if again:
+            # Second signal: do not wait for the checkpoint (a worker stuck in a collective cannot see SIGTERM).
+            targets, sent = [*workers, self.launcher.pid], signal.SIGKILL
+        else:
+            targets, sent = (
+                workers or [self.launcher.pid],
+                signal.SIGTERM,
+            )  # no workers yet: let torchrun stop
         for pid in targets:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sent)
         print(
-            f"kubetune train: {self.received} received, asked {len(targets)} process(es) to stop",
+            f"kubetune train: {self.received} received, sent {sent.name} to {len(targets)} process(es)",
             file=sys.stderr,
             flush=True,
         )
@@ -194,7 +214,9 @@ def launch_node(
         files = write_launch_files(job, context, folder)
         args = accelerate_launch_args(job.spec, context, str(files.accelerate_config))
         command = [sys.executable, "-m", "accelerate.commands.launch", *args]
-        launcher = subprocess.Popen(command, env=child_environment(job, files, env))
+        launcher = subprocess.Popen(
+            command, env=child_environment(job, files, env), preexec_fn=_die_with_parent
+        )
         with _SignalForwarder(launcher) as forwarder:
             while True:
                 try:

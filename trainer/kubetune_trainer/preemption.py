@@ -1,5 +1,9 @@
 """Graceful stops: SIGTERM/SIGINT ask training to stop at the next optimizer step, on every rank at once.
 
+The handlers are installed only around the training loop: during setup (loading, tokenizing, joining the
+process group) a signal keeps its default effect and ends the process, since there is nothing to save yet.
+A second signal while stopping ends the process at once.
+
 A signal may reach one pod (a node drain) or every process (Ctrl-C); either way all ranks must stop after the
 same step, or the checkpoint would mix steps and the collectives would hang. `agree_to_stop` all-reduces the
 local flag once per optimizer step, so one rank's signal stops the whole gang at the same step.
@@ -34,6 +38,9 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._event.is_set():
+            # A second signal: the user (or kubelet) will not wait for the checkpoint; stop now.
+            raise SystemExit(128 + signum)
         self.signal_name = signal.Signals(signum).name
         self._event.set()
 

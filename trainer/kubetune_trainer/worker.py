@@ -79,7 +79,7 @@ def run_worker(settings: RunSettings) -> int:
     from kubetune_trainer.loop import train
     from kubetune_trainer.preemption import StopRequest
 
-    stop = StopRequest().install()
+    stop = StopRequest()  # the loop installs its signal handlers once setup is done
     try:
         outcome = train(settings, stop=stop)
     except user_error_types() as error:

@@ -1,0 +1,104 @@
+"""Checkpoints and resume: a stopped run continues at the exact step and ends where an uninterrupted run ends;
+SIGTERM to one node stops the whole gang at one step with a complete checkpoint and exit code 75."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from kubetune.contract import EXIT_PREEMPTED
+from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune_trainer.checkpoints import MARKER, complete_steps
+
+from tests.trainer.helpers import (
+    Assets,
+    child_env,
+    explain,
+    make_job,
+    read_summary,
+    run_nodes,
+    run_single,
+    start_nodes,
+    wait_for_line,
+    wait_nodes,
+)
+
+pytestmark = pytest.mark.timeout(420)
+
+# constant_with_warmup: the schedule does not depend on maxSteps, so "20 then 20 more" equals "40".
+RESUMABLE = {
+    "training": {"lrScheduler": "constant_with_warmup", "evalStrategy": "no", "learningRate": 2e-3},
+    "checkpointing": {"everySteps": 10, "keepLast": 2},
+}
+
+
+def with_steps(steps: int) -> dict[str, object]:
+    return {**RESUMABLE, "training": {**RESUMABLE["training"], "maxSteps": steps}}  # type: ignore[dict-item]
+
+
+def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_run(
+    tmp_path: Path, assets: Assets
+) -> None:
+    env = child_env(tmp_path, KUBETUNE_DEBUG_WEIGHTS_HASH="1")
+    straight = run_single(make_job(tmp_path, assets, "straight", **with_steps(40)), env)
+    assert straight.returncode == 0, explain(straight)
+
+    # Same output folder twice: 20 steps (mid-epoch: 25 steps per epoch), then the job extended to 40.
+    first = run_single(make_job(tmp_path, assets, "resumed", **with_steps(20)), env)
+    assert first.returncode == 0, explain(first)
+    output = tmp_path / "resumed-out"
+    assert complete_steps(output / "checkpoints") == [10, 20]  # keepLast 2
+    second = run_single(make_job(tmp_path, assets, "resumed", **with_steps(40)), env)
+    assert second.returncode == 0, explain(second)
+
+    started = next(e for e in second.events if e.event == EventKind.STARTED)
+    assert started.resumed_from_step == 20
+    steps = [e.step for e in second.events if e.event == EventKind.STEP]
+    assert steps[0] == 25 and steps[-1] == 40, "continues after step 20, repeats nothing"
+    assert complete_steps(output / "checkpoints") == [30, 40]
+
+    expected = read_summary(tmp_path / "straight-out")["metrics"]
+    actual = read_summary(output)["metrics"]
+    print("uninterrupted:", expected, "resumed:", actual)
+    assert actual["eval_loss"] == pytest.approx(expected["eval_loss"], abs=1e-4)
+    assert actual["eval_accuracy"] == pytest.approx(expected["eval_accuracy"], abs=1e-3)
+    # Same batches, same RNG (dropout), same optimizer state: the weights come out identical.
+    straight_hash = (tmp_path / "straight-out" / "debug" / "weights-rank-0.sha256").read_text()
+    assert (output / "debug" / "weights-rank-0.sha256").read_text() == straight_hash
+
+
+def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_resumes(
+    tmp_path: Path, assets: Assets
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    job = make_job(tmp_path, assets, **with_steps(150), distribution={"nodes": 2})
+    env = child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file))
+    nodes = start_nodes(job, env, nodes=2)
+    wait_for_line(events_file, lambda line: '"event":"step"' in line)
+    os.kill(nodes[1].pid, signal.SIGTERM)  # like a drained node: only node 1's pod gets the signal
+    results = wait_nodes(nodes, timeout=180)
+    assert [r.returncode for r in results] == [EXIT_PREEMPTED, EXIT_PREEMPTED], explain(results)
+
+    events = [ProgressEvent.from_json(line) for line in events_file.read_text().splitlines()]
+    preempted = events[-1]
+    assert preempted.event == EventKind.PREEMPTED, [e.event for e in events]
+    assert 0 < preempted.step < 150
+    folder = tmp_path / "job-out" / "checkpoints" / f"step-{preempted.step}"
+    assert (folder / MARKER).is_file(), "the checkpoint of the stopping step is complete"
+    summary = JobSummary.from_termination_message(
+        Path(env["KUBETUNE_TERMINATION_LOG"] + "-node0").read_text()
+    )
+    assert summary is not None and summary.outcome == EventKind.PREEMPTED
+    assert not (tmp_path / "job-out" / "metrics.json").exists()
+
+    events_file.unlink()
+    resumed = run_nodes(job, env, nodes=2)
+    assert [r.returncode for r in resumed] == [0, 0], explain(resumed)
+    started = next(e for e in resumed[0].events if e.event == EventKind.STARTED)
+    assert started.resumed_from_step == preempted.step
+    final = json.loads((tmp_path / "job-out" / "metrics.json").read_text())
+    print(f"preempted at step {preempted.step}; after resume:", final["metrics"])
+    assert final["step"] == 150 and final["metrics"]["eval_accuracy"] >= 0.8
