@@ -76,6 +76,19 @@ def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, 
     ]
 
 
+def wait_event_reasons(
+    cluster: LocalCluster, namespace: str, name: str, *wanted: str
+) -> list[tuple[str, str, str]]:
+    """The job's Events once every reason in `wanted` is among them (Events are posted in the background)."""
+
+    def present() -> list[tuple[str, str, str]] | None:
+        found = events(cluster, namespace, name)
+        reasons = {reason for _, reason, _ in found}
+        return found if set(wanted) <= reasons else None
+
+    return wait_for(present, 10, f"events {wanted} of {name}")
+
+
 def fail_worker(
     cluster: LocalCluster, namespace: str, name: str, exit_code: int, message: str = "", reason: str = "Error"
 ) -> None:
@@ -165,7 +178,10 @@ def test_apply_creates_worker_pods_on_gpu_nodes_with_the_contract_and_the_job_ru
     # And the status says Running, with the transitions as Events and in kubectl get
     current = wait_phase(kube_cluster, kube_namespace, "bert", "Running")
     assert current["workers"]["summary"] == "3/3" and current["observedGeneration"] == 1
-    reasons = [reason for _, reason, _ in events(kube_cluster, kube_namespace, "bert")]
+    reasons = [
+        reason
+        for _, reason, _ in wait_event_reasons(kube_cluster, kube_namespace, "bert", "Pending", "Running")
+    ]
     assert reasons[0] == "Pending" and reasons[-1] == "Running"
     table = kubectl("get", "finetunejobs").stdout
     assert "Running" in table and "3/3" in table and "prajjwal1/bert-tiny" in table
@@ -190,7 +206,9 @@ def test_completion_reports_the_termination_message_metrics_in_kubectl_get(
     header, row = table[0].split(), table[1].split()
     assert header[:7] == ["NAME", "PHASE", "MODEL", "NODES", "PROGRESS", "METRIC", "RESTARTS"]
     assert row[1] == "Succeeded" and "accuracy=0.875" in row and "120/120" in row
-    assert ("Normal", "Succeeded") in [(t, r) for t, r, _ in events(kube_cluster, kube_namespace, "done")]
+    assert ("Normal", "Succeeded") in [
+        (t, r) for t, r, _ in wait_event_reasons(kube_cluster, kube_namespace, "done", "Succeeded")
+    ]
 
 
 def test_a_failed_worker_restarts_the_gang_and_backoff_limit_fails_the_job_for_good(
@@ -263,9 +281,8 @@ def test_invalid_specs_are_refused_at_apply_or_fail_with_the_field_named(
     kubectl("apply", "-f", "-", input=job_manifest("no-labels", dataset={"name": "glue", "labelField": ""}))
     failed = wait_phase(kube_cluster, kube_namespace, "no-labels", "Failed")
     assert "dataset.labelField" in failed["message"]
-    assert [(t, r) for t, r, _ in events(kube_cluster, kube_namespace, "no-labels")] == [
-        ("Warning", "InvalidSpec")
-    ]
+    found = wait_event_reasons(kube_cluster, kube_namespace, "no-labels", "InvalidSpec")
+    assert [(t, r) for t, r, _ in found] == [("Warning", "InvalidSpec")]
     assert workers(kube_cluster, kube_namespace, "no-labels") == []
     with pytest.raises(ApiException):
         client.CoreV1Api(kube_cluster.api_client()).read_namespaced_service("no-labels", kube_namespace)
@@ -293,8 +310,7 @@ def test_suspend_removes_the_workers_and_resume_brings_them_back(
     running_workers(kube_cluster, kube_namespace, "pausable", 2)
     resumed = wait_phase(kube_cluster, kube_namespace, "pausable", "Running")
     assert resumed["restarts"] == 0
-    reasons = [r for _, r, _ in events(kube_cluster, kube_namespace, "pausable")]
-    assert "Suspended" in reasons and "Resumed" in reasons
+    wait_event_reasons(kube_cluster, kube_namespace, "pausable", "Suspended", "Resumed")
 
 
 def test_deleting_a_job_leaves_no_children_behind(

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     parser.add_argument("--priority", type=int, default=0, help="peering priority (highest active wins)")
-    parser.add_argument("--threads", type=int, default=8, help="parallel reconciles (default 8)")
+    parser.add_argument("--threads", type=int, default=16, help="parallel reconciles (default 16)")
     parser.add_argument(
         "--backoff-seconds", type=float, default=10.0, help="first gang-restart delay; doubles per failure"
     )

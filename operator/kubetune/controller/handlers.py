@@ -56,10 +56,13 @@ class Reconciler:
     kube: Kube
     options: PlanOptions = field(default_factory=PlanOptions)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    threads: int = 8
+    threads: int = 16
     _states: dict[JobKey, _KeyState] = field(default_factory=dict)
     _ensured: set[tuple[str, str, str, int]] = field(default_factory=set)
+    # resourceVersion of our own last status write per job: its watch event needs no reconcile.
+    _own_writes: dict[JobKey, str] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
+    _events: ThreadPoolExecutor | None = None
     _instance: str = field(default_factory=socket.gethostname)
 
     # --- scheduling (event loop) ------------------------------------------------------------------------------
@@ -83,6 +86,10 @@ class Reconciler:
         state.running = True
         state.task = loop.create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
 
+    def is_own_write(self, key: JobKey, resource_version: str | None) -> bool:
+        """True when a watch event shows exactly the object our last status patch produced."""
+        return bool(resource_version) and self._own_writes.get(key) == resource_version
+
     def _timer_fired(self, key: JobKey) -> None:
         state = self._states.get(key)
         if state is not None:
@@ -95,6 +102,7 @@ class Reconciler:
         if state is not None and state.timer is not None:
             state.timer.cancel()
         self._ensured = {marker for marker in self._ensured if marker[:2] != key}
+        self._own_writes.pop(key, None)
         self.metrics.observe_phase(key, None)
 
     async def _run(self, key: JobKey) -> None:
@@ -127,9 +135,16 @@ class Reconciler:
         finally:
             state.running = False
 
+    def _event_executor(self) -> ThreadPoolExecutor:
+        # Events are posted off the reconcile path: they are informational and must not delay pods.
+        if self._events is None:
+            self._events = ThreadPoolExecutor(2, thread_name_prefix="events")
+        return self._events
+
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._events):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     # --- one reconcile (worker thread) ------------------------------------------------------------------------
 
@@ -156,12 +171,16 @@ class Reconciler:
                 observed = dataclasses.replace(observed, attempt=-1)
             pods.append(observed)
         result = plan(job, pods, datetime.now(UTC), self.options)
-        self._ensure_children(job, result)
+        self._ensure_children(job, result, before_workers=True)
         self._create_workers(job, result)
+        self._ensure_children(job, result, before_workers=False)
         patch = status_patch(body.get("status") or {}, result.status)
         if patch:
             try:
-                self.kube.patch_job_status(namespace, name, patch, body["metadata"].get("resourceVersion"))
+                written = self.kube.patch_job_status(
+                    namespace, name, patch, body["metadata"].get("resourceVersion")
+                )
+                self._own_writes[key] = str(written.get("metadata", {}).get("resourceVersion", ""))
             except ApiError as error:
                 if error.status == 409:
                     return 0.0  # the job changed under us: re-read and re-plan right away
@@ -170,7 +189,7 @@ class Reconciler:
             if restarts > 0:
                 self.metrics.restarts.inc(restarts)
             for event in result.events:
-                self._post_event(body, event)
+                self._event_executor().submit(self._post_event, body, event)
             if result.status.phase != job.status.phase:
                 logger.info(
                     "job %s/%s: %s -> %s: %s",
@@ -189,8 +208,12 @@ class Reconciler:
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
         return result.requeue_after
 
-    def _ensure_children(self, job: ObservedJob, result: Plan) -> None:
-        """Service, ConfigMap and progress RBAC, server-side applied once per spec generation per process."""
+    def _ensure_children(self, job: ObservedJob, result: Plan, before_workers: bool) -> None:
+        """Service, ConfigMap and progress RBAC, server-side applied once per spec generation per process.
+
+        The ServiceAccount goes first (pods naming a missing one are refused at admission); the rest right
+        after the pods, so they do not delay them (the kubelet waits for the ConfigMap, ranks resolve the
+        Service only once their containers run)."""
         if not result.ensure_children or result.spec is None:
             return
         marker = (job.namespace, job.name, job.uid, job.generation)
@@ -198,8 +221,10 @@ class Reconciler:
             return
         ref = JobRef(job.name, job.namespace, job.uid)
         for child in build_job_children(ref, result.spec):
-            self.kube.apply(child)
-        self._ensured.add(marker)
+            if (child["kind"] == "ServiceAccount") == before_workers:
+                self.kube.apply(child)
+        if not before_workers:
+            self._ensured.add(marker)
 
     def _create_workers(self, job: ObservedJob, result: Plan) -> None:
         if not result.create_workers or result.spec is None:
@@ -287,12 +312,14 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
     operator_settings = settings
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    async def job_event(event: Any, name: str, namespace: str | None, **_: Any) -> None:
+    async def job_event(event: Any, name: str, namespace: str | None, meta: Any, **_: Any) -> None:
         if namespace is None:
             return
         if event.get("type") == "DELETED":
             reconciler.forget((namespace, name))
             return
+        if reconciler.is_own_write((namespace, name), meta.get("resourceVersion")):
+            return  # the echo of our own status patch: nothing new to decide on
         reconciler.request((namespace, name))
 
     @kopf.on.event(

@@ -1,0 +1,228 @@
+"""How fast the operator turns FineTuneJobs into worker pods, at scale (prints figures; not a test).
+
+On the local control plane (real API server, scheduler, controller-manager; KWOK GPU nodes), apply N
+FineTuneJobs of 4 nodes each (N = 10, 100, 200 by default) as fast as one client can, and report:
+
+* apply → all 4 worker pods created (p50, p99): from the job's create call returning to the watch seeing
+  its 4th pod;
+* apply → Running (p50, p99): to the watch seeing status.phase Running (includes KWOK "starting" the pods);
+* the operator's peak RSS (VmHWM) and CPU seconds (user+system) during each round.
+
+Targets from the issue: p50 ≤ 0.3 s and p99 ≤ 1 s at N = 200; RSS ≤ 150 MB.
+
+    python -m benchmarks.operator_scale [--jobs 10 100 200] [--keep-cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+from tests.kube.harness import LocalCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
+NODES_PER_JOB = 4
+GPU_NODES = 32
+GPUS_PER_NODE = 32
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "prajjwal1/bert-tiny"},
+            "dataset": {"name": "glue", "config": "sst2"},
+            "distribution": {"nodes": NODES_PER_JOB, "processesPerNode": 1},
+            "kubernetes": {"resources": {"cpu": "100m", "memory": "128Mi"}},
+        },
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(peak RSS in MB, CPU seconds) of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return peak_kb / 1024, cpu
+
+
+class Watcher(threading.Thread):
+    """Records when each job's pods appear and when the job first reports Running."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.namespace = api, namespace
+        self.pods_seen: dict[str, dict[str, float]] = {}
+        self.running_at: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._pods, daemon=True),
+            threading.Thread(target=self._jobs, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        self.ready.set()
+        self.stop.wait()
+
+    def _pods(self) -> None:
+        core = client.CoreV1Api(self.api)
+        stream = watch.Watch().stream(core.list_namespaced_pod, self.namespace, timeout_seconds=600)
+        for event in stream:
+            if self.stop.is_set():
+                return
+            pod = event["object"]
+            job_name = (pod.metadata.labels or {}).get("kubetune.io/job-name")
+            if job_name and event["type"] == "ADDED":
+                self.pods_seen.setdefault(job_name, {}).setdefault(pod.metadata.name, time.monotonic())
+
+    def _jobs(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        stream = watch.Watch().stream(
+            custom.list_namespaced_custom_object,
+            "kubetune.io",
+            "v1alpha1",
+            self.namespace,
+            "finetunejobs",
+            timeout_seconds=600,
+        )
+        for event in stream:
+            if self.stop.is_set():
+                return
+            body = event["object"]
+            if (body.get("status") or {}).get("phase") == "Running":
+                self.running_at.setdefault(body["metadata"]["name"], time.monotonic())
+
+
+def run_round(cluster: Any, operator_pid: int, count: int, namespace: str = "") -> dict[str, float]:
+    """Apply `count` jobs in a fresh namespace, wait until all run, clean up; returns the figures."""
+    api = cluster.api_client()
+    namespace = namespace or f"bench-{count}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "default SA")
+    watcher = Watcher(api, namespace)
+    watcher.start()
+    watcher.ready.wait()
+    time.sleep(1.0)  # let both watches open
+    rss_before, cpu_before = proc_stats(operator_pid)
+    custom = client.CustomObjectsApi(api)
+    applied: dict[str, float] = {}
+    began = time.monotonic()
+    for index in range(count):
+        name = f"job-{index:03d}"
+        custom.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", job(name))
+        applied[name] = time.monotonic()
+    apply_seconds = time.monotonic() - began
+
+    def all_running() -> bool:
+        return len(watcher.running_at) == count and all(
+            len(watcher.pods_seen.get(n, {})) == NODES_PER_JOB for n in applied
+        )
+
+    wait_for(all_running, 120 + count, f"{count} jobs Running", interval=0.5)
+    rss_peak, cpu_after = proc_stats(operator_pid)
+    watcher.stop.set()
+    created = [max(watcher.pods_seen[n].values()) - applied[n] for n in applied]
+    running = [watcher.running_at[n] - applied[n] for n in applied]
+    figures = {
+        "jobs": count,
+        "apply_seconds": apply_seconds,
+        "pods_p50": statistics.median(created),
+        "pods_p99": percentile(created, 0.99),
+        "pods_max": max(created),
+        "running_p50": statistics.median(running),
+        "running_p99": percentile(running, 0.99),
+        "rss_mb": rss_peak,
+        "cpu_seconds": cpu_after - cpu_before,
+        "rss_before_mb": rss_before,
+    }
+    custom.delete_collection_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs")
+    core.delete_namespace(namespace)
+    wait_for(
+        lambda: not core.list_pod_for_all_namespaces(label_selector="kubetune.io/job-name").items,
+        180,
+        "the round's pods to be garbage-collected",
+        interval=1.0,
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[10, 100, 200], help="rounds (jobs per round)")
+    parser.add_argument("--threads", type=int, default=16, help="the operator's --threads")
+    args = parser.parse_args(argv)
+    with LocalCluster(gpu_nodes=GPU_NODES, gpus_per_node=GPUS_PER_NODE) as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        established = ("wait", "--for=condition=Established", "--timeout=30s", "crd/finetunejobs.kubetune.io")
+        wait_for(lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "CRD Established")
+        cluster.wait_for_nodes_ready(120)
+        log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        argv_operator = [
+            sys.executable,
+            "-m",
+            "kubetune.cli",
+            "operator",
+            "--standalone",
+            "--metrics-port",
+            "0",
+            "--health-port",
+            "0",
+            "--threads",
+            str(args.threads),
+            "--log-format",
+            "plain",
+        ]
+        with log.open("wb") as sink:
+            operator = subprocess.Popen(argv_operator, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            # Warm-up: the operator's watches are established and its first reconcile is done.
+            run_round(cluster, operator.pid, 1, namespace="bench-warmup")
+            print(f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers")
+            header = (
+                f"{'jobs':>5} {'apply s':>8} {'pods p50':>9} {'pods p99':>9} {'pods max':>9} "
+                f"{'run p50':>8} {'run p99':>8} {'RSS MB':>7} {'CPU s':>6}"
+            )
+            print(header, flush=True)
+            for count in args.jobs:
+                f = run_round(cluster, operator.pid, count)
+                print(
+                    f"{f['jobs']:>5.0f} {f['apply_seconds']:>8.2f} {f['pods_p50']:>9.3f} {f['pods_p99']:>9.3f} "
+                    f"{f['pods_max']:>9.3f} {f['running_p50']:>8.3f} {f['running_p99']:>8.3f} "
+                    f"{f['rss_mb']:>7.1f} {f['cpu_seconds']:>6.1f}",
+                    flush=True,
+                )
+        finally:
+            operator.terminate()
+            operator.wait(30)
+            print(f"operator log: {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
