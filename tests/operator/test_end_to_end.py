@@ -142,9 +142,8 @@ def test_the_operators_worker_pods_train_a_model_and_the_job_reports_its_metrics
     kubectl("apply", "-f", "-", input=manifest)
 
     def scheduled() -> list[Any] | None:
-        pods = client.CoreV1Api(kube_cluster.api_client()).list_namespaced_pod(
-            kube_namespace, label_selector="kubetune.io/job-name=e2e"
-        )
+        core: Any = client.CoreV1Api(kube_cluster.api_client())
+        pods = core.list_namespaced_pod(kube_namespace, label_selector="kubetune.io/job-name=e2e")
         running = [p for p in pods.items if p.status.phase == "Running"]
         return sorted(running, key=lambda p: p.metadata.name) if len(running) == NODES else None
 
@@ -174,7 +173,8 @@ def test_the_operators_worker_pods_train_a_model_and_the_job_reports_its_metrics
 
     # Then the job Succeeded with the real metrics in its status and in kubectl get
     def succeeded() -> dict[str, Any] | None:
-        job = client.CustomObjectsApi(kube_cluster.api_client()).get_namespaced_custom_object(
+        custom: Any = client.CustomObjectsApi(kube_cluster.api_client())
+        job = custom.get_namespaced_custom_object(
             "kubetune.io", "v1alpha1", kube_namespace, "finetunejobs", "e2e"
         )
         status: dict[str, Any] = job.get("status") or {}
