@@ -40,11 +40,16 @@ class OperatorProcess:
     """`kubetune operator` as a real subprocess; restartable (kill -9) to test crash recovery."""
 
     def __init__(
-        self, namespace: str, kubeconfig: Path, log_dir: Path, extra_args: tuple[str, ...] = ()
+        self,
+        namespace: str,
+        kubeconfig: Path,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = ("--standalone",),
+        name: str = "operator",
     ) -> None:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
-        self.log_path = log_dir / f"operator-{namespace}.log"
+        self.log_path = log_dir / f"{name}-{namespace}.log"
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
@@ -60,7 +65,6 @@ class OperatorProcess:
             "operator",
             "--namespace",
             self.namespace,
-            "--standalone",
             "--backoff-seconds",
             "1",
             "--metrics-port",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.status_sink import StatusSink
 
 from tests.kube.harness import COMPLETE_ANNOTATION_PREFIX, LocalCluster, wait_for
-from tests.operator.conftest import GPUS_PER_NODE, OperatorProcess, job_manifest
+from tests.operator.conftest import GPUS_PER_NODE, REPO, OperatorProcess, job_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -450,3 +451,52 @@ def test_metrics_and_health_endpoints(
     text = wait_for(running_gauge, 10, "the Running gauge")
     assert "kubetune_reconcile_duration_seconds_count" in text
     assert "kubetune_worker_pods_created_total 1.0" in text
+
+
+def test_two_replicas_share_the_work_through_kopf_peering(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    finetunejob_crd: None,
+    gpu_pool: list[str],
+    operator_kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    # Given two operator replicas of different priorities sharing the peering object "kubetune"
+    peering_crds = REPO / "manifests" / "operator" / "kopf-peering-crds.yaml"
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(peering_crds))
+    established = ("wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev")
+    wait_for(lambda: kube_cluster.kubectl(*established, check=False).returncode == 0, 60, "peering CRD")
+    kubectl(
+        "apply", "-f", "-", input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata: {name: kubetune}\n"
+    )
+    standby = OperatorProcess(
+        kube_namespace, operator_kubeconfig, tmp_path, ("--priority", "0"), name="standby"
+    )
+    active = OperatorProcess(
+        kube_namespace, operator_kubeconfig, tmp_path, ("--priority", "1"), name="active"
+    )
+    standby.start()
+    active.start()
+    try:
+        wait_for(lambda: "Pausing operations" in standby.log(), 30, "the standby replica to pause")
+
+        # When a job is applied, exactly one gang is created
+        kubectl("apply", "-f", "-", input=job_manifest("shared", nodes=3))
+        running_workers(kube_cluster, kube_namespace, "shared", 3)
+        wait_phase(kube_cluster, kube_namespace, "shared", "Running")
+        time.sleep(2)
+        assert len(workers(kube_cluster, kube_namespace, "shared")) == 3
+
+        # When the active replica stops, the standby takes over: a failure is handled (gang restart)
+        active.stop()
+        wait_for(lambda: "Resuming operations" in standby.log(), 30, "the standby replica to resume")
+        fail_worker(kube_cluster, kube_namespace, "shared-worker-2", exit_code=1, message="boom")
+        wait_for(
+            lambda: status(kube_cluster, kube_namespace, "shared").get("restarts") == 1, 30, "a gang restart"
+        )
+        pods = running_workers(kube_cluster, kube_namespace, "shared", 3)
+        assert {p.metadata.labels["kubetune.io/attempt"] for p in pods} == {"1"}
+    finally:
+        active.stop()
+        standby.stop()

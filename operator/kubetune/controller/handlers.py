@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import socket
 import time
@@ -61,6 +62,7 @@ class Reconciler:
     _ensured: set[tuple[str, str, str, int]] = field(default_factory=set)
     # resourceVersion of our own last status write per job: its watch event needs no reconcile.
     _own_writes: dict[JobKey, str] = field(default_factory=dict)
+    _fingerprints: dict[JobKey, str] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
     _events: ThreadPoolExecutor | None = None
     _instance: str = field(default_factory=socket.gethostname)
@@ -90,6 +92,21 @@ class Reconciler:
         """True when a watch event shows exactly the object our last status patch produced."""
         return bool(resource_version) and self._own_writes.get(key) == resource_version
 
+    def changed_for_us(self, key: JobKey, body: Mapping[str, Any]) -> bool:
+        """False when a job's watch event differs from the last one only in what the operator does not decide
+        on: rank 0's live progress and metrics (written every few seconds per running job), annotations."""
+        metadata = body.get("metadata") or {}
+        status = {k: v for k, v in (body.get("status") or {}).items() if k not in ("progress", "metrics")}
+        fingerprint = json.dumps(
+            [metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"), status],
+            sort_keys=True,
+            default=str,
+        )
+        if self._fingerprints.get(key) == fingerprint:
+            return False
+        self._fingerprints[key] = fingerprint
+        return True
+
     def _timer_fired(self, key: JobKey) -> None:
         state = self._states.get(key)
         if state is not None:
@@ -103,6 +120,7 @@ class Reconciler:
             state.timer.cancel()
         self._ensured = {marker for marker in self._ensured if marker[:2] != key}
         self._own_writes.pop(key, None)
+        self._fingerprints.pop(key, None)
         self.metrics.observe_phase(key, None)
 
     async def _run(self, key: JobKey) -> None:
@@ -312,15 +330,17 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
     operator_settings = settings
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    async def job_event(event: Any, name: str, namespace: str | None, meta: Any, **_: Any) -> None:
+    async def job_event(event: Any, body: Any, name: str, namespace: str | None, meta: Any, **_: Any) -> None:
         if namespace is None:
             return
+        key = (namespace, name)
         if event.get("type") == "DELETED":
-            reconciler.forget((namespace, name))
+            reconciler.forget(key)
             return
-        if reconciler.is_own_write((namespace, name), meta.get("resourceVersion")):
-            return  # the echo of our own status patch: nothing new to decide on
-        reconciler.request((namespace, name))
+        changed = reconciler.changed_for_us(key, body)
+        if reconciler.is_own_write(key, meta.get("resourceVersion")) or not changed:
+            return  # the echo of our own status patch, or only live progress: nothing new to decide on
+        reconciler.request(key)
 
     @kopf.on.event(
         "",
