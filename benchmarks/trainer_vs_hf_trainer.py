@@ -9,6 +9,9 @@ What is measured, identically for both sides:
   the same instrument in both processes rather than each framework's own logging;
 - **samples/s** = training samples of steps 2..N / (time of step N - time of step 1): steady-state training
   throughput, without start-up and the final evaluation;
+- **samples per CPU-second** = the same samples / the process CPU time between those steps: with one thread
+  per process this is the work each side does per sample, and it does not swing with the machine's load the
+  way wall time does (on a shared 2-core machine, compare this ratio first);
 - **start→first step** = from just before the parent spawns the process (interpreter start and imports
   included) to the end of the first optimizer step;
 - **wall** = spawn to exit; **metric** = eval accuracy (and loss) after training, on the same eval set.
@@ -97,6 +100,7 @@ class SideResult:
     first_step_seconds: float | None = None  # spawn → end of the first optimizer step
     steady_seconds: float | None = None  # end of step 1 → end of step N
     samples_per_second: float | None = None  # samples of steps 2..N / steady_seconds
+    samples_per_cpu_second: float | None = None  # samples of steps 2..N / CPU seconds spent on them
     metric: float | None = None  # eval accuracy
     eval_loss: float | None = None
     train_loss: float | None = None
@@ -117,14 +121,23 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def install(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        register_optimizer_step_post_hook(lambda optimizer, args, kwargs: self.times.append(time.time()))
+        register_optimizer_step_post_hook(lambda optimizer, args, kwargs: self._tick())
+
+    def _tick(self) -> None:
+        self.times.append(time.time())
+        self.cpu_times.append(time.process_time())
 
     def fill(
-        self, result: SideResult, spawned_at: float, samples_per_epoch: int, config: BenchConfig
+        self,
+        result: SideResult,
+        spawned_at: float,
+        samples_per_epoch: int,
+        config: BenchConfig,
     ) -> None:
         """Put steps, start→first step and steady-state samples/s into `result`."""
         result.steps = len(self.times)
@@ -139,6 +152,10 @@ class StepClock:
             after_first = total - min(total, config.batch_size * world)
             result.steady_seconds = round(self.times[-1] - self.times[0], 3)
             result.samples_per_second = round(after_first / result.steady_seconds, 2)
+            # CPU time of this process (one torch thread, data loading in-process): the work done, which a busy
+            # shared machine does not inflate the way it inflates wall time. Ranks do equal shares.
+            cpu_seconds = (self.cpu_times[-1] - self.cpu_times[0]) * world
+            result.samples_per_cpu_second = round(after_first / cpu_seconds, 2) if cpu_seconds > 0 else None
 
 
 class StepProfiler:
@@ -219,13 +236,21 @@ def kubetune_job(config: BenchConfig, output: Path, group_by_length: bool) -> di
 
 def run_kubetune(config: BenchConfig, work: Path, result: SideResult, group_by_length: bool) -> None:
     import yaml
-    from kubetune.contract import JOB_FILE, MAIN_ADDR, MAIN_PORT, NODE_RANK, NUM_NODES, PROCS_PER_NODE
+    from kubetune.contract import (
+        JOB_FILE,
+        MAIN_ADDR,
+        MAIN_PORT,
+        NODE_RANK,
+        NUM_NODES,
+        PROCS_PER_NODE,
+    )
 
     output = work / "kubetune-output"
     job_file = work / "kubetune-job.yaml"
     if _rank() == 0:
         job_file.write_text(
-            yaml.safe_dump(kubetune_job(config, output, group_by_length), sort_keys=False), encoding="utf-8"
+            yaml.safe_dump(kubetune_job(config, output, group_by_length), sort_keys=False),
+            encoding="utf-8",
         )
     else:  # rank 0 writes the job file; the others wait for it
         while not job_file.exists():
@@ -478,6 +503,7 @@ def _median(values: list[float | None]) -> float | None:
 
 FIGURES = (
     "samples_per_second",
+    "samples_per_cpu_second",
     "first_step_seconds",
     "wall_seconds",
     "metric",
@@ -488,28 +514,47 @@ FIGURES = (
 )
 
 
-def summarise(results: dict[str, list[SideResult]]) -> dict[str, Any]:
-    """Medians per side, and each side's throughput relative to plain Trainer (per round and of the medians).
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return round(ours / theirs, 3) if ours and theirs else None
 
-    Returns {"medians": {side: {figure: value}}, "ratios": {side: ratio}, "ratios_per_round": {side: [...]}}.
+
+def summarise(results: dict[str, list[SideResult]]) -> dict[str, Any]:
+    """Medians per side, and each side's throughput relative to plain Trainer.
+
+    Returns {"medians": {side: {figure: value}}, "ratios": {side: ratio of median samples/s},
+    "cpu_ratios": {side: ratio of median samples per CPU-second}, "ratios_per_round": {side: [...]}}.
     """
     medians = {
         side: {name: _median([getattr(run, name) for run in runs]) for name in FIGURES}
         for side, runs in results.items()
     }
-    ratios: dict[str, float | None] = {}
-    per_round: dict[str, list[float]] = {}
-    baseline = medians.get(BASELINE, {}).get("samples_per_second")
-    for side in results:
-        ours = medians[side]["samples_per_second"]
-        ratios[side] = round(ours / baseline, 3) if ours and baseline else None
-        # Runs of one round were back to back, so the per-round ratio is the one least affected by load changes.
-        per_round[side] = [
-            round(mine.samples_per_second / other.samples_per_second, 3)
+    baseline = medians.get(BASELINE, {})
+    ratios = {
+        side: _ratio(medians[side]["samples_per_second"], baseline.get("samples_per_second"))
+        for side in results
+    }
+    cpu_ratios = {
+        side: _ratio(
+            medians[side]["samples_per_cpu_second"],
+            baseline.get("samples_per_cpu_second"),
+        )
+        for side in results
+    }
+    # Runs of one round were back to back, so the per-round ratio is the one least affected by load changes.
+    per_round = {
+        side: [
+            ratio
             for mine, other in zip(results[side], results.get(BASELINE, []), strict=False)
-            if mine.samples_per_second and other.samples_per_second
+            if (ratio := _ratio(mine.samples_per_second, other.samples_per_second)) is not None
         ]
-    return {"medians": medians, "ratios": ratios, "ratios_per_round": per_round}
+        for side in results
+    }
+    return {
+        "medians": medians,
+        "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
+        "ratios_per_round": per_round,
+    }
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -520,7 +565,8 @@ def render_table(summary: dict[str, Any], rounds: int) -> str:
     """The figures as a plain-text table (medians over the rounds), one column per side."""
     medians = summary["medians"]
     rows = [
-        ("samples/s (steady state)", "samples_per_second", 1),
+        ("samples/s (steady state, wall clock)", "samples_per_second", 1),
+        ("samples per CPU-second", "samples_per_cpu_second", 1),
         ("start -> first step (s)", "first_step_seconds", 2),
         ("wall time (s)", "wall_seconds", 1),
         ("eval accuracy", "metric", 4),
@@ -536,10 +582,11 @@ def render_table(summary: dict[str, Any], rounds: int) -> str:
     ]
     for label, key, digits in rows:
         lines.append(f"{label:<38}" + "".join(f"{_fmt(medians[s][key], digits):>{width}}" for s in sides))
-    lines.append(
-        f"{'throughput vs Trainer (x)':<38}"
-        + "".join(f"{_fmt(summary['ratios'][s], 3):>{width}}" for s in sides)
-    )
+    for label, key in (
+        ("throughput vs Trainer (x)", "ratios"),
+        ("  same, per CPU-second (x)", "cpu_ratios"),
+    ):
+        lines.append(f"{label:<38}" + "".join(f"{_fmt(summary[key][s], 3):>{width}}" for s in sides))
     for side in sides:
         if side != BASELINE and summary["ratios_per_round"][side]:
             lines.append(f"  {side} / {BASELINE} per round: {summary['ratios_per_round'][side]}")
@@ -582,11 +629,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument(
-        "--learning-rate", type=float, default=None, help="default 5e-5 (1e-3 for the random-init tiny model)"
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="default 5e-5 (1e-3 for the random-init tiny model)",
     )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--processes", type=int, default=1, help="processes per side (torchrun when > 1)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes per side (torchrun when > 1)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--sides",
@@ -594,10 +649,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(SIDES)} (default {DEFAULT_SIDES})",
     )
     parser.add_argument("--trainer-padding", choices=["dynamic", "max_length"], default="dynamic")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler table of a few steps per side")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler table of a few steps per side",
+    )
     parser.add_argument("--profile-steps", type=int, default=20)
     parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
-    parser.add_argument("--work-dir", help="keep data, logs and outputs here (default: a temporary folder)")
+    parser.add_argument(
+        "--work-dir",
+        help="keep data, logs and outputs here (default: a temporary folder)",
+    )
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-result", help=argparse.SUPPRESS)
@@ -627,10 +689,17 @@ def main(argv: list[str] | None = None) -> int:
         order = sides if round_index % 2 == 0 else list(reversed(sides))
         for side in order:
             port += 1
-            result = run_side(side, config_path, work / f"round{round_index}-{side}", args.processes, port)
+            result = run_side(
+                side,
+                config_path,
+                work / f"round{round_index}-{side}",
+                args.processes,
+                port,
+            )
             results[side].append(result)
             print(
                 f"round {round_index + 1} {side:>8}: {_fmt(result.samples_per_second, 1)} samples/s, "
+                f"{_fmt(result.samples_per_cpu_second, 1)} per CPU-s, "
                 f"first step after {_fmt(result.first_step_seconds)} s, wall {_fmt(result.wall_seconds, 1)} s, "
                 f"accuracy {_fmt(result.metric, 4)}, load at start {_fmt(result.load_at_start)}",
                 flush=True,
