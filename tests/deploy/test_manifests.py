@@ -51,13 +51,22 @@ def test_the_kind_values_install_the_cpu_trainer_from_loaded_images(helm: Helm, 
     assert "--build-arg VARIANT=cpu" in readme
 
 
-def test_the_kind_cluster_has_a_worker_per_node_of_the_offline_example() -> None:
+def test_the_kind_job_is_the_offline_example_on_cpus_on_the_kind_workers() -> None:
+    """manifests/kind/offline.yaml is generated from the offline example; its workers fit the kind cluster:
+    no GPUs, a node selector that the kind workers carry, one worker node per job node."""
+    from tests.deploy.manifests import KIND_JOB, OFFLINE_EXAMPLE, render_kind_job
+
+    if not OFFLINE_EXAMPLE.exists():
+        pytest.skip("manifests/examples/offline.yaml has not landed")
+    assert KIND_JOB.read_text() == render_kind_job(), "stale: run python -m tests.deploy.manifests"
+    (kind_job,) = load_jobs(KIND_JOB)
+    (example,) = load_jobs(OFFLINE_EXAMPLE)
+    assert kind_job.spec.model_dump(exclude={"kubernetes"}) == example.spec.model_dump(exclude={"kubernetes"})
+    assert kind_job.spec.kubernetes.resources.gpus_per_node == 0
     cluster = yaml.safe_load((MANIFESTS / "kind" / "cluster.yaml").read_text())
     assert cluster["apiVersion"] == "kind.x-k8s.io/v1alpha4" and cluster["kind"] == "Cluster"
     workers = [n for n in cluster["nodes"] if n["role"] == "worker"]
-    offline = MANIFESTS / "examples" / "offline.yaml"
-    if not offline.exists():
-        pytest.skip("manifests/examples/offline.yaml has not landed")
-    (job,) = load_jobs(offline)
-    assert len(workers) >= job.spec.distribution.nodes
+    selector = kind_job.spec.kubernetes.node_selector.items()
+    fitting = [n for n in workers if selector <= n.get("labels", {}).items()]
+    assert len(fitting) >= kind_job.spec.distribution.nodes
     assert (CHART / "Chart.yaml").exists()
