@@ -465,3 +465,40 @@ def test_replicas_of_equal_priority_would_all_pause_which_is_why_each_gets_its_p
     finally:
         for twin in twins:
             twin.stop()
+
+
+def test_the_kind_job_schedules_on_cpu_only_nodes_labelled_like_the_kind_workers(
+    kube_cluster: Any, kube_namespace: str, kubectl: Any, release: Release, tmp_path: Path
+) -> None:
+    """manifests/kind/offline.yaml with the chart's kind values: two workers, no GPU requested, on nodes
+    without GPUs that carry the kind workers' label, running the CPU trainer image."""
+    if not kube_cluster.has_nodes:
+        pytest.skip("needs KWOK nodes (hack/cluster/build.sh)")
+    kind = yaml.safe_load((REPO / "manifests" / "kind" / "cluster.yaml").read_text())
+    labels = next(n["labels"] for n in kind["nodes"] if n["role"] == "worker")
+    cpu_nodes = kube_cluster.add_gpu_nodes(2, gpus=0, labels=labels, cpu="4", memory="8Gi")
+    kube_cluster.wait_for_nodes_ready()
+    kind_values = yaml.safe_load((REPO / "manifests" / "kind" / "values.yaml").read_text())
+    release.install(
+        _values(release, watch={"namespaces": [kube_namespace]}) | {"trainer": kind_values["trainer"]}
+    )
+    wait_for(
+        lambda: _can(kubectl, release, "watch", "finetunejobs.kubetune.io", kube_namespace) or None,
+        30,
+        "the chart's RBAC to take effect",
+    )
+    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
+    operator = ChartOperator(release.operator_container(), kubeconfig, tmp_path / "operator.log")
+    operator.start()
+    try:
+        kubectl("apply", "-f", str(REPO / "manifests" / "kind" / "offline.yaml"))
+        pods = _running_workers(kube_cluster, kube_namespace, "paraphrase-minilm", 2)
+        assert {p.spec.node_name for p in pods} <= set(cpu_nodes)
+        for pod in pods:
+            (container,) = pod.spec.containers
+            assert container.image.endswith(":0.1.0-cpu")
+            assert not any("gpu" in name for name in (container.resources.limits or {}))
+            assert container.working_dir is None  # the image's WORKDIR, where the example's data lies
+    finally:
+        operator.stop()
+        kubectl("delete", "finetunejob", "paraphrase-minilm", "--wait=false", check=False)
