@@ -229,6 +229,9 @@ class Trainer:
             sampler=self.sampler,
             collate_fn=collator,
             num_workers=training.dataloader_workers,
+            # Starting an iterator draws a seed from this generator; from the global RNG that draw would shift the
+            # dropout masks whenever a run resumes mid-epoch (or evaluates), breaking exact resume.
+            generator=torch.Generator().manual_seed(training.seed),
         )
         self.plan = Plan.for_spec(spec, len(self.data.train), accelerator.num_processes)
         self.state.total_steps = self.plan.total_steps
@@ -242,6 +245,7 @@ class Trainer:
                 batch_size=training.per_device_eval_batch_size,
                 shuffle=False,
                 collate_fn=collator,
+                generator=torch.Generator().manual_seed(training.seed),
             )
             prepared.append(eval_loader)
         prepared = accelerator.prepare(*prepared)
@@ -329,10 +333,12 @@ class Trainer:
         model.train()
         world = accelerator.num_processes
         while self.state.step < self.state.total_steps:
-            self.sampler.set_epoch(self.state.epoch)
             loader = self.train_loader
             if self.state.batches_in_epoch:
                 loader = accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+            # Through the prepared loader: it re-applies its own epoch counter to the sampler on every iter(),
+            # and that counter does not know about a resumed run's first (skipped-into) epoch.
+            loader.set_epoch(self.state.epoch)
             for batch in loader:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
