@@ -48,7 +48,12 @@ def test_benchmark_prints_and_writes_figures_for_both_sides(tmp_path: Path) -> N
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     output = completed.stdout
-    for line in ("samples/s (steady state)", "start -> first step (s)", "throughput vs Trainer (x)"):
+    for line in (
+        "samples/s (steady state",
+        "samples per CPU-second",
+        "start -> first step (s)",
+        "throughput vs Trainer",
+    ):
         assert line in output, output
 
     document = json.loads(result_file.read_text(encoding="utf-8"))
@@ -57,6 +62,7 @@ def test_benchmark_prints_and_writes_figures_for_both_sides(tmp_path: Path) -> N
     for side, figures in medians.items():
         assert figures["steps"] == 4, (side, figures)  # 64 examples / batch 16, one epoch, on both sides
         assert figures["samples_per_second"] > 0, (side, figures)
+        assert figures["samples_per_cpu_second"] > 0, (side, figures)
         assert 0 < figures["first_step_seconds"] < figures["wall_seconds"], (side, figures)
         assert 0.0 <= figures["metric"] <= 1.0, (side, figures)
     assert document["summary"]["ratios"]["trainer"] == 1.0
