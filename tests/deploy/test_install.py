@@ -503,3 +503,37 @@ def test_the_kind_job_schedules_on_cpu_only_nodes_labelled_like_the_kind_workers
     finally:
         operator.stop()
         kubectl("delete", "finetunejob", "paraphrase-minilm", "--wait=false", check=False)
+
+
+def test_without_the_pods_rule_the_charts_operator_is_refused_and_creates_nothing(
+    kube_cluster: Any,
+    kube_namespace: str,
+    kubectl: Any,
+    release: Release,
+    deploy_pool: list[str],
+    tmp_path: Path,
+) -> None:
+    """The converse of the Succeeded test, so that its "never refused" check is known to bite: with the pods
+    rule taken out of the chart's Role, the API refuses the operator, and the log says so."""
+    release.install(_values(release, watch={"namespaces": [kube_namespace]}))
+    rbac: Any = client.RbacAuthorizationV1Api(kube_cluster.api_client())
+    role = rbac.read_namespaced_role(release.fullname, kube_namespace)
+    role.rules = [rule for rule in role.rules if "pods" not in rule.resources]
+    rbac.replace_namespaced_role(release.fullname, kube_namespace, role)
+    wait_for(
+        lambda: (not _can(kubectl, release, "create", "pods", kube_namespace)) or None,
+        30,
+        "the rule to be gone",
+    )
+    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
+    operator = ChartOperator(release.operator_container(), kubeconfig, tmp_path / "operator.log")
+    operator.start()
+    try:
+        kubectl("apply", "-f", "-", input=_job("refused"))
+        wait_for(lambda: "forbidden" in operator.log().lower() or None, 30, "the operator to be refused")
+        pods = client.CoreV1Api(kube_cluster.api_client()).list_namespaced_pod(
+            kube_namespace, label_selector="kubetune.io/job-name=refused"
+        )
+        assert not pods.items
+    finally:
+        operator.stop()
