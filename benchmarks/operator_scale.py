@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, nargs="+", default=[10, 100, 200], help="rounds (jobs per round)")
     parser.add_argument("--threads", type=int, default=16, help="the operator's --threads")
+    parser.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats to FILE")
     args = parser.parse_args(argv)
     with LocalCluster(gpu_nodes=GPU_NODES, gpus_per_node=GPUS_PER_NODE) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
@@ -183,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster.wait_for_nodes_ready(120)
         log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         argv_operator = [
             sys.executable,
+            *profile,
             "-m",
             "kubetune.cli",
             "operator",
