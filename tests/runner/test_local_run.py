@@ -129,3 +129,22 @@ def test_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, tiny_asse
     assert resumed.resumed_from_step == stopped_at
     assert json.loads((output / "metrics.json").read_text())["step"] == 400
     assert processes_of_run(output) == []
+
+
+def test_nodes_do_not_outlive_a_killed_runner(tmp_path: Path, tiny_assets: TinyAssets) -> None:
+    """Even `kill -9` of `kubetune run` (no chance to clean up) stops its nodes: they get SIGTERM on its death."""
+    job = _job(tmp_path / "job", tiny_assets, {"maxSteps": 100000}, checkpoint_every=100000)
+    output = tmp_path / "out"
+    run = start_kubetune(str(job), "--output", str(output), cwd=tmp_path, log=tmp_path / "run.log")
+    try:
+        wait_for_event(output / "events.jsonl", EventKind.STEP, run)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 90
+        while processes_of_run(output) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert processes_of_run(output) == []
+    assert any(e.event == EventKind.PREEMPTED for e in read_events(output / "events.jsonl"))

@@ -169,3 +169,20 @@ def test_progress_lines_and_final_table(tmp_path: Path) -> None:
     table = metrics_table(_result(tmp_path))
     rows = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
     assert rows["eval_accuracy"] == "0.9400" and rows["world size"] == "2" and rows["wall time"] == "1m23s"
+
+
+def test_the_terminal_view_shows_a_progress_bar_and_eval_lines() -> None:
+    from kubetune_trainer.runner.display import RichView, make_view
+    from rich.console import Console
+
+    console = Console(record=True, force_terminal=True, width=160)
+    view = make_view(console)
+    assert isinstance(view, RichView)
+    view.start("kubetune run test")
+    for event in _events():
+        view.update(event)
+    view.stop()
+    text = console.export_text()
+    assert "training started on 2 processes: 40 steps" in text
+    assert "eval at step 20/40: accuracy 0.7000 · f1 0.6000" in text
+    assert "epoch 2.00" in text and "40/40" in text

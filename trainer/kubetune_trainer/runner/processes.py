@@ -19,6 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: get SIGTERM when `kubetune run` dies, even by SIGKILL, so no node outlives it
+    (the node then saves a checkpoint and exits as on Ctrl-C). Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 # `python -m kubetune.cli train` rather than the console script: works in any venv, even when not on PATH.
 TRAIN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "kubetune.cli", "train")
 
@@ -141,6 +155,7 @@ class NodeGroup:
                     stdout=log_handle,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: terminal signals skip it, killpg reaches all
+                    preexec_fn=_stop_with_parent,
                 )
                 group.nodes.append(NodeProcess(rank, popen, log_path, log_handle))
         except BaseException:
