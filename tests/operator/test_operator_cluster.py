@@ -179,11 +179,8 @@ def test_apply_creates_worker_pods_on_gpu_nodes_with_the_contract_and_the_job_ru
     # And the status says Running, with the transitions as Events and in kubectl get
     current = wait_phase(kube_cluster, kube_namespace, "bert", "Running")
     assert current["workers"]["summary"] == "3/3" and current["observedGeneration"] == 1
-    reasons = [
-        reason
-        for _, reason, _ in wait_event_reasons(kube_cluster, kube_namespace, "bert", "Pending", "Running")
-    ]
-    assert reasons[0] == "Pending" and reasons[-1] == "Running"
+    # (Events have one-second timestamps: their order within a second is not kept)
+    wait_event_reasons(kube_cluster, kube_namespace, "bert", "Pending", "Running")
     table = kubectl("get", "finetunejobs").stdout
     assert "Running" in table and "3/3" in table and "prajjwal1/bert-tiny" in table
 
