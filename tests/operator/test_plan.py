@@ -191,6 +191,19 @@ def test_a_spec_that_passes_the_schema_but_not_pydantic_fails_with_the_field_nam
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "InvalidSpec")]
 
 
+def test_correcting_an_invalid_spec_starts_the_job_and_an_invalid_one_still_honours_its_ttl() -> None:
+    body = job_body(dataset={"name": "glue", "labelField": ""}, runPolicy={"ttlSecondsAfterFinished": 30})
+    body = written(body, decide(body, [], 0))
+    assert body["status"]["phase"] == "Failed"
+    assert decide(body, [], 10).requeue_after == 20
+    assert decide(body, [], 31).delete_job
+    body["spec"]["dataset"] = {"name": "glue"}
+    body["metadata"]["generation"] = 2
+    fixed = decide(body, [], 12)
+    assert fixed.status.phase == Phase.PENDING and fixed.create_workers == [0, 1]
+    assert condition(fixed, "Accepted")["status"] == "True" and fixed.status.last_failure is None
+
+
 def test_a_name_too_long_for_worker_hostnames_fails_the_job() -> None:
     result = decide(job_body(name="a" * 60), [], 0)
     assert result.status.phase == Phase.FAILED and "metadata.name" in result.status.message

@@ -242,11 +242,15 @@ class _Planner:
         return self.plan
 
     def _ttl(self) -> None:
-        spec = self.plan.spec
         completed = parse_time(self.status.completion_time)
-        if spec is None or completed is None or spec.run_policy.ttl_seconds_after_finished is None:
+        if self.plan.spec is not None:
+            ttl = self.plan.spec.run_policy.ttl_seconds_after_finished
+        else:  # an invalid spec: its TTL still applies when it is a number
+            raw = (self.job.spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+            ttl = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+        if completed is None or ttl is None:
             return
-        expires = completed + timedelta(seconds=spec.run_policy.ttl_seconds_after_finished)
+        expires = completed + timedelta(seconds=ttl)
         if self.now >= expires:
             self.plan.delete_job = True
         else:
@@ -273,7 +277,11 @@ class _Planner:
     # --- the decision -------------------------------------------------------------------------------------------
 
     def run(self) -> Plan:
-        if self.previous.phase in FINAL_PHASES:
+        if self.fixed_invalid_spec():
+            # Nothing was ever created for the invalid spec: start over as a new job.
+            self.plan.status = self.status = FineTuneJobStatus(observed_generation=self.job.generation)
+            self.previous = FineTuneJobStatus()
+        elif self.previous.phase in FINAL_PHASES:
             return self.final()
         spec = self.validate()
         if spec is None:
@@ -303,6 +311,17 @@ class _Planner:
         self.create_missing(spec, current)
         self.count_and_phase(spec, current)
         return self.plan
+
+    def fixed_invalid_spec(self) -> bool:
+        """True when a job that failed validation has a newer spec (the user corrected it)."""
+        failure = self.previous.last_failure
+        return (
+            self.previous.phase == Phase.FAILED
+            and failure is not None
+            and failure.reason == FailureReason.INVALID_SPEC
+            and self.previous.observed_generation is not None
+            and self.job.generation > self.previous.observed_generation
+        )
 
     def final(self) -> Plan:
         """Succeeded and Failed are final: only clean up running workers and honour the TTL."""
