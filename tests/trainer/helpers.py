@@ -186,3 +186,25 @@ def wait_for_line(path: Path, predicate: Callable[[str], bool], timeout: float =
                     return line
         time.sleep(0.05)
     raise AssertionError(f"no matching line in {path} within {timeout} s")
+
+
+def train_in_process(job: Path, env: Mapping[str, str]) -> Result:
+    """`kubetune train JOB --single-process` inside this test process (no interpreter start-up: seconds, not tens).
+
+    stdout/stderr are captured here; Accelerate's process-wide state is reset afterwards so runs stay independent.
+    The caller sets the offline/one-thread environment (fixture `in_process_env`).
+    """
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from accelerate.state import AcceleratorState, GradientState
+    from kubetune_trainer import node_launcher
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = node_launcher.main(job_file=str(job), single_process=True, env=env)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Result(code, out.getvalue(), err.getvalue())

@@ -16,6 +16,7 @@ from tests.trainer.helpers import (
     make_job,
     run_single,
     start_nodes,
+    train_in_process,
     wait_nodes,
 )
 
@@ -74,24 +75,33 @@ def test_missing_text_column_names_the_field_and_lists_the_columns(tmp_path: Pat
     assert '"event":"failed"' in result.stdout
 
 
-def test_missing_label_column_names_the_field(tmp_path: Path, assets: Assets) -> None:
-    result = run_single(make_job(tmp_path, assets, dataset={"labelField": "sentiment"}), child_env(tmp_path))
-    assert result.returncode == EXIT_INVALID_SPEC, explain(result)
-    assert "spec.dataset.labelField is 'sentiment'" in result.stderr and "['text', 'label']" in result.stderr
-    assert not (tmp_path / "job-out").exists()
+def test_missing_label_column_names_the_field() -> None:
+    import datasets
+    from kubetune.spec.models import DatasetSpec
+    from kubetune_trainer.data import DataError, check_columns
+
+    data = datasets.Dataset.from_dict({"text": ["good"], "label": [1]})
+    spec = DatasetSpec.model_validate({"files": {"train": "t.jsonl"}, "labelField": "sentiment"})
+    with pytest.raises(DataError) as error:
+        check_columns(data, spec, "sequence-classification", "train")
+    assert "spec.dataset.labelField is 'sentiment'" in str(error.value) and "['text', 'label']" in str(
+        error.value
+    )
 
 
-def test_pinned_weights_hash_mismatch_refuses_to_train(tmp_path: Path, assets: Assets) -> None:
+def test_pinned_weights_hash_mismatch_refuses_to_train(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
+) -> None:
     actual = hashlib.sha256((assets.model / "model.safetensors").read_bytes()).hexdigest()
     wrong = "0" * 64
-    result = run_single(make_job(tmp_path, assets, model={"weightsSha256": wrong}), child_env(tmp_path))
+    result = train_in_process(make_job(tmp_path, assets, model={"weightsSha256": wrong}), in_process_env)
     assert result.returncode == EXIT_INVALID_SPEC, explain(result)
     assert "spec.model.weightsSha256" in result.stderr and actual in result.stderr
     assert not (tmp_path / "job-out").exists()
 
-    good = run_single(
+    good = train_in_process(
         make_job(tmp_path, assets, "pinned", model={"weightsSha256": actual}, training={"maxSteps": 2}),
-        child_env(tmp_path),
+        in_process_env,
     )
     assert good.returncode == 0, explain(good)
 

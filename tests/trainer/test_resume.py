@@ -20,8 +20,8 @@ from tests.trainer.helpers import (
     make_job,
     read_summary,
     run_nodes,
-    run_single,
     start_nodes,
+    train_in_process,
     wait_for_line,
     wait_nodes,
 )
@@ -40,18 +40,18 @@ def with_steps(steps: int) -> dict[str, object]:
 
 
 def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_run(
-    tmp_path: Path, assets: Assets
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
 ) -> None:
-    env = child_env(tmp_path, KUBETUNE_DEBUG_WEIGHTS_HASH="1")
-    straight = run_single(make_job(tmp_path, assets, "straight", **with_steps(40)), env)
+    env = {**in_process_env, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
+    straight = train_in_process(make_job(tmp_path, assets, "straight", **with_steps(40)), env)
     assert straight.returncode == 0, explain(straight)
 
     # Same output folder twice: 20 steps (mid-epoch: 25 steps per epoch), then the job extended to 40.
-    first = run_single(make_job(tmp_path, assets, "resumed", **with_steps(20)), env)
+    first = train_in_process(make_job(tmp_path, assets, "resumed", **with_steps(20)), env)
     assert first.returncode == 0, explain(first)
     output = tmp_path / "resumed-out"
     assert complete_steps(output / "checkpoints") == [10, 20]  # keepLast 2
-    second = run_single(make_job(tmp_path, assets, "resumed", **with_steps(40)), env)
+    second = train_in_process(make_job(tmp_path, assets, "resumed", **with_steps(40)), env)
     assert second.returncode == 0, explain(second)
 
     started = next(e for e in second.events if e.event == EventKind.STARTED)
@@ -74,7 +74,7 @@ def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_r
     tmp_path: Path, assets: Assets
 ) -> None:
     events_file = tmp_path / "events.jsonl"
-    job = make_job(tmp_path, assets, **with_steps(150), distribution={"nodes": 2})
+    job = make_job(tmp_path, assets, **with_steps(60), distribution={"nodes": 2})
     env = child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file))
     nodes = start_nodes(job, env, nodes=2)
     wait_for_line(events_file, lambda line: '"event":"step"' in line)
@@ -85,7 +85,7 @@ def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_r
     events = [ProgressEvent.from_json(line) for line in events_file.read_text().splitlines()]
     preempted = events[-1]
     assert preempted.event == EventKind.PREEMPTED, [e.event for e in events]
-    assert 0 < preempted.step < 150
+    assert 0 < preempted.step < 60
     folder = tmp_path / "job-out" / "checkpoints" / f"step-{preempted.step}"
     assert (folder / MARKER).is_file(), "the checkpoint of the stopping step is complete"
     summary = JobSummary.from_termination_message(
@@ -101,4 +101,4 @@ def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_r
     assert started.resumed_from_step == preempted.step
     final = json.loads((tmp_path / "job-out" / "metrics.json").read_text())
     print(f"preempted at step {preempted.step}; after resume:", final["metrics"])
-    assert final["step"] == 150 and final["metrics"]["eval_accuracy"] >= 0.8
+    assert final["step"] == 60 and final["metrics"]["eval_accuracy"] >= 0.8

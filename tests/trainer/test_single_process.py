@@ -1,4 +1,8 @@
-"""Given a FineTuneJob and `kubetune train --single-process`, the tiny model learns and every output is written."""
+"""Given a FineTuneJob and `kubetune train --single-process`, the tiny model learns and every output is written.
+
+The runs happen inside the test process (`train_in_process`: the same code path as the CLI's --single-process,
+minus interpreter start-up); the CLI itself runs as a child process in test_bad_input.py.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ import pytest
 from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune_trainer.synthetic import build_tiny_model, read_texts, write_job_file
 
-from tests.trainer.helpers import Assets, child_env, explain, make_job, read_summary, run_single
+from tests.trainer.helpers import Assets, explain, make_job, read_summary, train_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_tiny_bert_learns_the_sentiment_task_and_writes_its_outputs(tmp_path: Path, assets: Assets) -> None:
+def test_tiny_bert_learns_the_sentiment_task_and_writes_its_outputs(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
+) -> None:
     events_file = tmp_path / "events.jsonl"
     job = make_job(
         tmp_path,
@@ -22,7 +28,7 @@ def test_tiny_bert_learns_the_sentiment_task_and_writes_its_outputs(tmp_path: Pa
         training={"epochs": 2, "metrics": ["accuracy", "f1", "precision", "recall"], "warmupRatio": 0.1},
         dataset={"groupByLength": True},
     )
-    result = run_single(job, child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file)))
+    result = train_in_process(job, {**in_process_env, "KUBETUNE_EVENTS_FILE": str(events_file)})
     assert result.returncode == 0, explain(result)
 
     summary = read_summary(tmp_path / "job-out")
@@ -60,7 +66,7 @@ def test_tiny_bert_learns_the_sentiment_task_and_writes_its_outputs(tmp_path: Pa
 
 
 def test_string_labels_are_mapped_to_sorted_ids_and_stored_in_the_config(
-    tmp_path: Path, assets: Assets
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
 ) -> None:
     job = write_job_file(
         tmp_path / "job.yaml",
@@ -70,7 +76,7 @@ def test_string_labels_are_mapped_to_sorted_ids_and_stored_in_the_config(
         output=str(tmp_path / "out"),
         overrides={"training": {"epochs": 2}},
     )
-    result = run_single(job, child_env(tmp_path))
+    result = train_in_process(job, in_process_env)
     assert result.returncode == 0, explain(result)
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
@@ -78,7 +84,9 @@ def test_string_labels_are_mapped_to_sorted_ids_and_stored_in_the_config(
     assert read_summary(tmp_path / "out")["metrics"]["eval_accuracy"] >= 0.7
 
 
-def test_tiny_gpt2_causal_lm_reports_perplexity_that_falls(tmp_path: Path, assets: Assets) -> None:
+def test_tiny_gpt2_causal_lm_reports_perplexity_that_falls(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
+) -> None:
     model = build_tiny_model(tmp_path / "gpt", read_texts(assets.train), task="causal-lm")
     job = write_job_file(
         tmp_path / "job.yaml",
@@ -92,7 +100,7 @@ def test_tiny_gpt2_causal_lm_reports_perplexity_that_falls(tmp_path: Path, asset
             "training": {"metrics": ["perplexity"], "evalStrategy": "steps", "evalSteps": 10, "maxSteps": 30},
         },
     )
-    result = run_single(job, child_env(tmp_path))
+    result = train_in_process(job, in_process_env)
     assert result.returncode == 0, explain(result)
     perplexities = [e.metrics["eval_perplexity"] for e in result.events if e.event == EventKind.EVAL]
     print("causal-lm perplexity by eval:", perplexities)

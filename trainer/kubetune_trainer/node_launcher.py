@@ -234,13 +234,13 @@ def launch_node(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_single_process(context: NodeContext, job: FineTuneJob) -> int:
+def run_single_process(context: NodeContext, job: FineTuneJob, env: Mapping[str, str] | None = None) -> int:
     """Train in this process (world size 1) for debugging; returns the exit code."""
     from kubetune_trainer.settings import RunSettings
     from kubetune_trainer.worker import run_worker
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
-    return run_worker(RunSettings.from_job(job, context))
+    return run_worker(RunSettings.from_job(job, context, env))
 
 
 def main(
@@ -257,5 +257,5 @@ def main(
         print(f"kubetune train: {error}", file=sys.stderr, flush=True)
         return EXIT_INVALID_SPEC
     if single_process:
-        return run_single_process(context, job)
+        return run_single_process(context, job, source)
     return launch_node(context, job, source)
