@@ -7,14 +7,14 @@ This module must import without torch: the operator image does not ship it.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
-KIND = "FineTuneJob"
+KIND: Final = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
