@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+from kubetune.contract import NodeContext
 from kubetune.events import EventKind, JobSummary, ProgressEvent
-from kubetune.status_sink import StatusSink, status_patch_for_event, status_patch_for_summary
+from kubetune.spec import parse_job
+from kubetune.status_sink import StatusSink, make_sink, status_patch_for_event, status_patch_for_summary
 
 
 class Recorder:
@@ -89,3 +94,38 @@ def test_a_failing_api_never_reaches_the_training_loop() -> None:
         sink.emit(ProgressEvent(event=EventKind.STEP, step=step, total_steps=5))
     sink.close(JobSummary(outcome=EventKind.FAILED, message="boom"))
     assert sink.writes == 0
+
+
+def test_make_sink_applies_only_to_operator_run_jobs_that_report_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    job = parse_job({"kind": "FineTuneJob", "spec": {"model": {"name": "m"}, "dataset": {"name": "glue"}}})
+    local = NodeContext(
+        job_file="job.yaml", node_rank=0, num_nodes=1, procs_per_node=1, main_addr="x", main_port=1
+    )
+    on_cluster = NodeContext(
+        job_file="job.yaml", node_rank=0, num_nodes=1, procs_per_node=1, main_addr="x", main_port=1,
+        job_name="bert", job_namespace="team",
+    )  # fmt: skip
+    assert make_sink(local, job) is None
+    quiet = job.model_copy(deep=True)
+    quiet.spec.run_policy.report_progress = False
+    assert make_sink(on_cluster, quiet) is None
+    sink = make_sink(on_cluster, job)
+    assert isinstance(sink, StatusSink)
+    sink.close(JobSummary(outcome=EventKind.FINISHED))  # the unreachable server is logged, not raised
