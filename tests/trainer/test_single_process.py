@@ -74,7 +74,7 @@ def test_string_labels_are_mapped_to_sorted_ids_and_stored_in_the_config(
         train=str(assets.string_train),
         eval=str(assets.string_eval),
         output=str(tmp_path / "out"),
-        overrides={"training": {"epochs": 2}},
+        overrides={"training": {"epochs": 2, "gradientCheckpointing": True, "gradientAccumulationSteps": 2}},
     )
     result = train_in_process(job, in_process_env)
     assert result.returncode == 0, explain(result)
