@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubetune.contract import EXIT_PREEMPTED
@@ -29,14 +30,14 @@ from tests.trainer.helpers import (
 pytestmark = pytest.mark.timeout(420)
 
 # constant_with_warmup: the schedule does not depend on maxSteps, so "20 then 20 more" equals "40".
-RESUMABLE = {
+RESUMABLE: dict[str, Any] = {
     "training": {"lrScheduler": "constant_with_warmup", "evalStrategy": "no", "learningRate": 2e-3},
     "checkpointing": {"everySteps": 10, "keepLast": 2},
 }
 
 
-def with_steps(steps: int) -> dict[str, object]:
-    return {**RESUMABLE, "training": {**RESUMABLE["training"], "maxSteps": steps}}  # type: ignore[dict-item]
+def with_steps(steps: int) -> dict[str, Any]:
+    return {**RESUMABLE, "training": {**RESUMABLE["training"], "maxSteps": steps}}
 
 
 def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_run(
@@ -74,7 +75,7 @@ def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_r
     tmp_path: Path, assets: Assets
 ) -> None:
     events_file = tmp_path / "events.jsonl"
-    job = make_job(tmp_path, assets, **with_steps(60), distribution={"nodes": 2})
+    job = make_job(tmp_path, assets, **{**with_steps(60), "distribution": {"nodes": 2}})
     env = child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file))
     nodes = start_nodes(job, env, nodes=2)
     wait_for_line(events_file, lambda line: '"event":"step"' in line)

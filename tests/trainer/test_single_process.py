@@ -48,7 +48,8 @@ def test_tiny_bert_learns_the_sentiment_task_and_writes_its_outputs(
         and steps[0].samples_per_second
         and steps[0].eta_seconds is not None
     )
-    assert steps[-1].loss is not None and steps[-1].loss < steps[0].loss
+    first_loss, last_loss = steps[0].loss, steps[-1].loss
+    assert first_loss is not None and last_loss is not None and last_loss < first_loss
 
     # The events file holds the same events as stdout; the termination log the compact summary.
     file_events = [ProgressEvent.from_json(line) for line in events_file.read_text().splitlines()]

@@ -209,7 +209,13 @@ class Trainer:
         self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label)
         if spec.training.gradient_checkpointing:
             # Non-reentrant checkpointing works with DDP's hooks and with frozen inputs.
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             if spec.model.task == Task.CAUSAL_LM:
                 self.model.config.use_cache = False
 
