@@ -103,7 +103,7 @@ def test_a_dead_rank_fails_the_run_fast_with_that_nodes_error(
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, tiny_assets: TinyAssets) -> None:
-    job = _job(tmp_path / "job", tiny_assets, {"maxSteps": 400}, checkpoint_every=10)
+    job = _job(tmp_path / "job", tiny_assets, {"maxSteps": 150}, checkpoint_every=10)
     output = tmp_path / "out"
     run = start_kubetune(str(job), "--output", str(output), cwd=tmp_path, log=tmp_path / "first.log")
     try:
@@ -120,14 +120,14 @@ def test_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, tiny_asse
     assert checkpoints, "the interrupted run kept no checkpoint"
     events = read_events(output / "events.jsonl")
     stopped_at = max(e.step for e in events if e.event == EventKind.CHECKPOINT)
-    assert stopped_at < 400
+    assert stopped_at < 150
 
     result = run_kubetune(str(job), "--output", str(output), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming from the checkpoints there" in result.stdout
     resumed = [e for e in read_events(output / "events.jsonl") if e.event == EventKind.STARTED][-1]
     assert resumed.resumed_from_step == stopped_at
-    assert json.loads((output / "metrics.json").read_text())["step"] == 400
+    assert json.loads((output / "metrics.json").read_text())["step"] == 150
     assert processes_of_run(output) == []
 
 

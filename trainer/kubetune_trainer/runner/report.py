@@ -193,16 +193,21 @@ def write_report(result: RunResult) -> Path:
 
 
 def metrics_table(result: RunResult) -> Table:
-    """The final table printed at the end of a run."""
-    table = Table(title=f"{result.job.metadata.name}: {result.outcome}", show_header=True)
+    """The final table printed at the end of a run (from metrics.json, or the events when it is missing)."""
+    table = Table(title=result.job.metadata.name, show_header=False)
     table.add_column("")
     table.add_column("value", justify="right")
+    table.add_row("outcome", result.outcome)
     summary = result.summary
+    last = result.events[-1] if result.events else None
     if summary:
         table.add_row("steps", f"{summary.step}/{summary.total_steps}")
         table.add_row("epochs", f"{summary.epoch:.2f}")
         if summary.train_loss is not None:
             table.add_row("train loss", f"{summary.train_loss:.4f}")
+    elif last is not None:
+        table.add_row("steps", f"{last.step}/{last.total_steps}")
+        table.add_row("epochs", f"{last.epoch:.2f}")
     for name, value in _final_metrics(result).items():
         table.add_row(name, f"{value:.4f}")
     if summary and summary.samples_per_second is not None:
