@@ -84,7 +84,7 @@ def test_cores_and_gpus_are_shared_out() -> None:
 
 def test_default_output_folder(tmp_path: Path) -> None:
     job = load_job(_write_job(tmp_path))
-    assert default_output_dir(job, tmp_path) == tmp_path / "kubetune-runs" / "relative-paths"
+    assert default_output_dir(job, tmp_path) == tmp_path / "runs" / "relative-paths"
     chosen = job.model_copy(
         update={
             "spec": job.spec.model_copy(update={"output": job.spec.output.model_copy(update={"path": "out"})})
@@ -131,4 +131,4 @@ def test_a_bad_override_is_reported_like_a_spec_error(
         main(["run", str(job_file), "--nodes", "0"])
     assert exit_info.value.code == 2
     assert main(["run", str(job_file), "--processes-per-node", "65"]) == 2
-    assert not (tmp_path / "kubetune-runs").exists()
+    assert not (tmp_path / "runs").exists()

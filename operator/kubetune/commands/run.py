@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--output",
         type=Path,
-        help="output folder (default: spec.output.path, or ./kubetune-runs/<name> when that is /output)",
+        help="output folder (default: spec.output.path, or ./runs/<name> when that is /output)",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="delete the output folder first instead of resuming"

@@ -19,7 +19,7 @@ from kubetune.spec import FineTuneJob, parse_job
 
 # spec.output.path's default is a path inside a worker container; locally we use a folder in the cwd instead.
 CONTAINER_OUTPUT_DEFAULT = "/output"
-LOCAL_RUNS_FOLDER = "kubetune-runs"
+LOCAL_RUNS_FOLDER = "runs"  # ignored by git (.gitignore)
 MAIN_ADDR = "127.0.0.1"
 
 
@@ -152,7 +152,7 @@ def default_output_dir(job: FineTuneJob, cwd: Path) -> Path:
     """Where a local run writes when --output is not given.
 
     spec.output.path when the user chose one; its default (/output) is a container path, so then
-    ./kubetune-runs/<job name>.
+    ./runs/<job name>.
     """
     chosen = job.spec.output.path
     if chosen != CONTAINER_OUTPUT_DEFAULT:
