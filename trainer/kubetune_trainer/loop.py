@@ -118,7 +118,7 @@ class _Window:
     """Loss and throughput since the last step event."""
 
     started: float = field(default_factory=time.time)
-    loss_sum: float = 0.0
+    loss_sum: Any = 0.0  # becomes a tensor on the training device
     micro_batches: int = 0
     samples: int = 0
 
@@ -353,7 +353,7 @@ class Trainer:
                         accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
-                window.loss_sum += float(loss.detach())
+                window.loss_sum = window.loss_sum + loss.detach().float()  # a tensor: no device sync per step
                 window.micro_batches += 1
                 window.samples += int(batch["input_ids"].shape[0]) * world
                 self.state.samples_seen += int(batch["input_ids"].shape[0]) * world
@@ -396,7 +396,13 @@ class Trainer:
         return stop
 
     def _log_step(self, window: _Window) -> None:
-        mean = torch.tensor([window.loss_sum, float(window.micro_batches)], device=self.accelerator.device)
+        device = self.accelerator.device
+        mean = torch.stack(
+            [
+                torch.as_tensor(window.loss_sum, dtype=torch.float32, device=device).reshape(()),
+                torch.tensor(float(window.micro_batches), device=device),
+            ]
+        )
         mean = self.accelerator.reduce(mean, reduction="sum")
         loss = float(mean[0] / mean[1]) if float(mean[1]) else None
         if loss is not None:
