@@ -25,7 +25,7 @@ class WatchdogLimits:
 
     deadline_seconds: float | None = None  # the whole run
     stall_seconds: float | None = 1800.0  # no new log output and no new event for this long
-    straggler_seconds: float = 120.0  # others still running this long after one node finished cleanly
+    straggler_seconds: float = 120.0  # others still running this long after node 0 finished cleanly
     stop_grace_seconds: float = 120.0  # SIGTERM → SIGKILL (the trainer saves a checkpoint meanwhile)
     settle_seconds: float = 3.0  # after a node fails, wait this long for its peers' exits to find the cause
 
@@ -225,14 +225,15 @@ def _watchdog_problem(
     """Why the run must be stopped now, or None while it may go on."""
     if limits.deadline_seconds is not None and elapsed > limits.deadline_seconds:
         return f"the run exceeded its deadline of {format_duration(limits.deadline_seconds)}"
-    done = [node for node in group.nodes if node.exit_code == 0 and node.exited_at is not None]
-    if done and group.running:
-        first = min(done, key=lambda node: node.exited_at or now)
-        waited = now - (first.exited_at or now)
+    # Only node 0 counts: it holds rank 0, which saves the model last, so other nodes may finish long before it
+    # does (minutes, for a big model); once node 0 is done, every other node should end within moments.
+    main = group.nodes[0]
+    if main.exit_code == 0 and main.exited_at is not None and group.running:
+        waited = now - main.exited_at
         if waited > limits.straggler_seconds:
             ranks = ", ".join(str(node.rank) for node in group.running)
             return (
-                f"node(s) {ranks} still running {format_duration(waited)} after node {first.rank} "
+                f"node(s) {ranks} still running {format_duration(waited)} after node 0 "
                 "finished: they are stuck"
             )
     if limits.stall_seconds is not None:
