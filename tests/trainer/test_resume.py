@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune.contract import EXIT_PREEMPTED
+from kubetune.contract import EXIT_INVALID_SPEC, EXIT_PREEMPTED
 from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune_trainer import checkpoints
 from kubetune_trainer.checkpoints import MARKER, complete_steps
 
 from tests.trainer.helpers import (
@@ -69,6 +70,19 @@ def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_r
     # Same batches, same RNG (dropout), same optimizer state: the weights come out identical.
     straight_hash = (tmp_path / "straight-out" / "debug" / "weights-rank-0.sha256").read_text()
     assert (output / "debug" / "weights-rank-0.sha256").read_text() == straight_hash
+
+    # A job with other batches cannot continue these checkpoints: refused, naming the field; resume: false
+    # starts over.
+    other = {**with_steps(45), "training": {**with_steps(45)["training"], "perDeviceTrainBatchSize": 8}}
+    refused = train_in_process(make_job(tmp_path, assets, "resumed", **other), env)
+    assert refused.returncode == EXIT_INVALID_SPEC, explain(refused)
+    assert "spec.training.perDeviceTrainBatchSize: checkpoint 16, this job 8" in refused.stderr
+    fresh = {**other, "checkpointing": {**other["checkpointing"], "resume": False}}
+    restarted = train_in_process(make_job(tmp_path, assets, "resumed", **fresh), env)
+    assert restarted.returncode == 0, explain(restarted)
+    assert next(e for e in restarted.events if e.event == EventKind.STARTED).resumed_from_step is None
+    newest = checkpoints.TrainerState.from_file(output / "checkpoints" / "step-40" / checkpoints.STATE_FILE)
+    assert newest.fingerprint["spec.training.perDeviceTrainBatchSize"] == 8, "old checkpoints were replaced"
 
 
 def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_resumes(

@@ -12,9 +12,11 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kubetune.spec.models import FineTuneJobSpec
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -31,13 +33,58 @@ class TrainerState:
     samples_seen: int = 0  # training examples seen, all ranks together
     total_steps: int = 0
     last_metrics: dict[str, float] | None = None
+    # What the checkpoint is only valid for (see `resume_fingerprint`); empty in checkpoints of older versions.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+class CheckpointMismatchError(ValueError):
+    """The newest checkpoint in output.path was written by a job it cannot continue (different data, batch...)."""
+
+
+def resume_fingerprint(spec: FineTuneJobSpec, world_size: int) -> dict[str, Any]:
+    """The spec fields an exact resume depends on, with their YAML names.
+
+    Epochs, maxSteps, evaluation and logging may change between runs (e.g. to extend training); these may not:
+    they decide the data order, the batches and the shape of the saved optimizer state.
+    """
+    training, deepspeed = spec.training, spec.distribution.deepspeed
+    return {
+        "spec.model.name": spec.model.name,
+        "spec.model.task": str(spec.model.task),
+        "spec.dataset": spec.dataset.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec.training.perDeviceTrainBatchSize": training.per_device_train_batch_size,
+        "spec.training.gradientAccumulationSteps": training.gradient_accumulation_steps,
+        "spec.training.seed": training.seed,
+        "world size (spec.distribution.nodes * processesPerNode)": world_size,
+        "spec.distribution.deepspeed.zeroStage": deepspeed.zero_stage if deepspeed.enabled else 0,
+    }
+
+
+def check_compatible(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise CheckpointMismatchError naming every field that differs between the checkpoint and this job."""
+    if not saved:
+        return
+    differences = [
+        f"{name}: checkpoint {saved.get(name)!r}, this job {value!r}"
+        for name, value in current.items()
+        if saved.get(name) != value
+    ]
+    if differences:
+        listed = "; ".join(differences)
+        raise CheckpointMismatchError(
+            f"the newest checkpoint {folder} was written by a different job ({listed}): use a new "
+            "spec.output.path, or set spec.checkpointing.resume: false to start over (old checkpoints are "
+            "then replaced)"
+        )
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
@@ -98,15 +145,18 @@ def prune(root: Path, keep_last: int, keep: Path | None = None) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Any, folder: Path) -> TrainerState:
+def load_checkpoint(accelerator: Any, folder: Path, fingerprint: dict[str, Any]) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from `folder` on every rank; returns the loop state.
 
-    Raises FileNotFoundError (naming the shared-volume requirement) when this node cannot see the folder.
+    Raises CheckpointMismatchError when the checkpoint belongs to an incompatible job (before loading anything),
+    and FileNotFoundError (naming the shared-volume requirement) when this node cannot see the folder.
     """
     if not (folder / STATE_FILE).is_file():
         raise FileNotFoundError(
             f"checkpoint {folder} is not visible on node rank {accelerator.process_index}: resuming a "
             "multi-node job needs spec.output.path on a volume all nodes share"
         )
+    state = TrainerState.from_file(folder / STATE_FILE)
+    check_compatible(folder, state.fingerprint, fingerprint)
     accelerator.load_state(str(folder))
-    return TrainerState.from_file(folder / STATE_FILE)
+    return state

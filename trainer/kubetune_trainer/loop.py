@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -241,6 +242,7 @@ class Trainer:
         )
         self.plan = Plan.for_spec(spec, len(self.data.train), accelerator.num_processes)
         self.state.total_steps = self.plan.total_steps
+        self.state.fingerprint = checkpoints.resume_fingerprint(spec, accelerator.num_processes)
         optimizer = build_optimizer(self.model, training, spec.distribution.deepspeed)
         scheduler = build_scheduler(optimizer, training, self.plan.total_steps)
         prepared = [self.model, optimizer, train_loader, scheduler]
@@ -269,6 +271,14 @@ class Trainer:
         from accelerate.utils import broadcast_object_list
 
         if not self.spec.checkpointing.resume:
+            # Starting over: checkpoints of an earlier run would otherwise be taken for this run's later on.
+            if self.accelerator.is_main_process and self.settings.checkpoints_dir.is_dir():
+                log.info(
+                    "checkpointing.resume is false: removing old checkpoints in %s",
+                    self.settings.checkpoints_dir,
+                )
+                shutil.rmtree(self.settings.checkpoints_dir)
+            self.accelerator.wait_for_everyone()
             return
         root = self.settings.checkpoints_dir
         # Rank 0 decides, so every rank loads the same step even if a late save is visible to some only.
@@ -281,8 +291,10 @@ class Trainer:
         if choice[0] is None:
             return
         total = self.state.total_steps
-        self.state = checkpoints.load_checkpoint(self.accelerator, Path(choice[0]))
+        fingerprint = self.state.fingerprint
+        self.state = checkpoints.load_checkpoint(self.accelerator, Path(choice[0]), fingerprint)
         self.state.total_steps = total  # the spec may have changed maxSteps or epochs since
+        self.state.fingerprint = fingerprint
         self.resumed_from = self.state.step
         self.last_checkpoint_step = self.state.step
         self.last_metrics = dict(self.state.last_metrics or {})

@@ -250,6 +250,12 @@ def main(
     source = dict(os.environ if env is None else env)
     if job_file:
         source[JOB_FILE] = job_file
+    elif not source.get(JOB_FILE):
+        print(
+            f"kubetune train: no job: pass a FineTuneJob file (kubetune train job.yaml) or set {JOB_FILE}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_SPEC
     try:
         context = NodeContext.from_env(source)
         job = load_and_validate(context)
