@@ -150,3 +150,38 @@ def test_label_names_map_strings_sorted_and_check_ranges() -> None:
     assert len(label_names(ints, "label", None)) == 3
     with pytest.raises(DataError, match=r"spec.model.numLabels"):
         label_names(ints, "label", 2)
+
+
+def test_node_exit_code_from_the_ranks_reports() -> None:
+    from kubetune.contract import EXIT_FAILED, EXIT_INVALID_SPEC, EXIT_OK, EXIT_PREEMPTED
+    from kubetune_trainer.node_launcher import decide_exit
+
+    finished = [
+        {"rank": 0, "outcome": "finished", "exit_code": 0},
+        {"rank": 1, "outcome": "finished", "exit_code": 0},
+    ]
+    assert decide_exit(0, finished, signalled=False) == (EXIT_OK, None)
+    preempted = [{"rank": 0, "outcome": "preempted", "exit_code": 75}]
+    assert decide_exit(0, preempted, signalled=True)[0] == EXIT_PREEMPTED
+    peer = {
+        "rank": 0,
+        "outcome": "failed",
+        "exit_code": 1,
+        "message": "RuntimeError: Connection closed by peer",
+    }
+    cause = {
+        "rank": 1,
+        "outcome": "failed",
+        "exit_code": 2,
+        "message": "spec.dataset.textFields ...",
+        "traceback": "",
+    }
+    code, message = decide_exit(1, [peer, cause], signalled=False)
+    assert (
+        code == EXIT_INVALID_SPEC
+        and message is not None
+        and message.startswith("rank 1 failed: spec.dataset")
+    )
+    code, message = decide_exit(-9, [], signalled=False)
+    assert code == EXIT_FAILED and message is not None and "without reporting why" in message
+    assert decide_exit(1, [], signalled=True)[0] == EXIT_PREEMPTED

@@ -181,13 +181,26 @@ def read_statuses(status_dir: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda record: int(record.get("rank", 0)))
 
 
+_PEER_LOSS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
+
+def _is_peer_loss(message: str) -> bool:
+    return any(fragment in message for fragment in _PEER_LOSS)
+
+
 def decide_exit(
     launcher_code: int, statuses: list[dict[str, Any]], signalled: bool
 ) -> tuple[int, str | None]:
     """This node's exit code and, for failures, the message to print last."""
     failed = [s for s in statuses if s.get("outcome") == "failed"]
     if failed:
-        first = failed[0]
+        # A rank that lost its peer reports only that; show the rank that failed first-hand when there is one.
+        first = min(failed, key=lambda s: (_is_peer_loss(str(s.get("message", ""))), int(s.get("rank", 0))))
         code = int(first.get("exit_code", EXIT_FAILED)) or EXIT_FAILED
         detail = first.get("traceback") or ""
         return code, f"rank {first.get('rank')} failed: {first.get('message', '')}\n{detail}".rstrip()
