@@ -289,3 +289,12 @@ def test_status_patch_contains_only_what_changed() -> None:
     new.progress = None
     patch = status_patch(old, new)
     assert patch == {"phase": "Restarting", "progress": None}
+
+
+def test_the_scheduling_clock_starts_even_when_the_pods_were_created_by_a_failed_reconcile() -> None:
+    body = job_body(runPolicy={"schedulingTimeoutSeconds": 60})  # no status written yet
+    stuck = [pod(0, phase="Pending", unschedulable=True), pod(1, phase="Pending", unschedulable=True)]
+    first = decide(body, stuck, 0)
+    assert first.create_workers == [] and first.status.attempt_start_time == "2026-01-01T12:00:00Z"
+    body = written(body, first)
+    assert decide(body, stuck, 61).status.phase == Phase.FAILED

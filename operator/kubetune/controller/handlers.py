@@ -65,6 +65,7 @@ class Reconciler:
     _fingerprints: dict[JobKey, str] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
     _events: ThreadPoolExecutor | None = None
+    _writers: ThreadPoolExecutor | None = None
     _instance: str = field(default_factory=socket.gethostname)
 
     # --- scheduling (event loop) ------------------------------------------------------------------------------
@@ -153,6 +154,28 @@ class Reconciler:
         finally:
             state.running = False
 
+    def _in_parallel(
+        self, action: Callable[[dict[str, Any]], Any], objects: list[dict[str, Any]]
+    ) -> list[Any]:
+        """`action` on every object at once (the gang's pods are written in one round trip, not N); returns
+        each result or the exception it raised, in order."""
+        if len(objects) <= 1:
+            outcomes: list[Any] = []
+            for obj in objects:
+                try:
+                    outcomes.append(action(obj))
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(32, thread_name_prefix="writes")
+        futures = [self._writers.submit(action, obj) for obj in objects]
+        results: list[Any] = []
+        for future in futures:
+            error = future.exception()
+            results.append(error if error is not None else future.result())
+        return results
+
     def _event_executor(self) -> ThreadPoolExecutor:
         # Events are posted off the reconcile path: they are informational and must not delay pods.
         if self._events is None:
@@ -160,7 +183,7 @@ class Reconciler:
         return self._events
 
     def shutdown(self) -> None:
-        for executor in (self._executor, self._events):
+        for executor in (self._executor, self._events, self._writers):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
 
@@ -238,9 +261,13 @@ class Reconciler:
         if marker in self._ensured:
             return
         ref = JobRef(job.name, job.namespace, job.uid)
-        for child in build_job_children(ref, result.spec):
-            if (child["kind"] == "ServiceAccount") == before_workers:
-                self.kube.apply(child)
+        children = [
+            child
+            for child in build_job_children(ref, result.spec)
+            if (child["kind"] == "ServiceAccount") == before_workers
+        ]
+        for child in children:  # in order: a RoleBinding is checked against its (existing) Role
+            self.kube.apply(child)
         if not before_workers:
             self._ensured.add(marker)
 
@@ -250,14 +277,19 @@ class Reconciler:
         ref = JobRef(job.name, job.namespace, job.uid)
         image = result.spec.kubernetes.image or self.options.default_image
         failures: list[str] = []
-        for index in result.create_workers:
-            context = WorkerContext(ref, result.spec, index, result.status.attempt, image)
-            pod = build_worker_pod(context, job.generation)
-            try:
-                if self.kube.create(pod):
-                    self.metrics.pods_created.inc()
-            except ApiError as error:
-                failures.append(f"{pod['metadata']['name']}: {error}")
+        pods = [
+            build_worker_pod(
+                WorkerContext(ref, result.spec, index, result.status.attempt, image), job.generation
+            )
+            for index in result.create_workers
+        ]
+        for pod, outcome in zip(pods, self._in_parallel(self.kube.create, pods), strict=True):
+            if isinstance(outcome, ApiError):
+                failures.append(f"{pod['metadata']['name']}: {outcome}")
+            elif isinstance(outcome, Exception):
+                raise outcome
+            elif outcome:
+                self.metrics.pods_created.inc()
         if failures:
             # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
             result.status.workers.created -= len(failures)

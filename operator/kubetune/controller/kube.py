@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.parse
 from typing import Any
 
@@ -45,7 +46,8 @@ def load_client_config() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # (read $KUBECONFIG now: the client module captured it at import time)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     configuration = client.Configuration.get_default_copy()
     # One connection per concurrent reconcile thread (the default pool of 4 would serialise them).
     configuration.connection_pool_maxsize = 32

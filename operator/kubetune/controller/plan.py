@@ -305,6 +305,9 @@ class _Planner:
         self.plan.delete_workers.extend(p.name for p in stale if not p.deleting)
         if self.previous.phase == Phase.RESTARTING and not self.restart_due(spec):
             return self.plan
+        if self.status.attempt_start_time is None:
+            # (set here, not when pods are created: a reconcile may have created them and then failed)
+            self.status.attempt_start_time = format_time(self.now)
         outcome = self.check_outcome(spec, current)
         if outcome is not None:
             return outcome
@@ -532,8 +535,6 @@ class _Planner:
         self.plan.create_workers = [i for i in missing if i not in taken]
         if blocked:
             self.plan.requeue(POLL_SECONDS)
-        if self.plan.create_workers and self.status.attempt_start_time is None:
-            self.status.attempt_start_time = format_time(self.now)
 
     def count_workers(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
         workers = self.status.workers
