@@ -54,6 +54,13 @@ def test_dump_is_camel_case_and_round_trips() -> None:
     assert parse_job(yaml.safe_load(text)) == parsed
 
 
+def test_dump_keeps_explicit_nulls_that_override_defaults() -> None:
+    parsed = parse_job(job(dataset={"name": "glue", "evalSplit": None}, training={"maxGradNorm": None}))
+    again = parse_job(yaml.safe_load(dump_job(parsed)))
+    assert again.spec.dataset.eval_split is None
+    assert again.spec.training.max_grad_norm is None
+
+
 def test_unknown_field_suggests_the_right_name() -> None:
     found = problems(job(training={"learningrate": 1e-4}))
     assert found == ["spec.training.learningrate: unknown field 'learningrate': did you mean 'learningRate'?"]

@@ -175,6 +175,9 @@ def load_job(path: str | Path) -> FineTuneJob:
 
 
 def dump_job(job: FineTuneJob) -> str:
-    """The job as YAML with camelCase keys and every default filled in (what workers read)."""
-    data = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """The job as YAML with camelCase keys and every default filled in (what workers read).
+
+    Nulls are kept: `evalSplit: null` means "no evaluation", and dropping it would bring back the default.
+    """
+    data = job.model_dump(mode="json", by_alias=True, exclude={"status"})
     return yaml.safe_dump(data, sort_keys=False)
