@@ -164,16 +164,16 @@ class Reconciler:
             for obj in objects:
                 try:
                     outcomes.append(action(obj))
-                except Exception as error:
-                    outcomes.append(error)
+                except Exception as failure:
+                    outcomes.append(failure)
             return outcomes
         if self._writers is None:
             self._writers = ThreadPoolExecutor(32, thread_name_prefix="writes")
         futures = [self._writers.submit(action, obj) for obj in objects]
         results: list[Any] = []
         for future in futures:
-            error = future.exception()
-            results.append(error if error is not None else future.result())
+            raised = future.exception()
+            results.append(raised if raised is not None else future.result())
         return results
 
     def _event_executor(self) -> ThreadPoolExecutor:
