@@ -497,3 +497,22 @@ def test_two_replicas_share_the_work_through_kopf_peering(
     finally:
         active.stop()
         standby.stop()
+
+
+def test_workers_refused_at_admission_are_reported_on_the_job(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    # Given a job naming a ServiceAccount that does not exist (admission refuses its pods)
+    kubernetes = {"nodeSelector": {"kubetune.test/pool": "operator"}, "serviceAccountName": "missing"}
+    kubectl("apply", "-f", "-", input=job_manifest("refused", nodes=1, kubernetes=kubernetes))
+
+    # Then the status and a Warning Event say why, and no pod exists
+    found = wait_event_reasons(kube_cluster, kube_namespace, "refused", "FailedCreatePod")
+    message = next(m for _, r, m in found if r == "FailedCreatePod")
+    assert 'serviceaccount "missing" not found' in message
+    assert "cannot create worker pods" in status(kube_cluster, kube_namespace, "refused")["message"]
+    assert workers(kube_cluster, kube_namespace, "refused") == []
+
+    # And creating the ServiceAccount lets the job start on the next retry
+    kubectl("create", "serviceaccount", "missing")
+    running_workers(kube_cluster, kube_namespace, "refused", 1)

@@ -63,6 +63,7 @@ class Reconciler:
     # resourceVersion of our own last status write per job: its watch event needs no reconcile.
     _own_writes: dict[JobKey, str] = field(default_factory=dict)
     _fingerprints: dict[JobKey, str] = field(default_factory=dict)
+    _seen: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # identity, for error Events
     _executor: ThreadPoolExecutor | None = None
     _events: ThreadPoolExecutor | None = None
     _writers: ThreadPoolExecutor | None = None
@@ -122,6 +123,7 @@ class Reconciler:
         self._ensured = {marker for marker in self._ensured if marker[:2] != key}
         self._own_writes.pop(key, None)
         self._fingerprints.pop(key, None)
+        self._seen.pop(key, None)
         self.metrics.observe_phase(key, None)
 
     async def _run(self, key: JobKey) -> None:
@@ -142,6 +144,13 @@ class Reconciler:
                     logger.warning(
                         "reconcile of %s/%s failed (retry in %.1fs): %s", key[0], key[1], requeue, error
                     )
+                    body = self._seen.get(key)
+                    if body is not None and (state.errors in (3, 10) or state.errors % 50 == 0):
+                        # A persistent error (RBAC, admission, quota) must be visible on the job itself.
+                        message = f"reconcile failing ({state.errors} attempts), retrying: {error}"
+                        self._event_executor().submit(
+                            self._post_event, body, JobEvent("Warning", "ReconcileError", message)
+                        )
                 if key not in self._states:
                     return  # forgotten (deleted) meanwhile
                 if requeue is not None and not state.dirty:
@@ -201,6 +210,7 @@ class Reconciler:
             self.metrics.observe_phase(key, None)
             return None
         job = ObservedJob.from_body(body)
+        self._seen[key] = {"metadata": {k: body["metadata"][k] for k in ("name", "namespace", "uid")}}
         pods = []
         for raw in self.kube.list_pods(namespace, names.worker_selector(name)):
             observed = observe_pod(raw)
