@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubetune.events import EventKind
 from transformers import AutoModelForSequenceClassification
 
-from tests.trainer.helpers import Assets, child_env, explain, make_job, read_summary, run_nodes
+from tests.trainer.helpers import Assets, Result, child_env, explain, make_job, read_summary, run_nodes
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -40,34 +41,69 @@ def test_two_nodes_ddp_train_one_model_with_identical_weights(tmp_path: Path, as
     assert summary["metrics"]["eval_accuracy"] >= 0.8
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_on_two_ranks_saves_a_model_that_reloads(
-    tmp_path: Path, assets: Assets, stage: int
-) -> None:
-    job = make_job(
+def deepspeed_job(
+    tmp_path: Path, assets: Assets, stage: int, name: str = "job", training: dict[str, Any] | None = None
+) -> Path:
+    return make_job(
         tmp_path,
         assets,
-        training={"epochs": 3, "gradientAccumulationSteps": 1},
+        name,
+        training={"epochs": 3, **(training or {})},
         distribution={"nodes": 1, "processesPerNode": 2, "deepspeed": {"zeroStage": stage}},
+        checkpointing={"everySteps": 10},
     )
-    results = run_nodes(job, child_env(tmp_path), nodes=1, procs_per_node=2)
-    assert results[0].returncode == 0, explain(results)
-    started = next(e for e in results[0].events if e.event == EventKind.STARTED)
-    assert started.world_size == 2
 
-    output = tmp_path / "job-out"
+
+def check_deepspeed_output(output: Path, eval_file: Path, stage: int) -> dict[str, float]:
+    """DeepSpeed checkpoints were written, the model learned, and the saved (gathered) model reloads."""
     summary = read_summary(output)
     print(f"ZeRO-{stage} metrics:", summary["metrics"])
+    assert summary["world_size"] == 2
     assert summary["metrics"]["eval_accuracy"] >= 0.8
     # DeepSpeed (not DDP) trained: its checkpoint format has one ZeRO optimizer shard per rank.
     shards = list((output / "checkpoints").glob("step-*/pytorch_model/*optim_states.pt"))
     assert len(shards) >= 2, [p.name for p in shards]
-
-    # The saved model is the gathered full model: it reloads and classifies the eval set as well.
     model = AutoModelForSequenceClassification.from_pretrained(output / "model")
-    accuracy = reloaded_accuracy(model, output / "model", assets.eval)
+    accuracy = reloaded_accuracy(model, output / "model", eval_file)
     print(f"ZeRO-{stage} reloaded accuracy:", accuracy)
     assert accuracy == pytest.approx(summary["metrics"]["eval_accuracy"], abs=0.011)
+    return dict(summary["metrics"])
+
+
+def test_deepspeed_zero3_on_two_ranks_saves_a_gathered_model_that_reloads(
+    tmp_path: Path, assets: Assets
+) -> None:
+    results = run_nodes(
+        deepspeed_job(tmp_path, assets, stage=3), child_env(tmp_path), nodes=1, procs_per_node=2
+    )
+    assert results[0].returncode == 0, explain(results)
+    assert next(e for e in results[0].events if e.event == EventKind.STARTED).world_size == 2
+    check_deepspeed_output(tmp_path / "job-out", assets.eval, stage=3)
+
+
+def test_deepspeed_zero2_resumes_its_sharded_checkpoint_at_the_exact_step(
+    tmp_path: Path, assets: Assets
+) -> None:
+    """ZeRO-2 on two ranks: 40 steps straight, versus 20 steps (mid-epoch) and then the same job extended to 40."""
+    env = child_env(tmp_path, KUBETUNE_DEBUG_WEIGHTS_HASH="1")
+    resumable = {"lrScheduler": "constant_with_warmup", "evalStrategy": "no", "learningRate": 2e-3}
+
+    def run(name: str, steps: int) -> list[Result]:
+        job = deepspeed_job(tmp_path, assets, 2, name, {"maxSteps": steps, **resumable})
+        results = run_nodes(job, env, nodes=1, procs_per_node=2)
+        assert results[0].returncode == 0, explain(results)
+        return results
+
+    run("straight", 40)
+    run("resumed", 20)
+    second = run("resumed", 40)
+    assert next(e for e in second[0].events if e.event == EventKind.STARTED).resumed_from_step == 20
+    expected = check_deepspeed_output(tmp_path / "straight-out", assets.eval, stage=2)
+    actual = check_deepspeed_output(tmp_path / "resumed-out", assets.eval, stage=2)
+    # Within a tolerance, not bit for bit: DeepSpeed's CPU reductions need not sum in the same order every run.
+    assert actual["eval_loss"] == pytest.approx(expected["eval_loss"], abs=1e-4)
+    ranks = weight_hashes(tmp_path / "resumed-out")
+    assert len(ranks) == 2 and ranks[0] == ranks[1], "both ranks hold the same weights after resuming"
 
 
 def reloaded_accuracy(model: object, folder: Path, eval_file: Path) -> float:

@@ -70,7 +70,7 @@ def make_context(tmp_path: Path, **extra: str) -> tuple[NodeContext, FineTuneJob
         main_addr="127.0.0.1",
         main_port=29500,
         termination_log=str(tmp_path / "termination-log"),
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     return context, job
 

@@ -149,7 +149,11 @@ def _paraphrase_pair(rng: random.Random, label: int) -> tuple[str, str]:
     if label == 1:
         second = _render(form, subject, (syn_past, syn_participle, base), obj, same_time)
         return first, second
-    change = rng.choice(["swap", "opposite", "negate", "other_person", "other_time"])
+    # Lexical changes (another verb, a negation, another person) outnumber the subtle ones (swapped roles,
+    # another time), as in MRPC, where most non-paraphrases differ in content words.
+    change = rng.choice(
+        ["swap", "opposite", "opposite", "negate", "negate", "other_person", "other_person", "other_time"]
+    )
     verb = (syn_past, syn_participle, base)
     if change == "swap":
         subject, obj = obj, subject
