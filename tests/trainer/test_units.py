@@ -60,7 +60,7 @@ def test_pkg_locations_resolve_to_the_folder_inside_the_installed_package() -> N
     assert resolve_model_location("bert-base-uncased") == "bert-base-uncased"  # a hub id
 
 
-def make_context(tmp_path: Path, **extra: str) -> tuple[NodeContext, FineTuneJob]:
+def make_context(tmp_path: Path, events_file: str | None = None) -> tuple[NodeContext, FineTuneJob]:
     job = parse_job(job_document(model="m", train="t.jsonl", output=str(tmp_path / "out")))
     context = NodeContext(
         job_file="job.yaml",
@@ -70,7 +70,7 @@ def make_context(tmp_path: Path, **extra: str) -> tuple[NodeContext, FineTuneJob
         main_addr="127.0.0.1",
         main_port=29500,
         termination_log=str(tmp_path / "termination-log"),
-        **extra,
+        events_file=events_file,
     )
     return context, job
 
