@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from tests.kube.harness import LocalCluster, wait_for
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
 NODES_PER_JOB = 4
+METRICS_PORT = 19391
 GPU_NODES = 32
 GPUS_PER_NODE = 32
 
@@ -125,7 +127,23 @@ class Watcher(threading.Thread):
                 self.running_at.setdefault(body["metadata"]["name"], time.monotonic())
 
 
-def run_round(cluster: Any, operator_pid: int, count: int, namespace: str = "") -> dict[str, float]:
+def reconcile_totals() -> tuple[float, float]:
+    """(reconciles done, seconds spent in them) so far, from the operator's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("kubetune_reconcile_duration_seconds_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values.get("kubetune_reconcile_duration_seconds_count", 0.0), values.get(
+        "kubetune_reconcile_duration_seconds_sum", 0.0
+    )
+
+
+def run_round(
+    cluster: Any, operator_pid: int, count: int, namespace: str = "", rate: float = 0.0
+) -> dict[str, float]:
     """Apply `count` jobs in a fresh namespace, wait until all run, clean up; returns the figures."""
     api = cluster.api_client()
     namespace = namespace or f"bench-{count}"
@@ -137,10 +155,13 @@ def run_round(cluster: Any, operator_pid: int, count: int, namespace: str = "") 
     watcher.ready.wait()
     time.sleep(1.0)  # let both watches open
     rss_before, cpu_before = proc_stats(operator_pid)
+    reconciles_before, seconds_before = reconcile_totals()
     custom = client.CustomObjectsApi(api)
     applied: dict[str, float] = {}
     began = time.monotonic()
     for index in range(count):
+        if rate > 0:  # paced: job i is applied at began + i / rate
+            time.sleep(max(0.0, began + index / rate - time.monotonic()))
         name = f"job-{index:03d}"
         custom.create_namespaced_custom_object(
             "kubetune.io", "v1alpha1", namespace, "finetunejobs", job(name)
@@ -155,6 +176,7 @@ def run_round(cluster: Any, operator_pid: int, count: int, namespace: str = "") 
 
     wait_for(all_running, 120 + count, f"{count} jobs Running", interval=0.5)
     rss_peak, cpu_after = proc_stats(operator_pid)
+    reconciles, reconcile_seconds = reconcile_totals()
     watcher.stop.set()
     created = [max(watcher.pods_seen[n].values()) - applied[n] for n in applied]
     running = [watcher.running_at[n] - applied[n] for n in applied]
@@ -169,6 +191,10 @@ def run_round(cluster: Any, operator_pid: int, count: int, namespace: str = "") 
         "rss_mb": rss_peak,
         "cpu_seconds": cpu_after - cpu_before,
         "rss_before_mb": rss_before,
+        "reconciles_per_job": (reconciles - reconciles_before) / count,
+        "reconcile_ms": 1000
+        * (reconcile_seconds - seconds_before)
+        / max(1.0, reconciles - reconciles_before),
     }
     custom.delete_collection_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs")
     core.delete_namespace(namespace)
@@ -188,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[10, 100, 200], help="rounds (jobs per round)")
     parser.add_argument("--threads", type=int, default=16, help="the operator's --threads")
     parser.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats to FILE")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="apply at most this many jobs per second (default: as fast as possible)",
+    )
     args = parser.parse_args(argv)
     with LocalCluster(gpu_nodes=GPU_NODES, gpus_per_node=GPUS_PER_NODE) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
@@ -205,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "operator",
             "--standalone",
             "--metrics-port",
-            "0",
+            str(METRICS_PORT),
             "--health-port",
             "0",
             "--threads",
@@ -218,18 +250,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # Warm-up: the operator's watches are established and its first reconcile is done.
             run_round(cluster, operator.pid, 1, namespace="bench-warmup")
-            print(f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers")
+            pace = f"{args.rate:g} jobs/s" if args.rate else "as fast as one client can"
+            print(
+                f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers; applied {pace}"
+            )
             header = (
                 f"{'jobs':>5} {'apply s':>8} {'pods p50':>9} {'pods p99':>9} {'pods max':>9} "
-                f"{'run p50':>8} {'run p99':>8} {'RSS MB':>7} {'CPU s':>6}"
+                f"{'run p50':>8} {'run p99':>8} {'RSS MB':>7} {'CPU s':>6} {'rec/job':>7} {'rec ms':>6}"
             )
             print(header, flush=True)
             for count in args.jobs:
-                f = run_round(cluster, operator.pid, count)
+                f = run_round(cluster, operator.pid, count, rate=args.rate)
                 print(
                     f"{f['jobs']:>5.0f} {f['apply_seconds']:>8.2f} {f['pods_p50']:>9.3f} {f['pods_p99']:>9.3f} "
                     f"{f['pods_max']:>9.3f} {f['running_p50']:>8.3f} {f['running_p99']:>8.3f} "
-                    f"{f['rss_mb']:>7.1f} {f['cpu_seconds']:>6.1f}",
+                    f"{f['rss_mb']:>7.1f} {f['cpu_seconds']:>6.1f} {f['reconciles_per_job']:>7.1f} "
+                    f"{f['reconcile_ms']:>6.0f}",
                     flush=True,
                 )
         finally:

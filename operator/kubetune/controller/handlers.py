@@ -346,6 +346,7 @@ class OperatorSettings:
     standalone: bool = False
     priority: int = 0
     batch_window: float = 0.01
+    pod_event_batch_seconds: float = 0.1
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
@@ -408,7 +409,10 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
     )
     async def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         if namespace is not None:
-            reconciler.request((namespace, labels[names.LABEL_JOB]))
+            # A gang's pods change together (scheduled, started, ended): batch their events into one look.
+            reconciler.request(
+                (namespace, labels[names.LABEL_JOB]), delay=operator_settings.pod_event_batch_seconds
+            )
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:
