@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         with log.open("wb") as sink:
             operator = subprocess.Popen(argv_operator, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
+            wait_for(reconcile_totals, 60, "the operator's /metrics")
             # Warm-up: the operator's watches are established and its first reconcile is done.
             run_round(cluster, operator.pid, 1, namespace="bench-warmup")
             pace = f"{args.rate:g} jobs/s" if args.rate else "as fast as one client can"
