@@ -85,7 +85,7 @@ def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_r
     assert newest.fingerprint["spec.training.perDeviceTrainBatchSize"] == 8, "old checkpoints were replaced"
 
 
-def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_resumes(
+def test_two_nodes_sigterm_to_one_stops_both_at_one_step_with_exit_75_then_the_gang_resumes_and_learns(
     tmp_path: Path, assets: Assets
 ) -> None:
     events_file = tmp_path / "events.jsonl"
@@ -109,11 +109,17 @@ def test_sigterm_to_one_node_stops_the_gang_with_a_checkpoint_and_exit_75_then_r
     assert summary is not None and summary.outcome == EventKind.PREEMPTED
     assert not (tmp_path / "job-out" / "metrics.json").exists()
 
+    # The rerun continues over real torch.distributed (world size 2, DDP keeps both ranks' weights equal).
     events_file.unlink()
-    resumed = run_nodes(job, env, nodes=2)
+    resumed = run_nodes(job, {**env, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}, nodes=2)
     assert [r.returncode for r in resumed] == [0, 0], explain(resumed)
     started = next(e for e in resumed[0].events if e.event == EventKind.STARTED)
     assert started.resumed_from_step == preempted.step
+    assert started.world_size == 2
+    assert not resumed[1].events, "only rank 0 reports progress"
+    hashes = [p.read_text() for p in sorted((tmp_path / "job-out" / "debug").glob("weights-rank-*.sha256"))]
+    assert len(hashes) == 2 and hashes[0] == hashes[1], "DDP ranks must end with identical weights"
     final = json.loads((tmp_path / "job-out" / "metrics.json").read_text())
-    print(f"preempted at step {preempted.step}; after resume:", final["metrics"])
-    assert final["step"] == 60 and final["metrics"]["eval_accuracy"] >= 0.8
+    print(f"2-node DDP: preempted at step {preempted.step}; after resume:", final["metrics"])
+    assert final["step"] == 60 and final["world_size"] == 2
+    assert final["metrics"]["eval_accuracy"] >= 0.8  # chance is 0.5

@@ -75,7 +75,7 @@ def load_raw(spec: DatasetSpec, token: str | None) -> dict[str, Any]:
 
     if spec.files is not None:
         files = {TRAIN: spec.files.train}
-        if spec.files.eval:
+        if spec.files.eval and spec.eval_split is not None:  # evalSplit: null turns evaluation off here too
             files[EVAL] = spec.files.eval
         for split, pattern in files.items():
             if not glob.glob(pattern):
