@@ -13,7 +13,8 @@ What is measured, identically for both sides:
   per process this is the work each side does per sample, and it does not swing with the machine's load the
   way wall time does (on a shared 2-core machine, compare this ratio first);
 - **start→first step** = from just before the parent spawns the process (interpreter start and imports
-  included) to the end of the first optimizer step;
+  included) to the end of the first optimizer step, and the CPU time the process spent until then (again the
+  figure that a busy machine does not distort);
 - **wall** = spawn to exit; **metric** = eval accuracy (and loss) after training, on the same eval set.
 
 kubetune runs the way `kubetune train --single-process` does (`node_launcher.main`), or with `--processes N`
@@ -37,6 +38,7 @@ benchmarks/README.md for the figures and where the time goes (`--profile`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -98,6 +100,7 @@ class SideResult:
     steps: int = 0
     train_samples: int = 0
     first_step_seconds: float | None = None  # spawn → end of the first optimizer step
+    first_step_cpu_seconds: float | None = None  # CPU time of this process up to the end of its first step
     steady_seconds: float | None = None  # end of step 1 → end of step N
     samples_per_second: float | None = None  # samples of steps 2..N / steady_seconds
     samples_per_cpu_second: float | None = None  # samples of steps 2..N / CPU seconds spent on them
@@ -109,6 +112,7 @@ class SideResult:
     )
     wall_seconds: float | None = None  # spawn → exit, filled in by the parent
     load_at_start: float | None = None  # 1-minute load average when the child was spawned
+    cpu_ms_per_step: dict[str, float] = field(default_factory=dict)  # StepBreakdown: phase → CPU ms
     profile: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -147,6 +151,7 @@ class StepClock:
         total = samples_per_epoch * config.epochs
         result.train_samples = total
         result.first_step_seconds = round(self.times[0] - spawned_at, 3)
+        result.first_step_cpu_seconds = round(self.cpu_times[0], 3)
         if len(self.times) > 1:
             # Step 1 saw one full global batch; the rest of the samples went through steps 2..N.
             after_first = total - min(total, config.batch_size * world)
@@ -156,6 +161,69 @@ class StepClock:
             # shared machine does not inflate the way it inflates wall time. Ranks do equal shares.
             cpu_seconds = (self.cpu_times[-1] - self.cpu_times[0]) * world
             result.samples_per_cpu_second = round(after_first / cpu_seconds, 2) if cpu_seconds > 0 else None
+
+
+class StepBreakdown:
+    """CPU milliseconds per optimizer step by phase, for steps 2..N (where the time goes, on both sides alike).
+
+    Phases are timed by wrapping the calls every training loop makes: `torch.autograd.backward` (what
+    `loss.backward()` calls), `torch.nn.utils.clip_grad_norm_`, the optimizer step (global pre/post hooks) and
+    the data loader's `__next__` (collation included). The rest of a step is the forward pass plus the
+    framework's own per-step work.
+    """
+
+    PHASES = ("backward", "optimizer", "clip_grad_norm", "data")
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = 0
+        self._step_started: float | None = None
+        self._optimizer_started = 0.0
+        self.span = 0.0  # CPU seconds from the end of step 1 to the end of step N
+
+    def install(self) -> None:
+        import torch
+        import torch.utils.data.dataloader as dataloader
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        torch.autograd.backward = self._timed("backward", torch.autograd.backward)
+        torch.nn.utils.clip_grad_norm_ = self._timed("clip_grad_norm", torch.nn.utils.clip_grad_norm_)
+        iterator = dataloader._BaseDataLoaderIter
+        iterator.__next__ = self._timed("data", iterator.__next__)  # type: ignore[method-assign]
+        register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: self._optimizer_begins())
+        register_optimizer_step_post_hook(lambda optimizer, args, kwargs: self._optimizer_ends())
+
+    def _timed(self, phase: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if self._step_started is not None:  # count from the end of step 1
+                    self.totals[phase] += time.process_time() - started
+
+        return wrapper
+
+    def _optimizer_begins(self) -> None:
+        self._optimizer_started = time.process_time()
+
+    def _optimizer_ends(self) -> None:
+        now = time.process_time()
+        if self._step_started is None:
+            self._step_started = now
+            return
+        self.totals["optimizer"] += now - self._optimizer_started
+        self.steps += 1
+        self.span = now - self._step_started
+
+    def per_step_ms(self) -> dict[str, float]:
+        """{phase: CPU ms per step} plus "forward_and_rest"; empty before the second step."""
+        if not self.steps:
+            return {}
+        shares = {phase: 1000 * total / self.steps for phase, total in self.totals.items()}
+        shares["forward_and_rest"] = 1000 * self.span / self.steps - sum(shares.values())
+        return {phase: round(value, 1) for phase, value in shares.items()}
 
 
 class StepProfiler:
@@ -362,6 +430,8 @@ def child_main(side: str, config_path: str, result_path: str, work: str) -> int:
     config = BenchConfig(**json.loads(Path(config_path).read_text(encoding="utf-8")))
     clock = StepClock()
     clock.install()
+    breakdown = StepBreakdown()
+    breakdown.install()
     profiler = StepProfiler(config.profile_steps) if config.profile and _rank() == 0 else None
     if profiler:
         profiler.install()
@@ -375,6 +445,7 @@ def child_main(side: str, config_path: str, result_path: str, work: str) -> int:
         return 0
     # Both sides see every training example once per epoch (the last batch may be short; none are dropped).
     clock.fill(result, spawned_at, config.train_samples, config)
+    result.cpu_ms_per_step = breakdown.per_step_ms()
     if profiler is not None:
         result.profile = profiler.table
     Path(result_path).write_text(json.dumps(asdict(result)), encoding="utf-8")
@@ -505,6 +576,7 @@ FIGURES = (
     "samples_per_second",
     "samples_per_cpu_second",
     "first_step_seconds",
+    "first_step_cpu_seconds",
     "wall_seconds",
     "metric",
     "eval_loss",
@@ -549,11 +621,17 @@ def summarise(results: dict[str, list[SideResult]]) -> dict[str, Any]:
         ]
         for side in results
     }
+    phases = [*StepBreakdown.PHASES, "forward_and_rest"]
+    breakdown = {
+        side: {phase: _median([run.cpu_ms_per_step.get(phase) for run in runs]) for phase in phases}
+        for side, runs in results.items()
+    }
     return {
         "medians": medians,
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
         "ratios_per_round": per_round,
+        "cpu_ms_per_step": breakdown,
     }
 
 
@@ -568,6 +646,7 @@ def render_table(summary: dict[str, Any], rounds: int) -> str:
         ("samples/s (steady state, wall clock)", "samples_per_second", 1),
         ("samples per CPU-second", "samples_per_cpu_second", 1),
         ("start -> first step (s)", "first_step_seconds", 2),
+        ("  CPU seconds to the first step", "first_step_cpu_seconds", 2),
         ("wall time (s)", "wall_seconds", 1),
         ("eval accuracy", "metric", 4),
         ("eval loss", "eval_loss", 4),
@@ -587,6 +666,10 @@ def render_table(summary: dict[str, Any], rounds: int) -> str:
         ("  same, per CPU-second (x)", "cpu_ratios"),
     ):
         lines.append(f"{label:<38}" + "".join(f"{_fmt(summary[key][s], 3):>{width}}" for s in sides))
+    lines.append("CPU ms per optimizer step, by phase:")
+    for phase in [*StepBreakdown.PHASES, "forward_and_rest"]:
+        values = [summary["cpu_ms_per_step"][s].get(phase) for s in sides]
+        lines.append(f"{'  ' + phase:<38}" + "".join(f"{_fmt(v, 1):>{width}}" for v in values))
     for side in sides:
         if side != BASELINE and summary["ratios_per_round"][side]:
             lines.append(f"  {side} / {BASELINE} per round: {summary['ratios_per_round'][side]}")

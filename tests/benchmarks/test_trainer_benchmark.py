@@ -53,6 +53,7 @@ def test_benchmark_prints_and_writes_figures_for_both_sides(tmp_path: Path) -> N
         "samples per CPU-second",
         "start -> first step (s)",
         "throughput vs Trainer",
+        "CPU ms per optimizer step, by phase:",
     ):
         assert line in output, output
 
@@ -65,5 +66,7 @@ def test_benchmark_prints_and_writes_figures_for_both_sides(tmp_path: Path) -> N
         assert figures["samples_per_cpu_second"] > 0, (side, figures)
         assert 0 < figures["first_step_seconds"] < figures["wall_seconds"], (side, figures)
         assert 0.0 <= figures["metric"] <= 1.0, (side, figures)
+    for side, phases in document["summary"]["cpu_ms_per_step"].items():
+        assert phases["backward"] > 0 and phases["optimizer"] > 0, (side, phases)
     assert document["summary"]["ratios"]["trainer"] == 1.0
     assert document["summary"]["ratios"]["kubetune"] > 0
