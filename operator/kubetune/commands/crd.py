@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from kubetune.contract import EXIT_FAILED, EXIT_OK
+from kubetune.commands.generated_file import emit_generated
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,24 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Print, write or check the CRD. Returns 0, or 1 when --check finds a stale file."""
     from kubetune.crd import CRD_FILE, render_crd
 
-    text = render_crd()
-    if not args.output:
-        if args.check:
-            print("kubetune crd --check needs --output PATH", file=sys.stderr)
-            return EXIT_FAILED
-        sys.stdout.write(text)
-        return EXIT_OK
-    path = Path(args.output)
-    if path.is_dir():
+    path = Path(args.output) if args.output else None
+    if path is not None and path.is_dir():
         path = path / CRD_FILE
-    if args.check:
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        if current != text:
-            print(f"{path} is stale: regenerate it with `kubetune crd -o {path}`", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"{path} is up to date")
-        return EXIT_OK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}")
-    return EXIT_OK
+    return emit_generated(render_crd(), path, args.check, "kubetune crd")

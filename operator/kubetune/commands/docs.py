@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from kubetune.contract import EXIT_FAILED, EXIT_OK
+from kubetune.commands.generated_file import emit_generated
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,24 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Print, write or check the reference. Returns 0, or 1 when --check finds a stale file."""
-    from kubetune.reference import REFERENCE_FILE, render_reference
+    from kubetune.reference import render_reference
 
-    text = render_reference()
-    if not args.output:
-        if args.check:
-            print(f"kubetune docs --check needs --output PATH (e.g. {REFERENCE_FILE})", file=sys.stderr)
-            return EXIT_FAILED
-        sys.stdout.write(text)
-        return EXIT_OK
-    path = Path(args.output)
-    if args.check:
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        if current != text:
-            print(f"{path} is stale: regenerate it with `kubetune docs -o {path}`", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"{path} is up to date")
-        return EXIT_OK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}")
-    return EXIT_OK
+    path = Path(args.output) if args.output else None
+    return emit_generated(render_reference(), path, args.check, "kubetune docs")
