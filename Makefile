@@ -35,6 +35,7 @@ typecheck: venv
 	"$$venv/bin/mypy"
 
 test: venv
+	bash hack/ensure-system-tools.sh
 	venv=$$(bash hack/setup-venv.sh)
 	bin=$$(bash hack/cluster/build.sh | tail -n 1)
 	export KUBETUNE_CLUSTER_BIN="$$bin" PATH="$$bin:$$venv/bin:$$PATH" KUBETUNE_REQUIRE_CLUSTER=1
