@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The system tools the tests need beyond Python and Go: openssl (the test control plane's certificates) and a
-# C++ compiler (DeepSpeed compiles its CPU ops on first use). Installed from Debian's packages when missing.
+# C++ compiler (DeepSpeed compiles its CPU ops on first use), installed from Debian's packages when missing;
+# and Go, which Debian's own package is too old for, so it is only checked.
 set -euo pipefail
+if ! command -v go >/dev/null; then
+  echo "Go is needed to build the test control plane (hack/cluster/build.sh): install Go 1.25 or newer" >&2
+  exit 1
+fi
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v g++ >/dev/null || missing+=(g++)
-command -v go >/dev/null || missing+=(golang-go)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from Debian's packages" >&2
   sudo_cmd=()
