@@ -340,8 +340,7 @@ def run_kubetune(config: BenchConfig, work: Path, result: SideResult, group_by_l
 
         code = main(job_file=str(job_file), single_process=True)
     else:
-        # Under torchrun: what `accelerate launch` starts on each rank (kubetune_trainer.worker).
-        os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+        # Under torchrun (with ACCELERATE_USE_CPU=1 from the parent): what `accelerate launch` starts on each rank.
         from kubetune_trainer.worker import main as worker_main
 
         code = worker_main()
@@ -551,6 +550,10 @@ def run_side(side: str, config_path: Path, run_dir: Path, processes: int, port: 
         command = [sys.executable, *child]
     env = child_environment(run_dir)
     env["MASTER_PORT"] = str(port)
+    if processes > 1:
+        # DDP on CPU for both sides, as kubetune's launcher sets it: without it Trainer under torchrun with a CUDA
+        # build of torch and no GPU stays non-distributed (every rank trains on all the data).
+        env["ACCELERATE_USE_CPU"] = "1"
     load = os.getloadavg()[0]
     log_path = run_dir / "log.txt"
     with log_path.open("w", encoding="utf-8") as log:
