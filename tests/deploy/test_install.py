@@ -132,6 +132,20 @@ def _can(kubectl: Any, release: Release, verb: str, resource: str, namespace: st
     return answer == "yes"
 
 
+def _service_account_kubeconfig(
+    kube_cluster: Any, kubectl: Any, release: Release, verb: str, resource: str, namespace: str
+) -> Path:
+    """A kubeconfig with a token of the chart's ServiceAccount, once the API server's authorizer lets it
+    `verb` `resource` (it sees new bindings a moment after they are created)."""
+    wait_for(
+        lambda: _can(kubectl, release, verb, resource, namespace) or None,
+        30,
+        "the chart's RBAC to take effect",
+    )
+    path: Path = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
+    return path
+
+
 # --- the operator works with the chart's credentials ----------------------------------------------------------
 
 
@@ -154,12 +168,9 @@ def test_the_charts_operator_runs_a_job_to_succeeded_with_only_its_service_accou
 
     # And its operator command running with a token of the chart's ServiceAccount, once the API server's
     # authorizer has seen the new bindings (a pod would take longer than that to start)
-    wait_for(
-        lambda: _can(kubectl, release, "watch", "finetunejobs.kubetune.io", kube_namespace) or None,
-        30,
-        "the chart's RBAC to take effect",
+    kubeconfig = _service_account_kubeconfig(
+        kube_cluster, kubectl, release, "watch", "finetunejobs.kubetune.io", kube_namespace
     )
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
     operator = ChartOperator(release.operator_container(), kubeconfig, tmp_path / "operator.log")
     operator.start()
     try:
@@ -394,12 +405,9 @@ def test_two_replicas_one_works_the_other_stands_by_and_takes_over(
     """Replicas 0 and 1 of the chart's StatefulSet, run as their pods would (priority = pod index): replica 1
     works, replica 0 pauses; when replica 1 stops, replica 0 resumes and finishes the job."""
     release.install(_values(release, replicaCount=2, watch={"namespaces": [kube_namespace]}))
-    wait_for(
-        lambda: _can(kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace) or None,
-        30,
-        "the chart's RBAC to take effect",
+    kubeconfig = _service_account_kubeconfig(
+        kube_cluster, kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace
     )
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
     container = release.operator_container()
     replicas = [ChartOperator(container, kubeconfig, tmp_path / f"operator-{i}.log", index=i) for i in (1, 0)]
     for replica in replicas:
@@ -443,12 +451,9 @@ def test_replicas_of_equal_priority_would_all_pause_which_is_why_each_gets_its_p
     """The reason the chart is a StatefulSet: two peers with the same kopf priority pause each other, so a
     Deployment (identical pods) with two replicas would stop all work."""
     release.install(_values(release, replicaCount=2, watch={"namespaces": [kube_namespace]}))
-    wait_for(
-        lambda: _can(kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace) or None,
-        30,
-        "the chart's RBAC to take effect",
+    kubeconfig = _service_account_kubeconfig(
+        kube_cluster, kubectl, release, "patch", "kopfpeerings.kopf.dev", kube_namespace
     )
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
     container = release.operator_container()
     twins = [
         ChartOperator(container, kubeconfig, tmp_path / f"twin-{n}.log", index=0, pod_id=f"twin-{n}")
@@ -483,12 +488,9 @@ def test_the_kind_job_schedules_on_cpu_only_nodes_labelled_like_the_kind_workers
     release.install(
         _values(release, watch={"namespaces": [kube_namespace]}) | {"trainer": kind_values["trainer"]}
     )
-    wait_for(
-        lambda: _can(kubectl, release, "watch", "finetunejobs.kubetune.io", kube_namespace) or None,
-        30,
-        "the chart's RBAC to take effect",
+    kubeconfig = _service_account_kubeconfig(
+        kube_cluster, kubectl, release, "watch", "finetunejobs.kubetune.io", kube_namespace
     )
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(release.namespace, release.fullname)
     operator = ChartOperator(release.operator_container(), kubeconfig, tmp_path / "operator.log")
     operator.start()
     try:
