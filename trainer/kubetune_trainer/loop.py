@@ -175,6 +175,8 @@ class Trainer:
 
     def _summary(self, outcome: EventKind, message: str | None = None) -> JobSummary:
         runtime = time.time() - self.started
+        # Throughput over the training loop only (as transformers.Trainer reports it), not model loading.
+        loop_runtime = time.time() - self.loop_started
         samples = self.state.samples_seen - self.samples_at_start
         return JobSummary(
             outcome=outcome,
@@ -183,7 +185,7 @@ class Trainer:
             epoch=round(self._fractional_epoch(), 4),
             train_loss=self.loss_total / self.loss_count if self.loss_count else None,
             metrics=self.last_metrics,
-            samples_per_second=samples / runtime if runtime > 0 else None,
+            samples_per_second=samples / loop_runtime if loop_runtime > 0 else None,
             train_runtime_seconds=round(runtime, 3),
             world_size=self.accelerator.num_processes if self.accelerator else launched_world_size(),
             model_path=str(self.settings.model_dir)
