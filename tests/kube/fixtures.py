@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.kube.binaries import BinariesNotFound, find_binaries
-from tests.kube.harness import ClusterError, LocalCluster, wait_for
+from tests.kube.harness import ClusterError, LocalCluster, run_kubectl, wait_for
 from tests.kube.kubeconfig import write_service_account_kubeconfig
 
 REQUIRE_ENV = "KUBETUNE_REQUIRE_CLUSTER"
@@ -72,15 +72,8 @@ class ExistingCluster:
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
         """Runs the kubectl on PATH; raises ClusterError on failure when `check`."""
-        argv = ["kubectl", f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
-        result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise ClusterError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-            )
-        return result
+        command = ["kubectl", f"--kubeconfig={kubeconfig or self.kubeconfig}"]
+        return run_kubectl(command, args, input=input, check=check, timeout=timeout)
 
     def new_api_client(self, kubeconfig: Path | None = None) -> client.ApiClient:
         """Returns a new ApiClient for `kubeconfig` (default: $KUBECONFIG); the caller closes it."""

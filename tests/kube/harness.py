@@ -98,6 +98,19 @@ def remove_stale_workdirs() -> list[Path]:
     return removed
 
 
+def run_kubectl(
+    command: Sequence[str], args: Sequence[str], *, input: str | None, check: bool, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Runs `command` (kubectl and its connection flags) with `args`. Returns the completed process (text
+    stdout/stderr); raises ClusterError with kubectl's stderr when it fails and `check` is true."""
+    result = subprocess.run(
+        [*command, *args], input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
 class LocalCluster:
     """A local control plane plus simulated GPU nodes; see the module docstring.
 
@@ -411,21 +424,13 @@ class LocalCluster:
         Returns the completed process (text stdout/stderr). Raises ClusterError with kubectl's
         stderr when it fails and `check` is true.
         """
-        argv = [
+        command = [
             str(self.binaries.path("kubectl")),
             f"--kubeconfig={kubeconfig or self.kubeconfig}",
             # Discovery cache next to the cluster rather than in the user's ~/.kube.
             f"--cache-dir={self.workdir / 'kubectl-cache'}",
-            *args,
         ]
-        result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise ClusterError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-            )
-        return result
+        return run_kubectl(command, args, input=input, check=check, timeout=timeout)
 
     def kubeconfig_for_service_account(
         self, namespace: str, name: str, *, expiration_seconds: int = 3600
