@@ -3,24 +3,12 @@
 average defaults to "binary" for two classes and "macro" (unweighted mean over classes) otherwise.
 """
 
-import datasets
-import evaluate
 from sklearn.metrics import f1_score
 
+from kubetune_trainer.metrics import sklearn_scores
 
-class F1(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="F1: the harmonic mean of precision and recall.",
-            citation="",
-            inputs_description="predictions and references: class ids (int); average: binary, macro, micro or weighted.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
 
-    def _compute(self, predictions, references, average=None, labels=None):
-        if average is None:
-            average = "binary" if len(set(references) | set(predictions)) <= 2 else "macro"
-        score = f1_score(references, predictions, average=average, labels=labels, zero_division=0)
-        return {"f1": float(score)}
+class F1(sklearn_scores.ClassIdScore):
+    key = "f1"
+    summary = "F1: the harmonic mean of precision and recall."
+    score = staticmethod(f1_score)

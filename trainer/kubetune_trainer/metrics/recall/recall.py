@@ -3,24 +3,12 @@
 average defaults to "binary" for two classes and "macro" (unweighted mean over classes) otherwise.
 """
 
-import datasets
-import evaluate
 from sklearn.metrics import recall_score
 
+from kubetune_trainer.metrics import sklearn_scores
 
-class Recall(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Recall: the fraction of actual positives that are found.",
-            citation="",
-            inputs_description="predictions and references: class ids (int); average: binary, macro, micro or weighted.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
 
-    def _compute(self, predictions, references, average=None, labels=None):
-        if average is None:
-            average = "binary" if len(set(references) | set(predictions)) <= 2 else "macro"
-        score = recall_score(references, predictions, average=average, labels=labels, zero_division=0)
-        return {"recall": float(score)}
+class Recall(sklearn_scores.ClassIdScore):
+    key = "recall"
+    summary = "Recall: the fraction of actual positives that are found."
+    score = staticmethod(recall_score)
