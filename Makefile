@@ -13,28 +13,29 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck pytest venv cluster-bin
+.PHONY: demo test lint typecheck venv cluster-bin
+# Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
 	bash hack/setup-venv.sh >/dev/null
 
-demo: venv
+demo:
 	venv=$$(bash hack/setup-venv.sh)
 	"$$venv/bin/kubetune" run manifests/examples/offline.yaml --output "$${OUTPUT:-out/offline}"
 
 cluster-bin:
 	bash hack/cluster/build.sh
 
-lint: venv
+lint:
 	venv=$$(bash hack/setup-venv.sh)
 	"$$venv/bin/ruff" check .
 	"$$venv/bin/ruff" format --check .
 
-typecheck: venv
+typecheck:
 	venv=$$(bash hack/setup-venv.sh)
 	"$$venv/bin/mypy"
 
-test: venv
+test:
 	bash hack/ensure-system-tools.sh
 	venv=$$(bash hack/setup-venv.sh)
 	bin=$$(bash hack/cluster/build.sh | tail -n 1)
