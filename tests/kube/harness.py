@@ -126,6 +126,7 @@ class LocalCluster:
         gpus_per_node: int = 8,
         workdir: Path | None = None,
         keep_workdir: bool = False,
+        apiserver_args: Sequence[str] = (),
     ):
         self.binaries = binaries or find_binaries()
         self.initial_gpu_nodes = gpu_nodes
@@ -135,6 +136,7 @@ class LocalCluster:
             remove_stale_workdirs()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.keep_workdir = keep_workdir
+        self.apiserver_args = list(apiserver_args)  # extra flags, e.g. an audit log for a benchmark
         self.processes: list[ManagedProcess] = []
         self.server = ""
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -315,6 +317,7 @@ class LocalCluster:
                 # validation rejects; nothing here reaches the API server through that Service.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
         self.kubeconfig = write_kubeconfig(

@@ -1,0 +1,68 @@
+"""The operator benchmark runs end to end at a tiny size, and reads "pods created" off the audit log right.
+
+A check that `benchmarks/operator_scale.py` works, not a timing assertion: the latency targets live in the
+benchmark's own output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.operator_scale import NODES_PER_JOB, server_created_seconds
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def audit_event(resource: str, name: str, at: str, namespace: str = "bench", code: int = 201) -> str:
+    return json.dumps(
+        {
+            "verb": "create",
+            "objectRef": {"resource": resource, "namespace": namespace, "name": name},
+            "responseStatus": {"code": code},
+            "stageTimestamp": at,
+        }
+    )
+
+
+def test_pods_created_is_the_last_worker_create_after_the_job_create(tmp_path: Path) -> None:
+    lines = [audit_event("finetunejobs", "job-000", "2026-11-26T01:00:00.100000Z")]
+    lines += [
+        audit_event("pods", f"job-000-worker-{i}", f"2026-11-26T01:00:00.{(200 + 50 * i) * 1000:06d}Z")
+        for i in range(NODES_PER_JOB)
+    ]
+    # refused creates, other namespaces and jobs short of pods do not count
+    lines.append(audit_event("pods", "job-000-worker-0", "2026-11-26T01:00:09.000000Z", code=409))
+    lines.append(audit_event("pods", "job-000-worker-9", "2026-11-26T01:00:09.000000Z", namespace="other"))
+    lines.append(audit_event("finetunejobs", "job-001", "2026-11-26T01:00:00.100000Z"))
+    lines.append(audit_event("pods", "job-001-worker-0", "2026-11-26T01:00:00.300000Z"))
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(lines) + "\n")
+
+    found = server_created_seconds(log, "bench")
+
+    assert list(found) == ["job-000"]
+    assert found["job-000"] == pytest.approx(0.100 + 0.050 * (NODES_PER_JOB - 1), abs=1e-6)
+
+
+@pytest.mark.cluster
+def test_the_benchmark_prints_its_figures_for_a_small_round(kube_cluster: Any) -> None:
+    # (kube_cluster: the cluster binaries are there; the benchmark starts a cluster of its own)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.operator_scale", "--jobs", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    row = next(line.split() for line in completed.stdout.splitlines() if line.split()[:1] == ["3"])
+    pods_p50, pods_p99, pods_max, seen_p50 = map(float, row[2:6])
+    assert 0 < pods_p50 <= pods_p99 <= pods_max
+    assert seen_p50 > 0
+    assert "kube-apiserver" in completed.stdout  # the per-process CPU line
