@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
 from kubetune.controller.kube import Kube
 from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune.spec.loading import parse_spec
 from kubetune.status_sink import StatusSink
 
 from tests.kube.harness import COMPLETE_ANNOTATION_PREFIX, LocalCluster, wait_for
@@ -516,3 +518,60 @@ def test_workers_refused_at_admission_are_reported_on_the_job(
     # And creating the ServiceAccount lets the job start on the next retry
     kubectl("create", "serviceaccount", "missing")
     running_workers(kube_cluster, kube_namespace, "refused", 1)
+
+
+def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    """The operator's first look at a job no operator has touched skips reading its pods (it cannot have
+    any yet, unless an operator died before writing the status); pods that already hold its workers' names
+    must send it back to a proper look, not be counted as its own or as a failure."""
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+
+    def create_workers(name: str, uid: str, owned: bool) -> dict[str, str]:
+        body = get_job(kube_cluster, kube_namespace, name)
+        spec = parse_spec(body["spec"])
+        ref = JobRef(name, kube_namespace, uid)
+        for child in build_job_children(ref, spec):
+            if child["kind"] == "ServiceAccount":  # (the pods' admission needs it)
+                if not owned:
+                    del child["metadata"]["ownerReferences"]
+                core.create_namespaced_service_account(kube_namespace, child)
+        created = {}
+        for index in range(2):
+            pod = build_worker_pod(WorkerContext(ref, spec, index, 0, "kubetune/trainer:test"), 1)
+            if not owned:
+                del pod["metadata"]["ownerReferences"]  # an earlier job's pod, its owner long gone
+            created[pod["metadata"]["name"]] = core.create_namespaced_pod(kube_namespace, pod).metadata.uid
+        return created
+
+    # Given an operator that died after creating a job's pods and before writing its status,
+    operator.kill()
+    kubectl("apply", "-f", "-", input=job_manifest("adopted", nodes=2))
+    uid = get_job(kube_cluster, kube_namespace, "adopted")["metadata"]["uid"]
+    before = create_workers("adopted", uid, owned=True)
+    # and a new job whose worker names are still held by the pods of an earlier job of the same name
+    kubectl("apply", "-f", "-", input=job_manifest("reused", nodes=2))
+    leftovers = create_workers("reused", "0c0ffee0-0000-4000-8000-000000000000", owned=False)
+
+    operator.start()
+
+    # Then the first job's pods are adopted as they are
+    wait_phase(kube_cluster, kube_namespace, "adopted", "Running")
+    after = {p.metadata.name: p.metadata.uid for p in workers(kube_cluster, kube_namespace, "adopted")}
+    assert after == before
+    assert status(kube_cluster, kube_namespace, "adopted")["restarts"] == 0
+    # and the second job replaces the leftovers with pods of its own, without counting a restart
+    reused = get_job(kube_cluster, kube_namespace, "reused")["metadata"]["uid"]
+
+    def own_pods_running() -> list[Any] | None:
+        pods = running_workers(kube_cluster, kube_namespace, "reused", 2)
+        owned = all(
+            p.metadata.owner_references and p.metadata.owner_references[0].uid == reused for p in pods
+        )
+        return pods if owned else None
+
+    pods = wait_for(own_pods_running, 60, "the reused job's own pods")
+    assert not {p.metadata.uid for p in pods} & set(leftovers.values())
+    wait_phase(kube_cluster, kube_namespace, "reused", "Running")
+    assert status(kube_cluster, kube_namespace, "reused")["restarts"] == 0

@@ -1,7 +1,9 @@
 """kopf wiring: watch events become reconcile requests; a reconcile reads, plans, and writes. I/O only.
 
 Watch events (of FineTuneJobs and of their worker pods) only *trigger* work; each reconcile then reads the
-job and its pods fresh from the API server and decides with the pure `plan()`. Requests for one job are
+job and its pods fresh from the API server and decides with the pure `plan()`. The one exception is the
+first look at a job no operator has touched, which acts on its watch event alone (see `reconcile`): it
+is on the path from `kubectl apply` to the pods, and such a job can have no pods to read. Requests for one job are
 coalesced and never run concurrently (a burst of pod events is one or two reconciles), different jobs run
 in parallel on a thread pool. Time-based transitions (backoff, deadlines, scheduling timeouts, TTL) come
 back through `requeue_after`, like controller-runtime's RequeueAfter.
@@ -64,7 +66,11 @@ class Reconciler:
     _own_writes: dict[JobKey, str] = field(default_factory=dict)
     _fingerprints: dict[JobKey, str] = field(default_factory=dict)
     _seen: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # identity, for error Events
+    # Jobs no operator has touched yet (no status), as their watch event showed them: see `reconcile`.
+    _untouched: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
+    _reconciled: set[JobKey] = field(default_factory=set)
     _executor: ThreadPoolExecutor | None = None
+    _first_executor: ThreadPoolExecutor | None = None
     _events: ThreadPoolExecutor | None = None
     _writers: ThreadPoolExecutor | None = None
     _instance: str = field(default_factory=socket.gethostname)
@@ -109,6 +115,11 @@ class Reconciler:
         self._fingerprints[key] = fingerprint
         return True
 
+    def saw_untouched(self, key: JobKey, body: Mapping[str, Any]) -> None:
+        """Remember a job's body from its watch event while no operator has written its status yet."""
+        if key not in self._reconciled and not (body.get("status") or {}).get("phase"):
+            self._untouched[key] = dict(body)
+
     def _timer_fired(self, key: JobKey) -> None:
         state = self._states.get(key)
         if state is not None:
@@ -124,18 +135,24 @@ class Reconciler:
         self._own_writes.pop(key, None)
         self._fingerprints.pop(key, None)
         self._seen.pop(key, None)
+        self._untouched.pop(key, None)
+        self._reconciled.discard(key)
         self.metrics.observe_phase(key, None)
 
     async def _run(self, key: JobKey) -> None:
         loop = asyncio.get_running_loop()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="reconcile")
+            # A new job's first reconcile (it creates the pods) must not queue behind the follow-up
+            # reconciles of a burst of running jobs: it gets threads of its own.
+            self._first_executor = ThreadPoolExecutor(self.threads, thread_name_prefix="first-reconcile")
         state = self._states[key]
         try:
             while True:
                 state.dirty = False
+                executor = self._executor if key in self._reconciled else self._first_executor
                 try:
-                    requeue = await loop.run_in_executor(self._executor, self.reconcile, key)
+                    requeue = await loop.run_in_executor(executor, self.reconcile, key)
                     state.errors = 0
                 except Exception as error:  # an API hiccup must not kill the loop: retry with backoff
                     state.errors += 1
@@ -192,7 +209,7 @@ class Reconciler:
         return self._events
 
     def shutdown(self) -> None:
-        for executor in (self._executor, self._events, self._writers):
+        for executor in (self._executor, self._first_executor, self._events, self._writers):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
 
@@ -205,14 +222,21 @@ class Reconciler:
         """
         namespace, name = key
         started = time.monotonic()
-        body = self.kube.get_job(namespace, name)
+        # The first look at a job no operator has touched skips both reads: its watch event is as fresh as a
+        # GET, and it cannot have pods yet. (If an earlier operator process created them and died before
+        # writing the status, creating them again answers AlreadyExists, and the status patch, guarded by
+        # the resourceVersion, sends any stale view back through the full path.) Every later look reads
+        # fresh, so no decision about existing pods is ever taken on a cached view.
+        untouched = self._untouched.pop(key, None) if key not in self._reconciled else None
+        self._reconciled.add(key)
+        body = untouched or self.kube.get_job(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.observe_phase(key, None)
             return None
         job = ObservedJob.from_body(body)
         self._seen[key] = {"metadata": {k: body["metadata"][k] for k in ("name", "namespace", "uid")}}
         pods = []
-        for raw in self.kube.list_pods(namespace, names.worker_selector(name)):
+        for raw in [] if untouched else self.kube.list_pods(namespace, names.worker_selector(name)):
             observed = observe_pod(raw)
             if observed is None:
                 continue
@@ -222,9 +246,11 @@ class Reconciler:
                 observed = dataclasses.replace(observed, attempt=-1)
             pods.append(observed)
         result = plan(job, pods, datetime.now(UTC), self.options)
-        self._ensure_children(job, result, before_workers=True)
-        self._create_workers(job, result)
-        self._ensure_children(job, result, before_workers=False)
+        self._ensure_children(job, result, before_workers=True, new=bool(untouched))
+        existed = self._create_workers(job, result)
+        if untouched and existed:
+            return 0.0  # pods of that name exist (ours from an earlier process, or stale): look properly
+        self._ensure_children(job, result, before_workers=False, new=bool(untouched))
         patch = status_patch(body.get("status") or {}, result.status)
         if patch:
             try:
@@ -259,8 +285,11 @@ class Reconciler:
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
         return result.requeue_after
 
-    def _ensure_children(self, job: ObservedJob, result: Plan, before_workers: bool) -> None:
-        """Service, ConfigMap and progress RBAC, server-side applied once per spec generation per process.
+    def _ensure_children(
+        self, job: ObservedJob, result: Plan, before_workers: bool, new: bool = False
+    ) -> None:
+        """Service, ConfigMap and progress RBAC, created (a new job) or server-side applied, once per spec
+        generation per process.
 
         The ServiceAccount goes first (pods naming a missing one are refused at admission); the rest right
         after the pods, so they do not delay them (the kubelet waits for the ConfigMap, ranks resolve the
@@ -276,14 +305,29 @@ class Reconciler:
             for child in build_job_children(ref, result.spec)
             if (child["kind"] == "ServiceAccount") == before_workers
         ]
-        for child in children:  # in order: a RoleBinding is checked against its (existing) Role
-            self.kube.apply(child)
+
+        def ensure(child: dict[str, Any]) -> None:
+            # A new job's children are created (on the path to its pods, and cheaper for the API server
+            # than an apply); one that exists already is applied to converge it.
+            if not new or not self.kube.create(child):
+                self.kube.apply(child)
+
+        # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist.
+        for wave in (
+            [c for c in children if c["kind"] != "RoleBinding"],
+            [c for c in children if c["kind"] == "RoleBinding"],
+        ):
+            for outcome in self._in_parallel(ensure, wave):
+                if isinstance(outcome, Exception):
+                    raise outcome
         if not before_workers:
             self._ensured.add(marker)
 
-    def _create_workers(self, job: ObservedJob, result: Plan) -> None:
+    def _create_workers(self, job: ObservedJob, result: Plan) -> int:
+        """Create the plan's worker pods; returns how many already existed."""
         if not result.create_workers or result.spec is None:
-            return
+            return 0
+        existed = 0
         ref = JobRef(job.name, job.namespace, job.uid)
         image = result.spec.kubernetes.image or self.options.default_image
         failures: list[str] = []
@@ -300,12 +344,15 @@ class Reconciler:
                 raise outcome
             elif outcome:
                 self.metrics.pods_created.inc()
+            else:
+                existed += 1
         if failures:
             # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
             result.status.workers.created -= len(failures)
             result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
             result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
             result.requeue(10.0)
+        return existed
 
     def _post_event(self, body: dict[str, Any], event: JobEvent) -> None:
         metadata = body["metadata"]
@@ -395,6 +442,7 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
         if event.get("type") == "DELETED":
             reconciler.forget(key)
             return
+        reconciler.saw_untouched(key, body)
         changed = reconciler.changed_for_us(key, body)
         if reconciler.is_own_write(key, meta.get("resourceVersion")) or not changed:
             return  # the echo of our own status patch, or only live progress: nothing new to decide on

@@ -50,7 +50,7 @@ def load_client_config() -> client.ApiClient:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     configuration = client.Configuration.get_default_copy()
     # One connection per concurrent reconcile thread (the default pool of 4 would serialise them).
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = 64
     return client.ApiClient(configuration)
 
 
@@ -147,7 +147,12 @@ class Kube:
         """Create `obj`; returns False when an object of that name already exists (create-or-adopt)."""
         metadata = obj["metadata"]
         try:
-            self.request("POST", resource_path(obj["kind"], metadata["namespace"]), obj)
+            self.request(
+                "POST",
+                resource_path(obj["kind"], metadata["namespace"]),
+                obj,
+                query={"fieldManager": FIELD_MANAGER},
+            )
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
                 return False

@@ -1,6 +1,7 @@
 """The reconcile decision, as a pure function: FineTuneJob + its worker pods + the time → what to do.
 
-`plan()` never talks to the API. The kopf handlers read the job and its pods (fresh, not from a cache),
+`plan()` never talks to the API. The kopf handlers read the job and its pods (fresh, not from a cache;
+a brand-new job is planned from its watch event with no pods),
 call it, and carry out the `Plan`: create/delete pods, ensure the job-level children, patch the status
 fields that changed, post Events, and come back after `requeue_after` seconds for time-based transitions
 (backoff, deadlines, TTL, scheduling timeouts).
