@@ -26,12 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from kubetune.contract import DEFAULT_TERMINATION_LOG, NodeContext
 from kubetune.controller import names
 from kubetune.launch import accelerate_config, deepspeed_config
-from kubetune.spec.loading import dump_job
+from kubetune.spec.loading import dump_job, to_yaml
 from kubetune.spec.models import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec, ObjectMeta
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/trainer:latest"
@@ -139,7 +137,7 @@ def config_files(job: JobRef, spec: FineTuneJobSpec) -> dict[str, str]:
     # One file for every node: the machine rank in it is node 0's; `kubetune train` passes each node's own
     # rank on the accelerate command line, which wins over the file.
     context = _node_context(job, spec, index=0, attempt=0)
-    files[names.ACCELERATE_FILE_KEY] = yaml.safe_dump(
+    files[names.ACCELERATE_FILE_KEY] = to_yaml(
         accelerate_config(spec, context, deepspeed_path), sort_keys=True
     )
     return files

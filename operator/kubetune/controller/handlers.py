@@ -246,11 +246,12 @@ class Reconciler:
                 observed = dataclasses.replace(observed, attempt=-1)
             pods.append(observed)
         result = plan(job, pods, datetime.now(UTC), self.options)
-        self._ensure_children(job, result, before_workers=True, new=bool(untouched))
+        children = self._children_to_ensure(job, result)
+        self._ensure_children(job, children, before_workers=True, new=bool(untouched))
         existed = self._create_workers(job, result)
         if untouched and existed:
             return 0.0  # pods of that name exist (ours from an earlier process, or stale): look properly
-        self._ensure_children(job, result, before_workers=False, new=bool(untouched))
+        self._ensure_children(job, children, before_workers=False, new=bool(untouched))
         patch = status_patch(body.get("status") or {}, result.status)
         if patch:
             try:
@@ -285,26 +286,22 @@ class Reconciler:
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
         return result.requeue_after
 
-    def _ensure_children(
-        self, job: ObservedJob, result: Plan, before_workers: bool, new: bool = False
-    ) -> None:
-        """Service, ConfigMap and progress RBAC, created (a new job) or server-side applied, once per spec
-        generation per process.
-
-        The ServiceAccount goes first (pods naming a missing one are refused at admission); the rest right
-        after the pods, so they do not delay them (the kubelet waits for the ConfigMap, ranks resolve the
-        Service only once their containers run)."""
+    def _children_to_ensure(self, job: ObservedJob, result: Plan) -> list[dict[str, Any]]:
+        """Service, ConfigMap and progress RBAC, when this process has not yet ensured them for this spec
+        generation (built once per reconcile: the ConfigMap's YAML is not free)."""
         if not result.ensure_children or result.spec is None:
-            return
-        marker = (job.namespace, job.name, job.uid, job.generation)
-        if marker in self._ensured:
-            return
-        ref = JobRef(job.name, job.namespace, job.uid)
-        children = [
-            child
-            for child in build_job_children(ref, result.spec)
-            if (child["kind"] == "ServiceAccount") == before_workers
-        ]
+            return []
+        if (job.namespace, job.name, job.uid, job.generation) in self._ensured:
+            return []
+        return build_job_children(JobRef(job.name, job.namespace, job.uid), result.spec)
+
+    def _ensure_children(
+        self, job: ObservedJob, children: list[dict[str, Any]], before_workers: bool, new: bool = False
+    ) -> None:
+        """Create (a new job) or server-side apply `children`: before the workers only the ServiceAccount
+        (pods naming a missing one are refused at admission); the rest right after the pods, so they do not
+        delay them (the kubelet waits for the ConfigMap, ranks resolve the Service only once they run)."""
+        wanted = [c for c in children if (c["kind"] == "ServiceAccount") == before_workers]
 
         def ensure(child: dict[str, Any]) -> None:
             # A new job's children are created (on the path to its pods, and cheaper for the API server
@@ -314,14 +311,14 @@ class Reconciler:
 
         # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist.
         for wave in (
-            [c for c in children if c["kind"] != "RoleBinding"],
-            [c for c in children if c["kind"] == "RoleBinding"],
+            [c for c in wanted if c["kind"] != "RoleBinding"],
+            [c for c in wanted if c["kind"] == "RoleBinding"],
         ):
             for outcome in self._in_parallel(ensure, wave):
                 if isinstance(outcome, Exception):
                     raise outcome
-        if not before_workers:
-            self._ensured.add(marker)
+        if children and not before_workers:
+            self._ensured.add((job.namespace, job.name, job.uid, job.generation))
 
     def _create_workers(self, job: ObservedJob, result: Plan) -> int:
         """Create the plan's worker pods; returns how many already existed."""
@@ -379,7 +376,9 @@ class Reconciler:
             "count": 1,
         }
         try:
-            self.kube.request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", record)
+            self.kube.request(
+                "POST", f"/api/v1/namespaces/{metadata['namespace']}/events", record, decode=False
+            )
         except ApiError as error:  # an Event is nice to have; never worth failing a reconcile
             logger.warning("could not post event %s on %s: %s", event.reason, metadata["name"], error)
 

@@ -78,8 +78,11 @@ class Kube:
         body: Any = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        decode: bool = True,
     ) -> dict[str, Any]:
-        """Send one request; returns the decoded JSON body. Raises ApiError for a non-2xx answer."""
+        """Send one request; returns the decoded JSON body (empty when not `decode`: a created pod's answer
+        is the whole pod, and decoding what nobody reads costs a busy operator real CPU). Raises ApiError
+        for a non-2xx answer."""
         if query:
             path += "?" + urllib.parse.urlencode(query)
         method_, url, headers, body_, post = self.api.param_serialize(
@@ -98,6 +101,8 @@ class Kube:
                 raise ApiError(response.status, status.get("reason", ""), status.get("message", text))
             except json.JSONDecodeError:
                 raise ApiError(response.status, "", text[:500]) from None
+        if not decode:
+            return {}
         return json.loads(text) if text else {}
 
     # --- FineTuneJobs -------------------------------------------------------------------------------------------
@@ -152,6 +157,7 @@ class Kube:
                 resource_path(obj["kind"], metadata["namespace"]),
                 obj,
                 query={"fieldManager": FIELD_MANAGER},
+                decode=False,
             )
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
@@ -159,15 +165,16 @@ class Kube:
             raise
         return True
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply `obj` with the operator's one field manager (creates or converges it)."""
         metadata = obj["metadata"]
-        return self.request(
+        self.request(
             "PATCH",
             resource_path(obj["kind"], metadata["namespace"], metadata["name"]),
             obj,
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
             content_type="application/apply-patch+yaml",
+            decode=False,
         )
 
     def delete_pod(self, namespace: str, name: str) -> None:
