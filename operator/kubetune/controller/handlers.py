@@ -15,6 +15,7 @@ No kopf change handlers are used, so kopf writes nothing to the objects (no anno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,6 +41,8 @@ logger = logging.getLogger("kubetune.operator")
 
 JobKey = tuple[str, str]  # (namespace, name)
 MAX_ERROR_DELAY = 30.0
+# How long a running job's reconcile may be held back while new jobs' pods are being created.
+FOLLOW_UP_MAX_DELAY = 3.0
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Reconciler:
     _reconciled: set[JobKey] = field(default_factory=set)
     _executor: ThreadPoolExecutor | None = None
     _first_executor: ThreadPoolExecutor | None = None
+    _new_in_flight: int = 0  # first reconciles of new jobs queued or running (event loop only)
+    _quiet: asyncio.Event | None = None  # set while _new_in_flight is 0
     _events: ThreadPoolExecutor | None = None
     _writers: ThreadPoolExecutor | None = None
     _instance: str = field(default_factory=socket.gethostname)
@@ -150,9 +155,18 @@ class Reconciler:
         try:
             while True:
                 state.dirty = False
-                executor = self._executor if key in self._reconciled else self._first_executor
+                first = key not in self._reconciled
+                if not first:
+                    await self._yield_to_new_jobs()
                 try:
-                    requeue = await loop.run_in_executor(executor, self.reconcile, key)
+                    if first:
+                        self._count_new(+1)
+                    try:
+                        executor = self._first_executor if first else self._executor
+                        requeue = await loop.run_in_executor(executor, self.reconcile, key)
+                    finally:
+                        if first:
+                            self._count_new(-1)
                     state.errors = 0
                 except Exception as error:  # an API hiccup must not kill the loop: retry with backoff
                     state.errors += 1
@@ -179,6 +193,28 @@ class Reconciler:
                     return
         finally:
             state.running = False
+
+    async def _yield_to_new_jobs(self) -> None:
+        """While new jobs' first reconciles are queued or running, hold a running job's reconcile back, for at
+        most FOLLOW_UP_MAX_DELAY: its status bookkeeping can wait a moment, and in a burst of new jobs it
+        would otherwise share the API server (on a small control plane, saturated) with their pods (the
+        effect is measured in benchmarks/README.md)."""
+        if self._new_in_flight == 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_new_jobs().wait(), FOLLOW_UP_MAX_DELAY)
+
+    def _no_new_jobs(self) -> asyncio.Event:
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+        return self._quiet
+
+    def _count_new(self, change: int) -> None:
+        self._new_in_flight += change
+        if self._new_in_flight == 0:
+            self._no_new_jobs().set()
+        else:
+            self._no_new_jobs().clear()
 
     def _in_parallel(
         self, action: Callable[[dict[str, Any]], Any], objects: list[dict[str, Any]]
