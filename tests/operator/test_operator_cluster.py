@@ -525,34 +525,36 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
 ) -> None:
     """The operator's first look at a job no operator has touched skips reading its pods (it cannot have
     any yet, unless an operator died before writing the status); pods that already hold its workers' names
-    must send it back to a proper look, not be counted as its own or as a failure."""
+    must send it back to a proper look, not be counted as its own or as a failure. Children that an earlier
+    job of the same name still controls (deleted and applied again before the garbage collector ran) are
+    replaced."""
     core: Any = client.CoreV1Api(kube_cluster.api_client())
 
-    def create_workers(name: str, uid: str, owned: bool) -> dict[str, str]:
-        body = get_job(kube_cluster, kube_namespace, name)
-        spec = parse_spec(body["spec"])
-        ref = JobRef(name, kube_namespace, uid)
+    def create_workers(name: str, owner: dict[str, Any], owned_pods: bool) -> dict[str, str]:
+        """The job's ServiceAccount and 2 worker pods, controlled by `owner` (pods: only if `owned_pods`)."""
+        spec = parse_spec(get_job(kube_cluster, kube_namespace, name)["spec"])
+        ref = JobRef(name, kube_namespace, owner["metadata"]["uid"])
+        reference = {**ownership(owner), "controller": True}
         for child in build_job_children(ref, spec):
             if child["kind"] == "ServiceAccount":  # (the pods' admission needs it)
-                if not owned:
-                    del child["metadata"]["ownerReferences"]
+                child["metadata"]["ownerReferences"] = [reference]
                 core.create_namespaced_service_account(kube_namespace, child)
         created = {}
         for index in range(2):
             pod = build_worker_pod(WorkerContext(ref, spec, index, 0, "kubetune/trainer:test"), 1)
-            if not owned:
-                del pod["metadata"]["ownerReferences"]  # an earlier job's pod, its owner long gone
+            pod["metadata"]["ownerReferences"] = [reference] if owned_pods else []
             created[pod["metadata"]["name"]] = core.create_namespaced_pod(kube_namespace, pod).metadata.uid
         return created
 
     # Given an operator that died after creating a job's pods and before writing its status,
     operator.kill()
     kubectl("apply", "-f", "-", input=job_manifest("adopted", nodes=2))
-    uid = get_job(kube_cluster, kube_namespace, "adopted")["metadata"]["uid"]
-    before = create_workers("adopted", uid, owned=True)
-    # and a new job whose worker names are still held by the pods of an earlier job of the same name
+    adopted = get_job(kube_cluster, kube_namespace, "adopted")
+    before = create_workers("adopted", adopted, owned_pods=True)
+    # and a new job whose worker names are still held by the pods of an earlier job of the same name, and
+    # whose ServiceAccount another object controls
     kubectl("apply", "-f", "-", input=job_manifest("reused", nodes=2))
-    leftovers = create_workers("reused", "0c0ffee0-0000-4000-8000-000000000000", owned=False)
+    leftovers = create_workers("reused", adopted, owned_pods=False)
 
     operator.start()
 
@@ -575,3 +577,16 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
     assert not {p.metadata.uid for p in pods} & set(leftovers.values())
     wait_phase(kube_cluster, kube_namespace, "reused", "Running")
     assert status(kube_cluster, kube_namespace, "reused")["restarts"] == 0
+    account = core.read_namespaced_service_account("reused-worker", kube_namespace)
+    assert [r.uid for r in account.metadata.owner_references if r.controller] == [reused]
+
+
+def ownership(owner: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to the FineTuneJob `owner`."""
+    metadata = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": metadata["name"],
+        "uid": metadata["uid"],
+    }

@@ -342,8 +342,13 @@ class Reconciler:
         def ensure(child: dict[str, Any]) -> None:
             # A new job's children are created (on the path to its pods, and cheaper for the API server
             # than an apply); one that exists already is applied to converge it.
-            if not new or not self.kube.create(child):
+            if new and self.kube.create(child):
+                return
+            try:
                 self.kube.apply(child)
+            except ApiError as error:
+                if error.status != 422 or not self._replace_foreign_child(child, job.uid):
+                    raise
 
         # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist.
         for wave in (
@@ -355,6 +360,23 @@ class Reconciler:
                     raise outcome
         if children and not before_workers:
             self._ensured.add((job.namespace, job.name, job.uid, job.generation))
+
+    def _replace_foreign_child(self, child: dict[str, Any], uid: str) -> bool:
+        """When the existing object of `child`'s name is controlled by another owner (the job deleted and
+        applied again before the garbage collector removed its children), delete it and create `child`:
+        an apply over it would give it two controllers, which the API refuses (422). Returns False when the
+        object is not such a leftover."""
+        metadata = child["metadata"]
+        current = self.kube.get(child["kind"], metadata["namespace"], metadata["name"])
+        if current is None:
+            return self.kube.create(child)
+        refs = current["metadata"].get("ownerReferences") or []
+        controllers = {ref.get("uid") for ref in refs if ref.get("controller")}
+        if not controllers or uid in controllers:
+            return False
+        logger.info("replacing %s %s left by an earlier job of that name", child["kind"], metadata["name"])
+        self.kube.delete(child["kind"], metadata["namespace"], metadata["name"], current["metadata"]["uid"])
+        return self.kube.create(child)
 
     def _create_workers(self, job: ObservedJob, result: Plan) -> int:
         """Create the plan's worker pods; returns how many already existed."""

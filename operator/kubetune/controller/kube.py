@@ -148,6 +148,24 @@ class Kube:
         items: list[dict[str, Any]] = answer.get("items", [])
         return items
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when it does not exist."""
+        try:
+            return self.request("GET", resource_path(kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete that object if it is still the one with `uid` (gone or replaced already is fine)."""
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        try:
+            self.request("DELETE", resource_path(kind, namespace, name), options, decode=False)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
+
     def create(self, obj: dict[str, Any]) -> bool:
         """Create `obj`; returns False when an object of that name already exists (create-or-adopt)."""
         metadata = obj["metadata"]

@@ -17,16 +17,17 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
     # Worker pods: watched (kopf), listed fresh, created, deleted on gang restart/suspend/finish.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    # Job-level children, written by server-side apply.
+    # Job-level children: created, converged by server-side apply, replaced when an earlier job of the same
+    # name left them behind.
     {
         "apiGroups": [""],
         "resources": ["services", "configmaps", "serviceaccounts"],
-        "verbs": ["get", "create", "patch"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
-        "verbs": ["get", "create", "patch"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
     # Events for every phase transition (core/v1, as kubectl describe shows them).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
