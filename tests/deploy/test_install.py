@@ -200,8 +200,15 @@ def test_the_charts_operator_runs_a_job_to_succeeded_with_only_its_service_accou
         row = kubectl("get", "finetunejobs", "chart-job").stdout.splitlines()[1]
         assert "Succeeded" in row and "accuracy=0.81" in row
         log = operator.log()
-        # The API's refusals read "Forbidden" (reason) in kopf's and the client's errors alike.
-        assert "forbidden" not in log.lower(), log[-4000:]
+        # The API's refusals read "Forbidden" (reason) in kopf's and the client's errors alike. (The
+        # cluster-wide operator also sees other tests' jobs whose namespaces are being deleted; the API
+        # refuses new content there too, for that reason, not for RBAC.)
+        refusals = [
+            line
+            for line in log.lower().splitlines()
+            if "forbidden" in line and "because it is being terminated" not in line
+        ]
+        assert not refusals, "\n".join(refusals)[-4000:]
         assert "kubetune_" in operator.metrics()
 
         # And the `helm test` pod's check passes against this operator (its Service address made local)
