@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -22,14 +21,7 @@ import yaml
 
 from tests.deploy.chart import CHART, Helm
 from tests.kube.harness import wait_for
-
-
-def free_port() -> int:
-    """Returns a TCP port that was free on loopback a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.kube.processes import free_loopback_port
 
 
 @dataclass
@@ -103,7 +95,7 @@ class ChartOperator:
 
     def argv(self) -> list[str]:
         """The container's args as Kubernetes would expand them, with loopback ports free on this machine."""
-        self.health_port, self.metrics_port = free_port(), free_port()
+        self.health_port, self.metrics_port = free_loopback_port(), free_loopback_port()
         expanded = []
         for arg in self.container["args"]:
             arg = arg.replace("$(POD_INDEX)", str(self.index))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from kubernetes import client
 from kubetune.controller.rbac import cluster_role
 
 from tests.kube.harness import wait_for
+from tests.kube.processes import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
@@ -27,13 +27,6 @@ POOL_LABEL = "kubetune.test/pool"
 POOL = "operator"
 GPUS_PER_NODE = 8
 POOL_NODES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OperatorProcess:
@@ -57,7 +50,7 @@ class OperatorProcess:
         self.started_at = 0.0
 
     def start(self) -> None:
-        self.metrics_port, self.health_port = free_port(), free_port()
+        self.metrics_port, self.health_port = free_loopback_port(), free_loopback_port()
         argv = [
             sys.executable,
             "-m",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -24,6 +23,7 @@ from kubernetes import client
 from kubetune.contract import JOB_FILE, MAIN_ADDR, TERMINATION_LOG
 
 from tests.kube.harness import COMPLETE_ANNOTATION_PREFIX, LocalCluster, wait_for
+from tests.kube.processes import free_loopback_port
 from tests.operator.conftest import OperatorProcess, job_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -40,13 +40,6 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train, evaluation = write_sentiment_dataset(root / "data", n_train=400, n_eval=200, seed=0)
     model = build_tiny_model(root / "tiny-bert", read_texts(train), num_labels=2)
     return {"train": train, "eval": evaluation, "model": model}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class LocalKubelet:
@@ -136,7 +129,7 @@ def test_the_operators_worker_pods_train_a_model_and_the_job_reports_its_metrics
             "perDeviceEvalBatchSize": 64,
             "loggingSteps": 5,
         },
-        distribution={"nodes": NODES, "processesPerNode": 1, "mainPort": free_port()},
+        distribution={"nodes": NODES, "processesPerNode": 1, "mainPort": free_loopback_port()},
         output={"path": str(tmp_path / "output")},
     )
     kubectl("apply", "-f", "-", input=manifest)

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import Any
 from kubetune.contract import NodeContext
 from kubetune.events import STDOUT_PREFIX, ProgressEvent
 from kubetune_trainer.synthetic import write_job_file
+
+from tests.kube.processes import free_loopback_port
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,6 @@ def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_job(tmp_path: Path, assets: Assets, name: str = "job", **overrides: Any) -> Path:
@@ -119,7 +114,7 @@ def start_nodes(
 
     `per_node_jobs` gives some nodes another job file (to make one node fail on purpose).
     """
-    port = free_port()
+    port = free_loopback_port()
     processes = []
     for rank in range(nodes):
         node = node_env(env, (per_node_jobs or {}).get(rank, job), rank, nodes, procs_per_node, port)
