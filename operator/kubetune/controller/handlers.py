@@ -3,10 +3,10 @@
 Watch events (of FineTuneJobs and of their worker pods) only *trigger* work; each reconcile then reads the
 job and its pods fresh from the API server and decides with the pure `plan()`. The one exception is the
 first look at a job no operator has touched, which acts on its watch event alone (see `reconcile`): it
-is on the path from `kubectl apply` to the pods, and such a job can have no pods to read. Requests for one job are
-coalesced and never run concurrently (a burst of pod events is one or two reconciles), different jobs run
-in parallel on a thread pool. Time-based transitions (backoff, deadlines, scheduling timeouts, TTL) come
-back through `requeue_after`, like controller-runtime's RequeueAfter.
+is on the path from `kubectl apply` to the pods, and such a job can have no pods to read. Requests for
+one job are coalesced and never run concurrently (a burst of pod events is one or two reconciles),
+different jobs run in parallel on a thread pool. Time-based transitions (backoff, deadlines, scheduling
+timeouts, TTL) come back through `requeue_after`, like controller-runtime's RequeueAfter.
 
 kopf contributes the watch streams, peering (two replicas: one active), the liveness endpoint and logging.
 No kopf change handlers are used, so kopf writes nothing to the objects (no annotations, no finalizers).
@@ -156,17 +156,13 @@ class Reconciler:
             while True:
                 state.dirty = False
                 first = key not in self._reconciled
-                if not first:
+                if first:
+                    self._count_new(+1)
+                else:
                     await self._yield_to_new_jobs()
                 try:
-                    if first:
-                        self._count_new(+1)
-                    try:
-                        executor = self._first_executor if first else self._executor
-                        requeue = await loop.run_in_executor(executor, self.reconcile, key)
-                    finally:
-                        if first:
-                            self._count_new(-1)
+                    executor = self._first_executor if first else self._executor
+                    requeue = await loop.run_in_executor(executor, self.reconcile, key)
                     state.errors = 0
                 except Exception as error:  # an API hiccup must not kill the loop: retry with backoff
                     state.errors += 1
@@ -182,6 +178,9 @@ class Reconciler:
                         self._event_executor().submit(
                             self._post_event, body, JobEvent("Warning", "ReconcileError", message)
                         )
+                finally:
+                    if first:
+                        self._count_new(-1)
                 if key not in self._states:
                     return  # forgotten (deleted) meanwhile
                 if requeue is not None and not state.dirty:

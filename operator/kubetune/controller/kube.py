@@ -109,12 +109,7 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The FineTuneJob, or None when it no longer exists."""
-        try:
-            return self.request("GET", resource_path("FineTuneJob", namespace, name))
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
+        return self.get("FineTuneJob", namespace, name)
 
     def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
@@ -133,12 +128,7 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the FineTuneJob (TTL); children follow by garbage collection. Gone already is fine."""
-        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-        try:
-            self.request("DELETE", resource_path("FineTuneJob", namespace, name), options)
-        except ApiError as error:
-            if error.status not in (404, 409):
-                raise
+        self.delete("FineTuneJob", namespace, name, uid)
 
     # --- children -----------------------------------------------------------------------------------------------
 
