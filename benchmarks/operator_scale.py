@@ -338,79 +338,90 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-bench-cluster-"))
-    (workdir / "audit").mkdir()
-    with LocalCluster(
-        gpu_nodes=GPU_NODES,
-        gpus_per_node=GPUS_PER_NODE,
-        workdir=workdir,
-        apiserver_args=audit_args(workdir / "audit"),
-    ) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        established = ("wait", "--for=condition=Established", "--timeout=30s", "crd/finetunejobs.kubetune.io")
-        wait_for(lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "CRD Established")
-        cluster.wait_for_nodes_ready(120)
-        log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-        argv_operator = [
-            sys.executable,
-            *profile,
-            "-m",
-            "kubetune.cli",
-            "operator",
-            "--standalone",
-            "--metrics-port",
-            str(METRICS_PORT),
-            "--health-port",
-            "0",
-            "--threads",
-            str(args.threads),
-            "--log-format",
-            "plain",
-            *args.operator_arg,
-        ]
-        with log.open("wb") as sink:
-            operator = subprocess.Popen(argv_operator, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            wait_for(reconcile_totals, 60, "the operator's /metrics")
-            # Warm-up: the operator's watches are established and its first reconcile is done.
-            run_round(cluster, operator.pid, 1, namespace="bench-warmup")
-            pace = f"{args.rate:g} jobs/s" if args.rate else "as fast as one client can"
-            print(
-                f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers; applied {pace}"
+    try:
+        (workdir / "audit").mkdir()
+        with LocalCluster(
+            gpu_nodes=GPU_NODES,
+            gpus_per_node=GPUS_PER_NODE,
+            workdir=workdir,
+            apiserver_args=audit_args(workdir / "audit"),
+        ) as cluster:
+            cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+            established = (
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/finetunejobs.kubetune.io",
             )
-            header = (
-                f"{'jobs':>5} {'apply s':>8} {'pods p50':>9} {'pods p99':>9} {'pods max':>9} "
-                f"{'seen p50':>9} {'seen p99':>9} {'run p50':>8} {'run p99':>8} {'RSS MB':>7} {'CPU s':>6} {'rec/job':>7} {'rec ms':>6}"
+            wait_for(
+                lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "CRD Established"
             )
-            print(header, flush=True)
-            for count in args.jobs:
-                f = run_round(cluster, operator.pid, count, rate=args.rate)
+            cluster.wait_for_nodes_ready(120)
+            log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
+            env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            argv_operator = [
+                sys.executable,
+                *profile,
+                "-m",
+                "kubetune.cli",
+                "operator",
+                "--standalone",
+                "--metrics-port",
+                str(METRICS_PORT),
+                "--health-port",
+                "0",
+                "--threads",
+                str(args.threads),
+                "--log-format",
+                "plain",
+                *args.operator_arg,
+            ]
+            with log.open("wb") as sink:
+                operator = subprocess.Popen(argv_operator, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            try:
+                wait_for(reconcile_totals, 60, "the operator's /metrics")
+                # Warm-up: the operator's watches are established and its first reconcile is done.
+                run_round(cluster, operator.pid, 1, namespace="bench-warmup")
+                pace = f"{args.rate:g} jobs/s" if args.rate else "as fast as one client can"
                 print(
-                    f"{f['jobs']:>5.0f} {f['apply_seconds']:>8.2f} {f['pods_p50']:>9.3f} {f['pods_p99']:>9.3f} "
-                    f"{f['pods_max']:>9.3f} {f['seen_p50']:>9.3f} {f['seen_p99']:>9.3f} {f['running_p50']:>8.3f} {f['running_p99']:>8.3f} "
-                    f"{f['rss_mb']:>7.1f} {f['cpu_seconds']:>6.1f} {f['reconciles_per_job']:>7.1f} "
-                    f"{f['reconcile_ms']:>6.0f}",
-                    flush=True,
+                    f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers; applied {pace}"
                 )
-                others = {
-                    k.removeprefix("component_cpu_"): v
-                    for k, v in f.items()
-                    if k.startswith("component_cpu_")
-                }
-                print(
-                    f"      CPU s over {f['wall_seconds']:.1f} s: "
-                    + ", ".join(f"{name} {seconds:.1f}" for name, seconds in others.items())
-                    + (
-                        f"; benchmark watch resumed {f['watch_reconnects']}x" if f["watch_reconnects"] else ""
-                    ),
-                    flush=True,
+                header = (
+                    f"{'jobs':>5} {'apply s':>8} {'pods p50':>9} {'pods p99':>9} {'pods max':>9} "
+                    f"{'seen p50':>9} {'seen p99':>9} {'run p50':>8} {'run p99':>8} {'RSS MB':>7} {'CPU s':>6} {'rec/job':>7} {'rec ms':>6}"
                 )
-        finally:
-            operator.terminate()
-            operator.wait(30)
-            print(f"operator log: {log}")
-    shutil.rmtree(workdir, ignore_errors=True)
+                print(header, flush=True)
+                for count in args.jobs:
+                    f = run_round(cluster, operator.pid, count, rate=args.rate)
+                    print(
+                        f"{f['jobs']:>5.0f} {f['apply_seconds']:>8.2f} {f['pods_p50']:>9.3f} {f['pods_p99']:>9.3f} "
+                        f"{f['pods_max']:>9.3f} {f['seen_p50']:>9.3f} {f['seen_p99']:>9.3f} {f['running_p50']:>8.3f} {f['running_p99']:>8.3f} "
+                        f"{f['rss_mb']:>7.1f} {f['cpu_seconds']:>6.1f} {f['reconciles_per_job']:>7.1f} "
+                        f"{f['reconcile_ms']:>6.0f}",
+                        flush=True,
+                    )
+                    others = {
+                        k.removeprefix("component_cpu_"): v
+                        for k, v in f.items()
+                        if k.startswith("component_cpu_")
+                    }
+                    print(
+                        f"      CPU s over {f['wall_seconds']:.1f} s: "
+                        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in others.items())
+                        + (
+                            f"; benchmark watch resumed {f['watch_reconnects']}x"
+                            if f["watch_reconnects"]
+                            else ""
+                        ),
+                        flush=True,
+                    )
+            finally:
+                operator.terminate()
+                operator.wait(30)
+                print(f"operator log: {log}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
