@@ -13,9 +13,13 @@ nodes and clusters run side by side without sharing anything. The settings that 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
 import subprocess
+import time
 from pathlib import Path
+from typing import IO
 
 from tests.kube.netns import RealNodeNetwork
 from tests.kube.node_binaries import CNI_BIN_DIR
@@ -128,3 +132,86 @@ def import_image(node_dir: Path, archive: Path) -> None:
     """
     # --no-unpack would defer unpacking to the first container start; unpacking now keeps pod start fast.
     ctr(node_dir, "images", "import", "--all-platforms", str(archive))
+
+
+def purge_leftover_workloads(node_dir: Path, root: Path, spawn_prefix: list[str]) -> None:
+    """Empties a reused containerd root of the containers and sandboxes of an earlier run, keeping images.
+
+    A node whose root persists in a cache (so that big images are imported once) finds there the
+    records of the pods that ran when it last stopped; their processes and state are long gone. They are
+    deleted through a containerd started WITHOUT the CRI plugin (which would load them and hand them to
+    the kubelet as pods to recover). Raises ContainerdError.
+    """
+    if not (root / "io.containerd.metadata.v1.bolt" / "meta.db").exists():
+        return
+    config = node_dir / "containerd-purge.toml"
+    state = node_dir / "containerd-purge-state"
+    config.write_text(
+        f"""version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs"]
+[grpc]
+  address = "{socket_path(node_dir)}"
+"""
+    )
+    log = (node_dir / "logs" / "containerd-purge.log").open("ab")
+    process = subprocess.Popen([*spawn_prefix, *containerd_argv(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ctr(node_dir, "version", timeout=5)
+                break
+            except (ContainerdError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise ContainerdError(f"containerd (purge run) did not start; see {log.name}") from None
+                time.sleep(0.2)
+        leftovers = ctr(node_dir, "containers", "list", "--quiet").split()
+        if leftovers:
+            ctr(node_dir, "containers", "delete", *leftovers)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        config.unlink(missing_ok=True)
+        shutil.rmtree(state, ignore_errors=True)
+        socket_path(node_dir).unlink(missing_ok=True)
+    # The CRI plugin's own per-sandbox/container files (hostname, resolv.conf, logs) of those records.
+    shutil.rmtree(root / "io.containerd.grpc.v1.cri", ignore_errors=True)
+
+
+class CachedRoot:
+    """A containerd root in $KUBETUNE_CACHE/nodes/containerd/<node>-<k> that persists across test runs.
+
+    Images imported into it stay for the next run, which then skips the import (`ctr images import`
+    of a multi-GB trainer image takes minutes). A slot is held with an exclusive flock for as long as
+    this object lives (the lock dies with the process), so clusters running side by side take
+    different slots. `release()` gives it back.
+    """
+
+    SLOTS = 4
+
+    def __init__(self, cache_dir: Path, node_name: str):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for slot in range(self.SLOTS):
+            lock = (cache_dir / f"{node_name}-{slot}.lock").open("w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                continue
+            self._lock: IO[str] | None = lock
+            self.path = cache_dir / f"{node_name}-{slot}"
+            return
+        raise ContainerdError(
+            f"all {self.SLOTS} cached containerd roots for {node_name} in {cache_dir} are in use"
+        )
+
+    def release(self) -> None:
+        """Unlocks the slot (another cluster may take it from now on)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from tests.kube import coredns, host_cleanup
-from tests.kube.binaries import ClusterBinaries, find_binaries
+from tests.kube.binaries import ClusterBinaries, cache_root, find_binaries
+from tests.kube.containerd import CachedRoot
 from tests.kube.forwarder import NamespaceForwarder
 from tests.kube.kubeconfig import write_kubeconfig, write_service_account_kubeconfig
 from tests.kube.netns import ClusterNetwork, call_in_namespace, in_namespace, remove_stale_namespaces
@@ -148,6 +149,7 @@ class LocalCluster:
         apiserver_args: Sequence[str] = (),
         real_nodes: int = 0,
         node_bin_dir: Path | None = None,
+        cache_node_images: bool = False,
     ):
         self.binaries = binaries or find_binaries()
         self.initial_gpu_nodes = gpu_nodes
@@ -170,6 +172,9 @@ class LocalCluster:
         self._node_bin_dir = node_bin_dir
         self.network: ClusterNetwork | None = None
         self.real_nodes: list[RealNode] = []
+        # Keep each real node's containerd root (images) in $KUBETUNE_CACHE/nodes/containerd between runs.
+        self.cache_node_images = cache_node_images
+        self._cached_roots: list[CachedRoot] = []
         self._forwarder: NamespaceForwarder | None = None
         # The API server's address as the cluster's own components see it (the hub address with real
         # nodes; the same as `server` without).
@@ -282,6 +287,9 @@ class LocalCluster:
         for node in reversed(self.real_nodes):
             node.stop()
         self.real_nodes.clear()
+        for root in self._cached_roots:
+            root.release()
+        self._cached_roots.clear()
         self._stop_processes()
         if self._forwarder is not None:
             self._forwarder.close()
@@ -651,6 +659,11 @@ class LocalCluster:
         for _ in range(count):
             network = self.network.add_node()
             name = f"{REAL_NODE_PREFIX}{network.index}"
+            containerd_root = None
+            if self.cache_node_images:
+                cached = CachedRoot(cache_root() / "nodes" / "containerd", name)
+                self._cached_roots.append(cached)
+                containerd_root = cached.path
             node = RealNode(
                 name,
                 self.workdir / "nodes" / name,
@@ -659,6 +672,7 @@ class LocalCluster:
                 self._pki,
                 self.internal_server,
                 sandbox,
+                containerd_root,
             )
             self.real_nodes.append(node)
             node.start()
@@ -673,16 +687,18 @@ class LocalCluster:
                 return node
         raise KeyError(f"no real node {name!r}; the cluster has {[n.name for n in self.real_nodes]}")
 
-    def load_image(self, archive: Path) -> None:
+    def load_image(self, archive: Path, ref: str | None = None) -> None:
         """Imports an image archive (docker-archive or OCI tar) into every running real node's runtime.
 
-        Raises ClusterError without real nodes, ContainerdError when an import fails.
+        With `ref` (the image's `name:tag`), nodes that already hold it (cached containerd roots, see
+        `cache_node_images`) skip the import. Raises ClusterError without real nodes, ContainerdError
+        when an import fails.
         """
         if not self.real_nodes:
             raise ClusterError("load_image needs real nodes: LocalCluster(real_nodes=N)")
         for node in self.real_nodes:
             if node.running:
-                node.load_image(archive)
+                node.load_image(archive, ref)
 
     def node_condition(self, name: str, condition: str = "Ready") -> str | None:
         """Returns the status ("True", "False", "Unknown") of Node `name`'s `condition`, None when absent."""

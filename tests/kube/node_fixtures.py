@@ -46,6 +46,7 @@ def real_node_cluster() -> Iterator[LocalCluster]:
         binaries,
         real_nodes=REAL_NODES,
         node_bin_dir=node_bin_dir,
+        cache_node_images=True,
         keep_workdir=os.environ.get("KUBETUNE_KEEP_CLUSTER_DIR") == "1",
     )
     with cluster:
@@ -56,7 +57,7 @@ def real_node_cluster() -> Iterator[LocalCluster]:
 def node_test_image(real_node_cluster: LocalCluster) -> str:
     """Builds (or reuses) the python3 test image, loads it into every real node; returns its reference."""
     image = python_image()
-    real_node_cluster.load_image(image.path)
+    real_node_cluster.load_image(image.path, image.ref)
     return image.ref
 
 

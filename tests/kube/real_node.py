@@ -22,6 +22,7 @@ from tests.kube.containerd import (
     containerd_argv,
     ctr,
     import_image,
+    purge_leftover_workloads,
     socket_path,
     write_cni_config,
     write_containerd_config,
@@ -95,13 +96,18 @@ class RealNode:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         kubeconfigs = self._write_credentials()
         host_cleanup.create_cgroup_root(self.cgroup_root)
+        if self.containerd_root != self.node_dir / "containerd-root":
+            purge_leftover_workloads(
+                self.node_dir, self.containerd_root, in_namespace(self.network.namespace, [])
+            )
         containerd_config = write_containerd_config(
             self.node_dir, self.containerd_root, self.sandbox_image.ref
         )
         write_cni_config(self.node_dir, self.network)
         containerd = self._spawn("containerd", containerd_argv(containerd_config))
         containerd.wait_until(self._containerd_answers, CONTAINERD_START_SECONDS, "serving its socket")
-        import_image(self.node_dir, self.sandbox_image.path)
+        if self.sandbox_image.ref not in self.image_refs():
+            import_image(self.node_dir, self.sandbox_image.path)
         pki_dir = self.node_dir / "pki"
         kubelet_config = write_kubelet_config(
             self.node_dir,
@@ -153,8 +159,11 @@ class RealNode:
 
     # -- images ----------------------------------------------------------------------------------
 
-    def load_image(self, archive: Path) -> None:
-        """Imports an image archive (docker-archive or OCI tar) into this node's runtime. Raises ContainerdError."""
+    def load_image(self, archive: Path, ref: str | None = None) -> None:
+        """Imports an image archive (docker-archive or OCI tar) into this node's runtime; skipped when
+        `ref` is given and already there (a cached containerd root). Raises ContainerdError."""
+        if ref is not None and ref in self.image_refs():
+            return
         import_image(self.node_dir, archive)
 
     def image_refs(self) -> list[str]:
