@@ -213,7 +213,9 @@ class LocalCluster:
                 self._start()
                 break
             except ProcessFailed as error:
+                self._stop_real_nodes()
                 self._stop_processes()
+                self._delete_network()
                 # A free port is picked, released and only then bound by the binary; another process
                 # may take it in between. Rare, harmless, and worth a fresh try.
                 if "address already in use" not in str(error) or attempt == PORT_RACE_ATTEMPTS:
@@ -284,24 +286,31 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stops every started process (newest first) and removes the work directory unless kept."""
+        self._stop_real_nodes()
+        self._stop_processes()
+        self._delete_network()
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            # Kept for inspection: no longer a candidate for remove_stale_workdirs.
+            (self.workdir / OWNER_FILE).unlink(missing_ok=True)
+
+    def _stop_real_nodes(self) -> None:
         for node in reversed(self.real_nodes):
             node.stop()
         self.real_nodes.clear()
         for root in self._cached_roots:
             root.release()
         self._cached_roots.clear()
-        self._stop_processes()
+
+    def _delete_network(self) -> None:
+        """Closes the API forwarder and deletes the cluster's network namespaces (real nodes only)."""
         if self._forwarder is not None:
             self._forwarder.close()
             self._forwarder = None
         if self.network is not None:
             self.network.delete()
             self.network = None
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        else:
-            # Kept for inspection: no longer a candidate for remove_stale_workdirs.
-            (self.workdir / OWNER_FILE).unlink(missing_ok=True)
 
     def _stop_processes(self) -> None:
         for process in reversed(self.processes):

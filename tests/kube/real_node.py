@@ -162,7 +162,7 @@ class RealNode:
     def load_image(self, archive: Path, ref: str | None = None) -> None:
         """Imports an image archive (docker-archive or OCI tar) into this node's runtime; skipped when
         `ref` is given and already there (a cached containerd root). Raises ContainerdError."""
-        if ref is not None and ref in self.image_refs():
+        if ref is not None and normalized_image_ref(ref) in self.image_refs():
             return
         import_image(self.node_dir, archive)
 
@@ -219,3 +219,14 @@ class RealNode:
         # The health endpoint listens on the node namespace's loopback: ask from inside it.
         url = f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"
         return call_in_namespace(self.network.namespace, lambda: http_get_ok(url))
+
+
+def normalized_image_ref(ref: str) -> str:
+    """Returns `ref` as containerd stores it: `kubetune/trainer:x` -> `docker.io/kubetune/trainer:x`,
+    `busybox:1` -> `docker.io/library/busybox:1`; references with a registry host stay as they are."""
+    first, _, rest = ref.partition("/")
+    if not rest:
+        return f"docker.io/library/{ref}"
+    if "." in first or ":" in first or first == "localhost":
+        return ref
+    return f"docker.io/{ref}"
