@@ -29,7 +29,9 @@ def test_real_and_gpu_nodes_are_ready_with_node_addresses(real_node_cluster: Loc
         assert node.status.node_info.container_runtime_version.startswith("containerd://")
     gpu = core.list_node(label_selector="type=kwok").items
     assert gpu and all(n.status.allocatable.get("nvidia.com/gpu") for n in gpu)
-    print(f"cluster with {len(real)} real and {len(gpu)} KWOK nodes started in {real_node_cluster.startup_seconds:.1f}s")
+    print(
+        f"cluster with {len(real)} real and {len(gpu)} KWOK nodes started in {real_node_cluster.startup_seconds:.1f}s"
+    )
 
 
 def test_locked_down_pod_completes_with_termination_message_and_logs(
