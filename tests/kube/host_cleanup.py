@@ -18,6 +18,8 @@ from pathlib import Path
 CGROUP_V1_ROOT = Path("/sys/fs/cgroup")
 # The v1 hierarchies the kubelet and runc use; each gets the node's cgroup root.
 CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "systemd")
+# Hybrid mode: the kubelet and runc also make the cgroups in the v2 hierarchy mounted here.
+CGROUP_V2_HYBRID = "unified"
 _MNT_DETACH = 2
 
 
@@ -58,9 +60,14 @@ def kill_cgroup(name: str, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def cgroup_roots(pattern: str) -> set[str]:
+    """Returns the names of the top-level cgroups matching glob `pattern` in any hierarchy."""
+    return {path.name for path in CGROUP_V1_ROOT.glob(f"*/{pattern}") if path.is_dir()}
+
+
 def remove_cgroup_root(name: str) -> None:
     """Removes /<name> and its children from every hierarchy (empty cgroups only; errors are ignored)."""
-    for controller in CGROUP_CONTROLLERS:
+    for controller in (*CGROUP_CONTROLLERS, CGROUP_V2_HYBRID):
         root = CGROUP_V1_ROOT / controller / name
         if not root.is_dir():
             continue

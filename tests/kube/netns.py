@@ -142,25 +142,34 @@ class ClusterNetwork:
         self.nodes.clear()
 
 
+def _owner_is_gone(name: str) -> bool:
+    """True when `name` is one of ours (kt-<pid>-<id>-...) and process <pid> no longer exists."""
+    match = _NAME_PATTERN.match(name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
 def remove_stale_namespaces() -> list[str]:
-    """Deletes the `kt-<pid>-...` namespaces whose owning process is gone (and the cgroups of their
-    nodes' pods); returns their names."""
+    """Deletes the `kt-<pid>-...` namespaces whose owning process is gone, and the cgroups of their nodes'
+    pods (named like the node's namespace, see RealNode.cgroup_root); returns the names removed."""
+    names = {entry.name for entry in NETNS_DIR.glob(f"{NAME_PREFIX}*")} if NETNS_DIR.is_dir() else set()
+    names |= host_cleanup.cgroup_roots(f"{NAME_PREFIX}*")
     removed = []
-    for entry in NETNS_DIR.glob(f"{NAME_PREFIX}*") if NETNS_DIR.is_dir() else []:
-        match = _NAME_PATTERN.match(entry.name)
-        if not match:
+    for name in sorted(names):
+        if not _owner_is_gone(name):
             continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            if match.group(2) != "hub":
-                # A real node's pods live in a cgroup root named like its namespace.
-                host_cleanup.kill_cgroup(entry.name)
-                host_cleanup.remove_cgroup_root(entry.name)
-            subprocess.run(["ip", "netns", "delete", entry.name], capture_output=True, check=False)
-            removed.append(entry.name)
-        except PermissionError:
-            pass
+        host_cleanup.kill_cgroup(name)
+        host_cleanup.remove_cgroup_root(name)
+        if (NETNS_DIR / name).exists():
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        removed.append(name)
     return removed
 
 
