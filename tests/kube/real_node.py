@@ -160,11 +160,27 @@ class RealNode:
     # -- images ----------------------------------------------------------------------------------
 
     def load_image(self, archive: Path, ref: str | None = None) -> None:
-        """Imports an image archive (docker-archive or OCI tar) into this node's runtime; skipped when
-        `ref` is given and already there (a cached containerd root). Raises ContainerdError."""
-        if ref is not None and normalized_image_ref(ref) in self.image_refs():
+        """Imports an image archive (docker-archive or OCI tar) into this node's runtime.
+
+        With `ref` (the archive's `name:tag`) the import is skipped when the image is already there (a
+        cached containerd root), and other tags of the same repository are removed. Raises ContainerdError.
+        """
+        if ref is None:
+            import_image(self.node_dir, archive)
             return
-        import_image(self.node_dir, archive)
+        wanted = normalized_image_ref(ref)
+        if wanted not in self.image_refs():
+            import_image(self.node_dir, archive)
+        # A cached root would otherwise keep every earlier build of a multi-GB image: keep one tag per
+        # repository (containerd's garbage collector then frees the old layers).
+        repository = _repository(wanted)
+        stale = [
+            r
+            for r in self.image_refs()
+            if r != wanted and not r.startswith("sha256:") and _repository(r) == repository
+        ]
+        if stale:
+            ctr(self.node_dir, "images", "remove", *stale)
 
     def image_refs(self) -> list[str]:
         """Returns the references of the images in this node's runtime."""
@@ -230,3 +246,10 @@ def normalized_image_ref(ref: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return ref
     return f"docker.io/{ref}"
+
+
+def _repository(ref: str) -> str:
+    """`docker.io/kubetune/trainer:abc` -> `docker.io/kubetune/trainer` (digests and tags dropped)."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]

@@ -98,6 +98,9 @@ def test_sigterm_on_deletion_is_delivered_within_the_grace_period(
     while "ready" not in real_node_cluster.kubectl("logs", "-n", real_node_namespace, name).stdout:
         assert time.monotonic() < deadline, "the container never printed `ready`"
         time.sleep(0.5)
+    # `kubectl exec` goes API server -> kubelet (node address) -> containerd's streaming server.
+    exec_result = real_node_cluster.kubectl("exec", "-n", real_node_namespace, name, "--", "id", "-u")
+    assert exec_result.stdout.strip() == str(RUN_AS_USER)
     began = time.monotonic()
     core.delete_namespaced_pod(name, real_node_namespace)
     try:
