@@ -7,7 +7,8 @@
 #   mmdebstrap                     the Debian minbase root filesystem of the test image (python3);
 #   gcc + libc6-dev                the static pause (sandbox) binary.
 # Only missing packages are installed (one `apt-get update`, only when something is missing), so a warm
-# machine pays a `dpkg-query` and nothing else. Needs root (CI, the dev container).
+# machine pays a `dpkg-query` and nothing else. Uses sudo when not root. The real nodes themselves need
+# root (network namespaces, cgroups, mounts).
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iproute2 iptables conntrack mmdebstrap gcc libc6-dev)
 missing=()
@@ -20,10 +21,12 @@ if ((${#missing[@]} == 0)); then
   exit 0
 fi
 echo "installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
 # Other setup steps may hold the dpkg lock (parallel installs on a CI machine): wait rather than fail.
 apt_options=(-o DPkg::Lock::Timeout=600 -q)
-apt-get "${apt_options[@]}" update >&2
-apt-get "${apt_options[@]}" install -y --no-install-recommends "${missing[@]}" >&2
+"${sudo_cmd[@]}" apt-get "${apt_options[@]}" update >&2
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get "${apt_options[@]}" install -y --no-install-recommends "${missing[@]}" >&2
 # Debian starts the packaged containerd as a system service where systemd runs; the nodes run their own
 # instances with their own sockets and never use that one, so it is left as the package made it.
