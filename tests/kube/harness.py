@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -705,9 +706,11 @@ class LocalCluster:
         """
         if not self.real_nodes:
             raise ClusterError("load_image needs real nodes: LocalCluster(real_nodes=N)")
-        for node in self.real_nodes:
-            if node.running:
-                node.load_image(archive, ref)
+        running = [node for node in self.real_nodes if node.running]
+        # Side by side: an import is mostly hashing and disk writes (minutes for a multi-GB trainer image).
+        with ThreadPoolExecutor(max_workers=len(running) or 1) as pool:
+            for future in [pool.submit(node.load_image, archive, ref) for node in running]:
+                future.result()
 
     def node_condition(self, name: str, condition: str = "Ready") -> str | None:
         """Returns the status ("True", "False", "Unknown") of Node `name`'s `condition`, None when absent."""
