@@ -712,6 +712,36 @@ class LocalCluster:
             for future in [pool.submit(node.load_image, archive, ref) for node in running]:
                 future.result()
 
+    def add_local_persistent_volume(
+        self, name: str, node: str, *, capacity: str = "1Gi", storage_class: str = "local"
+    ) -> Path:
+        """Creates PersistentVolume `name`: a `local` volume on real node `node` (a directory under the
+        cluster's folder, writable by any uid), with the node affinity that pins its pods there.
+
+        It outlives the pods that use it (e.g. a checkpoint across a suspend and resume). Returns the
+        directory. Raises KeyError for an unknown node.
+        """
+        self.real_node(node)
+        directory = self.workdir / "volumes" / name
+        directory.mkdir(parents=True)
+        directory.chmod(0o777)  # pods run as non-root users
+        affinity = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+        volume: Any = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": capacity},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
+                "local": {"path": str(directory)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [affinity]}]}},
+            },
+        }
+        client.CoreV1Api(self.api_client()).create_persistent_volume(volume)
+        return directory
+
     def node_condition(self, name: str, condition: str = "Ready") -> str | None:
         """Returns the status ("True", "False", "Unknown") of Node `name`'s `condition`, None when absent."""
         node = client.CoreV1Api(self.api_client()).read_node(name)

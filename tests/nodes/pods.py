@@ -22,6 +22,8 @@ def restricted_pod(
     hostname: str | None = None,
     subdomain: str | None = None,
     finalizers: list[str] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    volume_mounts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Returns a Pod manifest that runs `python3 -c script` once (restartPolicy Never) on a real node
     (`node` to pin one, e.g. "real-1"), as a non-root user on a read-only root filesystem."""
@@ -51,6 +53,9 @@ def restricted_pod(
             }
         ],
     }
+    if volumes:
+        spec["volumes"] = volumes
+        spec["containers"][0]["volumeMounts"] = volume_mounts or []
     if hostname:
         spec["hostname"] = hostname
     if subdomain:
