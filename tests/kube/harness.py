@@ -151,6 +151,7 @@ class LocalCluster:
         real_nodes: int = 0,
         node_bin_dir: Path | None = None,
         cache_node_images: bool = False,
+        taint_gpu_nodes: bool = False,
     ):
         self.binaries = binaries or find_binaries()
         self.initial_gpu_nodes = gpu_nodes
@@ -162,6 +163,12 @@ class LocalCluster:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.keep_workdir = keep_workdir
         self.apiserver_args = list(apiserver_args)  # extra flags, e.g. an audit log for a benchmark
+        # As on GKE: GPU nodes carry the taint nvidia.com/gpu=present:NoSchedule, and the
+        # ExtendedResourceToleration admission plugin gives pods that request GPUs the matching toleration,
+        # so CPU-only pods (e.g. on real nodes) never land on a simulated GPU node.
+        self.taint_gpu_nodes = taint_gpu_nodes
+        if taint_gpu_nodes:
+            self.apiserver_args.append("--enable-admission-plugins=ExtendedResourceToleration")
         self.processes: list[ManagedProcess] = []
         self.server = ""
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -605,6 +612,11 @@ class LocalCluster:
                     },
                 ),
                 status=status,
+                spec=client.V1NodeSpec(
+                    taints=[client.V1Taint(key=GPU_RESOURCE, value="present", effect="NoSchedule")]
+                    if self.taint_gpu_nodes
+                    else None
+                ),
             )
             created = core.create_node(node)
             # The API server keeps the status a Node is created with; patch it if a version does not.

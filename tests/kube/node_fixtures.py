@@ -2,7 +2,9 @@
 
 Fixtures:
 - `real_node_cluster` (session): a LocalCluster with 2 real nodes (`real-1`, `real-2`, label `type=real`)
-  and 2 KWOK GPU nodes, with a pod network, kube-proxy and CoreDNS (see tests/kube/netns.py). Load
+  and 2 KWOK GPU nodes, with a pod network, kube-proxy and CoreDNS (see tests/kube/netns.py). The GPU
+  nodes are tainted `nvidia.com/gpu=present:NoSchedule` and pods that request `nvidia.com/gpu` get the
+  toleration automatically (ExtendedResourceToleration, as on GKE): CPU pods run on the real nodes. Load
   images with `real_node_cluster.load_image(tar)`; simulate node loss with
   `real_node_cluster.real_node("real-2").stop()` (and `.start()` to bring it back).
 - `node_test_image` (session): the reference of a Debian minbase + python3 image, loaded into every real
@@ -47,6 +49,7 @@ def real_node_cluster() -> Iterator[LocalCluster]:
         real_nodes=REAL_NODES,
         node_bin_dir=node_bin_dir,
         cache_node_images=True,
+        taint_gpu_nodes=True,
         keep_workdir=os.environ.get("KUBETUNE_KEEP_CLUSTER_DIR") == "1",
     )
     with cluster:

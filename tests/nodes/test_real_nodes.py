@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 
 import pytest
@@ -112,3 +113,32 @@ def test_sigterm_on_deletion_is_delivered_within_the_grace_period(
         assert elapsed < 30, f"the container took {elapsed:.0f}s to stop: SIGKILL after the grace period?"
     finally:
         core.patch_namespaced_pod(name, real_node_namespace, {"metadata": {"finalizers": None}})
+
+
+def test_cpu_pods_land_on_real_nodes_and_gpu_pods_on_gpu_nodes(
+    real_node_cluster: LocalCluster, real_node_namespace: str, node_test_image: str
+) -> None:
+    core = client.CoreV1Api(real_node_cluster.api_client())
+    for name, resources in (("cpu", {}), ("gpu", {"limits": {"nvidia.com/gpu": "1"}})):
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": node_test_image,
+                        "command": ["sleep", "60"],
+                        "resources": resources,
+                    }
+                ]
+            },
+        }
+        real_node_cluster.kubectl("apply", "-n", real_node_namespace, "-f", "-", input=json.dumps(pod))
+    cpu = real_node_cluster.wait_for_pod_phase(real_node_namespace, "cpu", ["Running"], 60)
+    gpu = real_node_cluster.wait_for_pod_phase(real_node_namespace, "gpu", ["Running"], 60)
+    assert cpu.spec.node_name.startswith("real-")
+    assert gpu.spec.node_name.startswith("kwok-gpu-")
+    assert any(t.key == "nvidia.com/gpu" for t in gpu.spec.tolerations)
+    core.delete_namespaced_pod("cpu", real_node_namespace, grace_period_seconds=0)
