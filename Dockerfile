@@ -80,7 +80,7 @@ COPY --from=wheel /wheels /wheels
 RUN /opt/kubetune/venv/bin/pip install --no-deps /wheels/kubetune-*.whl \
     && /opt/kubetune/venv/bin/pip check \
     && /opt/kubetune/venv/bin/kubetune --help > /dev/null \
-    && /opt/kubetune/venv/bin/pip install --no-deps --root /opt/overlay /wheels/kubetune-*.whl
+    && /opt/kubetune/venv/bin/pip install --no-deps --ignore-installed --root /opt/overlay /wheels/kubetune-*.whl
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG VERSION
@@ -172,7 +172,7 @@ COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/kubetune-*.whl \
     && pip check \
     && kubetune train --help > /dev/null \
-    && pip install --no-deps --root /opt/overlay /wheels/kubetune-*.whl
+    && pip install --no-deps --ignore-installed --root /opt/overlay /wheels/kubetune-*.whl
 
 # --- trainer image: runtime ----------------------------------------------------------------------------------
 # nvidia/cuda's base flavour: the driver hooks and NVIDIA_* settings; the torch wheels bring CUDA's libraries.

@@ -267,8 +267,9 @@ def test_the_trainer_image_trains_a_tiny_job_on_a_read_only_root(
         result = docker(
             "run",
             *LOCKED_DOWN,
-            "--tmpfs=/tmp:rw,mode=1777",
-            "--tmpfs=/cache:rw,mode=1777",
+            # Like a pod's emptyDir volumes with fsGroup 1000 (Docker 20.10 ignores a tmpfs `mode`).
+            f"--tmpfs=/tmp:rw,exec,uid={UID},gid={UID}",
+            f"--tmpfs=/cache:rw,exec,uid={UID},gid={UID}",
             f"--volume={tiny_job}:/job:ro",
             f"--volume={output}:/output",
             "--shm-size=256m",
