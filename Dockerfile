@@ -110,7 +110,8 @@ CMD ["operator"]
 # --- trainer image: build stages -----------------------------------------------------------------------------
 # DeepSpeed's C++/CUDA ops are compiled here, ahead of time, because the runtime image has no compiler (and
 # a job should not spend its GPUs' time compiling): CPU Adam and the AIO op (ZeRO-3 offload to cpu/nvme),
-# fused Adam and the utils op. Everything else stays just-in-time (DS_BUILD_OPS=0).
+# fused Adam and the utils op. Everything else stays just-in-time (DS_BUILD_OPS=0), which needs a compiler
+# the runtime image lacks.
 FROM ${CUDA_DEVEL_IMAGE} AS trainer-build-cuda
 ENV VARIANT_TORCH_INDEX_URL="" \
     DS_BUILD_OPS=0 \
@@ -122,12 +123,13 @@ ENV VARIANT_TORCH_INDEX_URL="" \
     MAX_JOBS=4
 
 # CPU torch comes from PyTorch's CPU index (much smaller than the CUDA wheels): as an extra index, so that its
-# dependencies still resolve to the pinned versions, and 2.x.y+cpu outranks 2.x.y. CPU Adam and AIO are prebuilt.
+# dependencies still resolve to the pinned versions, and 2.x.y+cpu outranks 2.x.y. CPU Adam is prebuilt (ZeRO
+# offload to CPU memory). AIO is not: it serves offload to NVMe, which CPU-only clusters have no use for, and
+# compiling its dozen sources would add minutes to every cold build.
 FROM ${CPU_BUILD_IMAGE} AS trainer-build-cpu
 ENV VARIANT_TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" \
     DS_BUILD_OPS=0 \
     DS_BUILD_CPU_ADAM=1 \
-    DS_BUILD_AIO=1 \
     MAX_JOBS=4
 
 # The trainer's dependencies: torch, DeepSpeed (its ops compiled), then the rest of kubetune[train] and the
