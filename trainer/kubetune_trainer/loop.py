@@ -360,6 +360,10 @@ class Trainer:
             # Through the prepared loader: it re-applies its own epoch counter to the sampler on every iter(),
             # and that counter does not know about a resumed run's first (skipped-into) epoch.
             loader.set_epoch(self.state.epoch)
+            # And on the sampler itself: with more than one process the skipping loader holds it three wrappers
+            # deep (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> ours), where accelerate's set_epoch
+            # does not reach, so a resumed epoch >= 1 would replay epoch 0's order.
+            self.sampler.set_epoch(self.state.epoch)
             for batch in loader:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
