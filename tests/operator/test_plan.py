@@ -7,8 +7,8 @@ from typing import Any
 
 from kubetune.controller.observe import observe_pod
 from kubetune.controller.plan import ObservedJob, Plan, PlanOptions, backoff_seconds, plan, status_patch
-from kubetune.controller.status import FineTuneJobStatus, Phase
 from kubetune.events import EventKind, JobSummary
+from kubetune.spec.status import FineTuneJobStatus, Phase
 
 from tests.operator.factories import at, job_body, pod
 

@@ -6,7 +6,7 @@ Modules, in the order a reconcile uses them:
 - `observe`   worker pods (API JSON) → the few facts the planner decides on (phase, exit code, stuck reason);
 - `plan`      the pure decision: job + pods + time → status, pods to create/delete, Events, when to look again;
 - `children`  pure builders of the Service, ConfigMap, progress RBAC and worker pods (one plugin per concern);
-- `status`    the status models (the CRD's status schema is generated from them);
+- (the status models live beside the spec: `kubetune.spec.status`);
 - `kube`      the handful of REST calls (fresh GET/LIST, create, server-side apply, status merge patch);
 - `handlers`  kopf wiring: watch events → coalesced per-job reconciles on a thread pool, requeue timers;
 - `metrics`   Prometheus metrics; `rbac` the operator's PolicyRules (the chart's ClusterRole comes from it).

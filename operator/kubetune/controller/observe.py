@@ -8,7 +8,7 @@ from typing import Any
 
 from kubetune.contract import EXIT_PREEMPTED
 from kubetune.controller import names
-from kubetune.controller.status import FailureReason
+from kubetune.spec.status import FailureReason
 
 # Waiting reasons that mean "this pod will not start by itself"; InvalidImageName never recovers.
 STUCK_WAITING_REASONS = {

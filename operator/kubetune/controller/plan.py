@@ -28,7 +28,12 @@ from typing import Any
 
 from kubetune.controller.children import DEFAULT_IMAGE
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
-from kubetune.controller.status import (
+from kubetune.crd import MAX_JOB_NAME_LENGTH
+from kubetune.events import JobSummary
+from kubetune.launch import LaunchConfigError, deepspeed_config
+from kubetune.spec.loading import SpecError, parse_spec
+from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.status import (
     FINAL_PHASES,
     Condition,
     ConditionType,
@@ -39,11 +44,6 @@ from kubetune.controller.status import (
     Phase,
     Progress,
 )
-from kubetune.crd import MAX_JOB_NAME_LENGTH
-from kubetune.events import JobSummary
-from kubetune.launch import LaunchConfigError, deepspeed_config
-from kubetune.spec.loading import SpecError, parse_spec
-from kubetune.spec.models import FineTuneJobSpec
 
 # How soon to look again while waiting for something that produces no watch event of ours.
 POLL_SECONDS = 5.0
