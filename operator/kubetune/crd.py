@@ -28,11 +28,14 @@ from kubetune.spec.models import (
     API_VERSION,
     KIND,
     PLURAL,
+    RESERVED_MOUNT_PATHS,
+    RESERVED_VOLUME_NAMES,
     SHORT_NAMES,
     SINGULAR,
     DatasetSpec,
     DeepSpeedSpec,
     FineTuneJobSpec,
+    PodOverlay,
     TrainingSpec,
 )
 from kubetune.spec.status import ACTIVE_PHASES, FineTuneJobStatus
@@ -78,6 +81,8 @@ def _rule(
 # CEL rules mirroring each model's @model_validator (keep them side by side with the pydantic versions;
 # tests/operator/test_crd.py checks both refuse the same documents). Values are checked after the API
 # server applied defaults, so defaulted fields are always present.
+_RESERVED_VOLUMES = "[" + ", ".join(f"'{name}'" for name in RESERVED_VOLUME_NAMES) + "]"
+_RESERVED_PATHS = "[" + ", ".join(f"'{path}'" for path in RESERVED_MOUNT_PATHS) + "]"
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     DatasetSpec: [
         _rule(
@@ -112,6 +117,31 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "(self.offloadOptimizer != 'nvme' && self.offloadParameters != 'nvme') || has(self.nvmePath)",
             "nvme offload needs deepspeed.nvmePath: set it to a fast local folder",
             field_path=".nvmePath",
+        ),
+    ],
+    PodOverlay: [
+        _rule(
+            "self.volumes.all(v, !(v.name in " + _RESERVED_VOLUMES + "))",
+            "kubernetes.podOverlay.volumes: "
+            + _RESERVED_VOLUMES
+            + " are kubetune's own volume names: pick others",
+            field_path=".volumes",
+        ),
+        _rule(
+            "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
+            "kubernetes.podOverlay.volumeMounts must name volumes of podOverlay.volumes",
+            field_path=".volumeMounts",
+        ),
+        _rule(
+            "self.volumeMounts.all(m, !(m.mountPath in " + _RESERVED_PATHS + "))",
+            "kubernetes.podOverlay.volumeMounts: " + _RESERVED_PATHS + " are kubetune's own mount paths",
+            field_path=".volumeMounts",
+        ),
+        _rule(
+            "self.extraResources.all(k, k.contains('/'))",
+            "kubernetes.podOverlay.extraResources must be extended resources (domain/name): set cpu and "
+            "memory in kubernetes.resources",
+            field_path=".extraResources",
         ),
     ],
     FineTuneJobSpec: [

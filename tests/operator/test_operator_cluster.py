@@ -525,9 +525,9 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
 ) -> None:
     """The operator's first look at a job no operator has touched skips reading its pods (it cannot have
     any yet, unless an operator died before writing the status); pods that already hold its workers' names
-    must send it back to a proper look, not be counted as its own or as a failure. Children that an earlier
-    job of the same name still controls (deleted and applied again before the garbage collector ran) are
-    replaced."""
+    must send it back to a proper look, not be counted as its own or as a failure. Children that a deleted
+    earlier job of the same name still controls (deleted and applied again before the garbage collector
+    ran) are replaced; objects of anyone else are never touched (test_faults_cluster)."""
     core: Any = client.CoreV1Api(kube_cluster.api_client())
 
     def create_workers(name: str, owner: dict[str, Any], owned_pods: bool) -> dict[str, str]:
@@ -551,10 +551,15 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
     kubectl("apply", "-f", "-", input=job_manifest("adopted", nodes=2))
     adopted = get_job(kube_cluster, kube_namespace, "adopted")
     before = create_workers("adopted", adopted, owned_pods=True)
-    # and a new job whose worker names are still held by the pods of an earlier job of the same name, and
-    # whose ServiceAccount another object controls
+    # and a new job whose worker names and ServiceAccount are still held by the children of a deleted
+    # earlier job of the same name (the garbage collector has not removed them yet)
     kubectl("apply", "-f", "-", input=job_manifest("reused", nodes=2))
-    leftovers = create_workers("reused", adopted, owned_pods=False)
+    earlier = {
+        "apiVersion": adopted["apiVersion"],
+        "kind": adopted["kind"],
+        "metadata": {"name": "reused", "uid": "0b0e0000-0000-4000-8000-00000000dead"},
+    }
+    leftovers = create_workers("reused", earlier, owned_pods=True)
 
     operator.start()
 

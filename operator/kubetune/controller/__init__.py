@@ -1,4 +1,4 @@
-"""The FineTuneJob operator: `spec` (pydantic) → `plan` (pure) → `handlers` (kopf, I/O only).
+"""The FineTuneJob operator: `spec` (pydantic) → `plan` (pure) → `reconciler` (I/O only), driven by kopf.
 
 Modules, in the order a reconcile uses them:
 
@@ -8,7 +8,12 @@ Modules, in the order a reconcile uses them:
 - `children`  pure builders of the Service, ConfigMap, progress RBAC and worker pods (one plugin per concern);
 - (the status models live beside the spec: `kubetune.spec.status`);
 - `kube`      the handful of REST calls (fresh GET/LIST, create, server-side apply, status merge patch);
-- `handlers`  kopf wiring: watch events → coalesced per-job reconciles on a thread pool, requeue timers;
+- `ownership` who controls an existing object under a child's name (ours, a deleted job's, someone else's);
+- `child_sync` create-only writes of the Service, ConfigMap and RBAC, problems reported, never raised;
+- `reconciler` one reconcile: read job + pods, plan, write children, workers and status;
+- `workqueue` coalesced per-job requests on a thread pool, requeue timers, error backoff, pause (peering);
+- `event_recorder` Events on the job, posted off the reconcile path;
+- `wiring`    kopf: watch events (server-side label selectors) → work-queue requests, peering, liveness;
 - `metrics`   Prometheus metrics; `rbac` the operator's PolicyRules (the chart's ClusterRole comes from it).
 
 Live progress (rank 0 → status) with least privilege: each job gets a ServiceAccount `<job>-worker` and a Role

@@ -28,6 +28,7 @@ from typing import Any
 
 from kubetune.controller.children import DEFAULT_IMAGE
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
+from kubetune.controller.ownership import ChildProblem, ChildProblemReason
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
 from kubetune.launch import LaunchConfigError, deepspeed_config
@@ -35,6 +36,8 @@ from kubetune.spec.loading import SpecError, parse_spec
 from kubetune.spec.models import FineTuneJobSpec
 from kubetune.spec.status import (
     FINAL_PHASES,
+    MAX_ATTEMPT_HISTORY,
+    AttemptRecord,
     Condition,
     ConditionType,
     Failure,
@@ -57,6 +60,10 @@ class PlanOptions:
     backoff_base_seconds: float = 10.0  # first gang-restart delay after a failure; doubles each time
     backoff_max_seconds: float = 360.0
     preemption_delay_seconds: float = 1.0  # restart after a preemption/disruption: no growing backoff
+    # How long a deleted worker may stay Terminating past its grace period (a lost node, a finalizer nobody
+    # removes) before it is force-deleted (grace 0) so that the next attempt can use its name.
+    terminating_timeout_seconds: float = 300.0
+    child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ class Plan:
     ensure_children: bool = False  # Service, ConfigMap, progress RBAC
     create_workers: list[int] = field(default_factory=list)  # indices, for attempt status.attempt
     delete_workers: list[str] = field(default_factory=list)  # pod names
+    force_delete_workers: list[str] = field(default_factory=list)  # stuck Terminating: grace 0
     delete_job: bool = False  # ttlSecondsAfterFinished passed
     events: list[JobEvent] = field(default_factory=list)
     requeue_after: float | None = None
@@ -229,7 +237,8 @@ class _Planner:
                 continue
             self.plan.delete_workers.append(pod.name)
 
-    def finish(self, phase: Phase, reason: str, message: str) -> Plan:
+    def finish(self, phase: Phase, reason: str, message: str, failure: Failure | None = None) -> Plan:
+        self.close_attempt(reason, failure, counted=False)
         self.status.phase = phase
         self.status.message = message
         self.status.completion_time = format_time(self.now)
@@ -256,6 +265,31 @@ class _Planner:
             self.plan.delete_job = True
         else:
             self.plan.requeue((expires - self.now).total_seconds())
+
+    def close_attempt(self, reason: str, failure: Failure | None, counted: bool) -> None:
+        """Append the attempt that ends now to status.attempts (kept to the last MAX_ATTEMPT_HISTORY)."""
+        started = parse_time(self.status.attempt_start_time)
+        history = self.status.attempts
+        if started is None or (history and history[-1].attempt == self.status.attempt):
+            return  # never started (invalid spec, suspended), or already recorded
+        gpus = 0
+        if self.plan.spec is not None:
+            per_node = self.plan.spec.kubernetes.resources.gpus_per_node
+            if per_node is None:
+                per_node = self.plan.spec.distribution.processes_per_node
+            gpus = per_node * self.plan.spec.distribution.nodes
+        record = AttemptRecord(
+            attempt=self.status.attempt,
+            start_time=self.status.attempt_start_time,
+            end_time=format_time(self.now),
+            reason=str(failure.reason) if failure is not None else reason,
+            pod=failure.pod if failure is not None else "",
+            exit_code=failure.exit_code if failure is not None else None,
+            message=tail(failure.message if failure is not None else "", 300),
+            counted=counted,
+            gpu_seconds=round(gpus * max(0.0, (self.now - started).total_seconds()), 1),
+        )
+        self.status.attempts = [*history, record][-MAX_ATTEMPT_HISTORY:]
 
     def record_failure(self, pod: WorkerPod) -> Failure:
         termination = pod.termination
@@ -295,6 +329,10 @@ class _Planner:
             self.condition(ConditionType.SUSPENDED, False, "Resumed", "runPolicy.suspend is false")
             self.plan.events.append(JobEvent("Normal", "Resumed", "recreating the workers"))
             self.status.attempt_start_time = None
+            # A fresh attempt number: pods of the suspended attempt still terminating are then stale (waited
+            # for before their names are reused), not workers that vanished (which would be a restart).
+            self.status.attempt += 1
+            self.status.workers.created = 0
         self.plan.ensure_children = True
         if self.status.start_time is None:
             self.status.start_time = format_time(self.now)
@@ -304,6 +342,7 @@ class _Planner:
         current = [p for p in self.pods if p.attempt == self.status.attempt]
         stale = [p for p in self.pods if p.attempt != self.status.attempt]
         self.plan.delete_workers.extend(p.name for p in stale if not p.deleting)
+        self.force_delete_stuck()
         if self.previous.phase == Phase.RESTARTING and not self.restart_due(spec):
             return self.plan
         if self.status.attempt_start_time is None:
@@ -402,9 +441,14 @@ class _Planner:
 
     def restart_due(self, spec: FineTuneJobSpec) -> bool:
         """While Restarting: True once the old gang is gone and the backoff has passed."""
-        if any(True for _ in self.pods):
+        if self.pods:
             self.delete_live_workers(keep_finished=False)
             self.status.workers.created = 0
+            self.status.message = tail(
+                f"restarting as attempt {self.status.attempt}: waiting for "
+                f"{self.terminating_summary(self.pods)}",
+                600,
+            )
             self.plan.requeue(POLL_SECONDS)
             return False
         due = parse_time(self.status.next_attempt_time)
@@ -418,6 +462,40 @@ class _Planner:
             ConditionType.RESTARTING, False, "Recreated", f"attempt {self.status.attempt} starting"
         )
         return True
+
+    def force_delete_stuck(self) -> None:
+        """Force-delete (grace 0) every worker still Terminating terminatingTimeout past its deletion time:
+        a pod on a lost node never finishes its graceful deletion, and its name blocks the next attempt."""
+        bound = timedelta(seconds=self.options.terminating_timeout_seconds)
+        for pod in self.pods:
+            if not pod.deleting or pod.deletion_time is None:
+                continue
+            due = pod.deletion_time + bound
+            if self.now >= due:
+                self.plan.force_delete_workers.append(pod.name)
+            else:
+                self.plan.requeue((due - self.now).total_seconds())
+
+    def terminating_summary(self, pods: list[WorkerPod]) -> str:
+        """'1 pod of earlier attempts to go: demo-worker-1 Terminating (due …), held by finalizers …': what
+        the job waits on, for a status message that tells the truth."""
+        parts = []
+        for pod in sorted(pods, key=lambda p: p.name)[:3]:
+            if not pod.deleting:
+                parts.append(f"{pod.name} (being deleted)")
+                continue
+            due = format_time(pod.deletion_time) if pod.deletion_time else "?"
+            text = f"{pod.name} Terminating (due {due})"
+            if pod.name in self.plan.force_delete_workers:
+                text += f", force-deleted {self.options.terminating_timeout_seconds:.0f}s after that"
+            if pod.finalizers:
+                text += (
+                    f", held by finalizers {', '.join(pod.finalizers)}: whoever added them must remove them"
+                )
+            parts.append(text)
+        more = f" and {len(pods) - 3} more" if len(pods) > 3 else ""
+        noun = "pod" if len(pods) == 1 else "pods"
+        return f"{len(pods)} {noun} of earlier attempts to go: {'; '.join(parts)}{more}"
 
     def check_outcome(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Succeeded, a gang restart, or Failed; None while the attempt is still going."""
@@ -435,6 +513,15 @@ class _Planner:
             self.count_workers(spec, current)
             return self.finish(Phase.SUCCEEDED, "Completed", message)
         broken = [p for p in current if p.failed]
+        invalid = [p for p in broken if p.invalid_spec and not p.preempted]
+        if invalid:
+            # Exit code 2: the trainer found the spec unusable. Retrying cannot help: fail at once.
+            failure = self.record_failure(sorted(invalid, key=lambda p: p.index)[0])
+            failure.reason = FailureReason.INVALID_SPEC
+            message = tail(f"{failure.pod} exited 2 (the job spec cannot work): {failure.message}")
+            self.plan.events.append(JobEvent("Warning", FailureReason.INVALID_SPEC, tail(message, 900)))
+            self.count_workers(spec, current)
+            return self.finish(Phase.FAILED, FailureReason.INVALID_SPEC, message, failure)
         # A worker of this attempt being deleted by someone else (drain, kubectl delete), or gone after it
         # existed, breaks the world as surely as a crash.
         vanished = self.status.workers.created > len(current) and self.previous.phase != Phase.RESTARTING
@@ -450,33 +537,34 @@ class _Planner:
         broken: list[WorkerPod],
         disrupted: list[WorkerPod],
     ) -> Plan:
-        if broken:
-            # Prefer a real failure over a preemption as the reason: it is what the user must fix.
-            culprit = sorted(broken, key=lambda p: (p.preempted, p.index))[0]
-            failure = self.record_failure(culprit)
-            counts = not culprit.preempted
+        preempted = [p for p in broken if p.preempted]
+        if preempted:
+            # A disruption seen together with crashes: the crashes are its consequence (a peer that loses a
+            # rank fails in its next collective), so the disrupted rank is blamed, and it is not counted.
+            failure = self.record_failure(sorted(preempted, key=lambda p: p.index)[0])
+            counts = False
+        elif disrupted and broken:
+            # A worker deleted from outside (drain, kubectl delete) while others crashed: the same.
+            failure = self.deleted_failure(disrupted)
+            counts = False
+        elif broken:
+            failure = self.record_failure(sorted(broken, key=lambda p: p.index)[0])
+            counts = True
         else:
-            pod_name = disrupted[0].name if disrupted else ""
-            failure = Failure(
-                pod=pod_name,
-                reason=FailureReason.POD_DELETED,
-                message="a worker pod was deleted while the gang was running",
-                attempt=self.status.attempt,
-                time=format_time(self.now),
-            )
-            self.status.last_failure = failure
+            failure = self.deleted_failure(disrupted)
             counts = False
         if counts:
             self.status.failed_attempts += 1
-        if self.status.failed_attempts > spec.run_policy.backoff_limit:
-            message = (
-                f"{failure.pod} failed ({failure.reason}, exit code {failure.exit_code}) and the gang has "
-                f"failed {self.status.failed_attempts} times, more than runPolicy.backoffLimit "
-                f"({spec.run_policy.backoff_limit}): {failure.message}"
-            )
-            self.plan.events.append(JobEvent("Warning", FailureReason.BACKOFF_LIMIT, tail(message, 900)))
+        else:
+            self.status.disruptions += 1
+        limit = self.exhausted_limit(spec, failure, counts)
+        if limit is not None:
+            reason, message = limit
+            self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
             self.count_workers(spec, current)
-            return self.finish(Phase.FAILED, FailureReason.BACKOFF_LIMIT, tail(message))
+            self.close_attempt(reason, failure, counted=counts)
+            return self.finish(Phase.FAILED, reason, tail(message), failure)
+        self.close_attempt(str(failure.reason), failure, counted=counts)
         delay = (
             backoff_seconds(self.status.failed_attempts, self.options)
             if counts
@@ -488,8 +576,9 @@ class _Planner:
         self.status.phase = Phase.RESTARTING
         self.status.message = (
             f"{failure.pod or 'a worker'} failed ({failure.reason}): restarting the whole gang as attempt "
-            f"{self.status.attempt} in {delay:.0f}s (failures {self.status.failed_attempts}/"
-            f"{spec.run_policy.backoff_limit})"
+            f"{self.status.attempt} once the old pods are gone, not before {delay:.0f}s (failures "
+            f"{self.status.failed_attempts}/{spec.run_policy.backoff_limit}, disruptions "
+            f"{self.status.disruptions}/{spec.run_policy.disruption_limit})"
         )
         self.condition(ConditionType.RESTARTING, True, str(failure.reason), self.status.message)
         self.condition(ConditionType.WORKERS_READY, False, "GangRestart", "the gang is being recreated")
@@ -499,6 +588,35 @@ class _Planner:
         self.status.workers.created = 0
         self.plan.requeue(delay)
         return self.plan
+
+    def deleted_failure(self, disrupted: list[WorkerPod]) -> Failure:
+        failure = Failure(
+            pod=disrupted[0].name if disrupted else "",
+            reason=FailureReason.POD_DELETED,
+            message="a worker pod was deleted while the gang was running",
+            attempt=self.status.attempt,
+            time=format_time(self.now),
+        )
+        self.status.last_failure = failure
+        return failure
+
+    def exhausted_limit(
+        self, spec: FineTuneJobSpec, failure: Failure, counts: bool
+    ) -> tuple[str, str] | None:
+        """(reason, message) when this restart exceeds backoffLimit or disruptionLimit, else None."""
+        policy = spec.run_policy
+        what = f"{failure.pod or 'a worker'} failed ({failure.reason}, exit code {failure.exit_code})"
+        if counts and self.status.failed_attempts > policy.backoff_limit:
+            return FailureReason.BACKOFF_LIMIT, (
+                f"{what} and the gang has failed {self.status.failed_attempts} times, more than "
+                f"runPolicy.backoffLimit ({policy.backoff_limit}): {failure.message}"
+            )
+        if not counts and self.status.disruptions > policy.disruption_limit:
+            return FailureReason.DISRUPTION_LIMIT, (
+                f"{what} and the gang has been disrupted {self.status.disruptions} times, more than "
+                f"runPolicy.disruptionLimit ({policy.disruption_limit}): {failure.message}"
+            )
+        return None
 
     def check_stuck(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Fail when a worker cannot be scheduled or its image pulled for schedulingTimeoutSeconds."""
@@ -525,7 +643,7 @@ class _Planner:
         )
         self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
         self.count_workers(spec, current)
-        return self.finish(Phase.FAILED, reason, tail(message))
+        return self.finish(Phase.FAILED, reason, tail(message), self.status.last_failure)
 
     def create_missing(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
         present = {p.index for p in current}
@@ -604,3 +722,56 @@ def status_patch(old: dict[str, Any], new: FineTuneJobStatus) -> dict[str, Any]:
         if key not in wanted and key in owned:
             patch[key] = None
     return patch
+
+
+def report_children(
+    result: Plan,
+    problems: list[ChildProblem],
+    pods: list[WorkerPod],
+    now: datetime,
+    generation: int,
+    options: PlanOptions,
+    workers_created: bool = False,
+) -> None:
+    """Fold the children's problems (see `ownership`) into the plan, so that the status is written with them.
+
+    Sets condition ChildrenReady (False with every problem named; back to True once they are gone), one
+    Warning Event per problem when it first appears (not one per retry), and a retry after
+    child_retry_seconds. A blocking problem (a missing child, or someone else's object under a child's
+    name) holds the job Pending: no workers are created, and the workers of this attempt, which would use
+    that object, are removed under a fresh attempt number (not counted as a restart). Failure handling,
+    deadlines and the TTL have already been decided by `plan` and are kept. With `workers_created` (the
+    problems were found after this reconcile created its workers) only the condition and Events change:
+    the next reconcile, which reads the pods, removes them.
+    """
+    status = result.status
+    existing = next((c for c in status.conditions if c.type == ConditionType.CHILDREN_READY), None)
+    if not problems:
+        if existing is not None and existing.status != "True":
+            message = "every child exists and is controlled by the job"
+            set_condition(status, ConditionType.CHILDREN_READY, True, "Created", message, now, generation)
+        return
+    message = tail("; ".join(p.describe() for p in problems), 900)
+    if existing is None or existing.status != "False" or existing.message != message:
+        result.events.extend(JobEvent("Warning", p.reason, tail(p.describe(), 900)) for p in problems)
+    set_condition(status, ConditionType.CHILDREN_READY, False, problems[0].reason, message, now, generation)
+    if workers_created:
+        result.requeue(0.0)
+        return
+    result.requeue(options.child_retry_seconds)
+    if status.phase in FINAL_PHASES or status.phase in (Phase.RESTARTING, Phase.SUSPENDED):
+        return
+    if not any(p.blocking for p in problems):
+        return
+    status.workers.created -= len(result.create_workers)
+    result.create_workers = []
+    if status.phase in (None, Phase.PENDING, Phase.STARTING):
+        status.phase = Phase.PENDING
+        status.message = tail(f"waiting for the job's children: {message}", 600)
+    foreign = any(p.reason == ChildProblemReason.NOT_CONTROLLED for p in problems)
+    current = [p for p in pods if p.attempt == status.attempt and not p.deleting]
+    if foreign and current:
+        result.delete_workers.extend(p.name for p in current if p.name not in result.delete_workers)
+        status.attempt += 1
+        status.attempt_start_time = None
+        status.workers.created = 0
