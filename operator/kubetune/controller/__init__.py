@@ -15,11 +15,13 @@ Modules, in the order a reconcile uses them:
 - `event_recorder` Events on the job, posted off the reconcile path;
 - `wiring`    kopf: watch events (server-side label selectors) → work-queue requests, peering, liveness;
 - `metrics`   Prometheus metrics; `rbac` the operator's PolicyRules (the chart's ClusterRole comes from it).
+- `status_policy` the ValidatingAdmissionPolicy that keeps workers from changing the operator's status fields.
 
 Live progress (rank 0 → status) with least privilege: each job gets a ServiceAccount `<job>-worker` and a Role
 allowing only `get`/`patch` on `finetunejobs/status` with `resourceNames: [<job>]`; the workers run as it and
 `kubetune.status_sink` merge-patches `status.progress` and `status.metrics`. Nothing else is reachable with
-that token (no spec, no other job, no pods or secrets). Kubeflow Trainer's KEP-2779 alternative (pods push to
+that token (no spec, no other job, no pods or secrets), and within the status the chart's
+ValidatingAdmissionPolicy (`status_policy`) refuses any change but progress and metrics. Kubeflow Trainer's KEP-2779 alternative (pods push to
 the controller, authenticated by TokenReview) needs a network path from every pod to the operator and a
 listener in it; the per-job Role gives the same isolation with only the API server in between. Final metrics
 do not depend on it: rank 0's termination message carries the JobSummary, which the operator reads from the
