@@ -240,3 +240,28 @@ def test_exit_code_2_fails_the_job_at_once_without_a_restart(
     assert "training.lr" in failed["message"]
     assert failed["attempts"][-1]["exitCode"] == 2 and failed["attempts"][-1]["pod"] == "bad-worker-1"
     assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in events(kube_cluster, kube_namespace, "bad")]
+
+
+def test_resuming_while_the_suspended_workers_still_terminate_is_not_a_gang_restart(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("nap", nodes=2))
+    running_workers(kube_cluster, kube_namespace, "nap", 2)
+    wait_phase(kube_cluster, kube_namespace, "nap", "Running")
+    # Given a worker that will stay Terminating for a while (a finalizer: as a slow checkpoint upload would)
+    core.patch_namespaced_pod(
+        "nap-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/slow"]}}
+    )
+    kubectl("patch", "ftj", "nap", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_phase(kube_cluster, kube_namespace, "nap", "Suspended")
+
+    # When the job is resumed while that pod still terminates
+    kubectl("patch", "ftj", "nap", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    time.sleep(3)
+    current = status(kube_cluster, kube_namespace, "nap")
+    # Then it waits for the name instead of counting a restart
+    assert current["restarts"] == 0 and current["phase"] == "Pending", current
+    core.patch_namespaced_pod("nap-worker-1", kube_namespace, {"metadata": {"finalizers": None}})
+    running_workers(kube_cluster, kube_namespace, "nap", 2)
+    assert wait_phase(kube_cluster, kube_namespace, "nap", "Running")["restarts"] == 0

@@ -742,7 +742,7 @@ def report_children(
     that object, are removed under a fresh attempt number (not counted as a restart). Failure handling,
     deadlines and the TTL have already been decided by `plan` and are kept. With `workers_created` (the
     problems were found after this reconcile created its workers) only the condition and Events change:
-    the next reconcile, which reads the pods, removes them.
+    the next reconcile (a pod event brings it soon), which ensures the children first, holds the job.
     """
     status = result.status
     existing = next((c for c in status.conditions if c.type == ConditionType.CHILDREN_READY), None)
@@ -755,10 +755,9 @@ def report_children(
     if existing is None or existing.status != "False" or existing.message != message:
         result.events.extend(JobEvent("Warning", p.reason, tail(p.describe(), 900)) for p in problems)
     set_condition(status, ConditionType.CHILDREN_READY, False, problems[0].reason, message, now, generation)
-    if workers_created:
-        result.requeue(0.0)
-        return
     result.requeue(options.child_retry_seconds)
+    if workers_created:
+        return
     if status.phase in FINAL_PHASES or status.phase in (Phase.RESTARTING, Phase.SUSPENDED):
         return
     if not any(p.blocking for p in problems):

@@ -189,7 +189,7 @@ class Reconciler:
         pods, problems = self._observe_pods(job, [] if untouched else None)
         now = datetime.now(UTC)
         result = plan(job, pods, now, self.options)
-        existed = self._write_children_and_workers(key, job, result, pods, problems, now)
+        existed = self._write_children_and_workers(key, job, result, pods, problems, now, bool(untouched))
         if untouched and existed:
             return 0.0  # pods of that name exist (ours from an earlier process, or stale): look properly
         patch = status_patch(body.get("status") or {}, result.status)
@@ -278,6 +278,7 @@ class Reconciler:
         pods: list[WorkerPod],
         problems: list[ChildProblem],
         now: datetime,
+        untouched: bool,
     ) -> int:
         """Ensure the children and create the plan's workers; returns how many workers already existed.
 
@@ -297,7 +298,10 @@ class Reconciler:
             late = []
         if problems:
             report_children(result, problems, pods, now, job.generation, self.options)
-        existed = self._create_workers(job, result)
+        existed, taken = self._create_workers(job, result, untouched)
+        if taken:
+            problems = problems + taken
+            report_children(result, problems, pods, now, job.generation, self.options, True)
         if late:
             found = writer.ensure(job.name, job.uid, late)
             if found:
@@ -316,11 +320,15 @@ class Reconciler:
             )
         return existed
 
-    def _create_workers(self, job: ObservedJob, result: Plan) -> int:
-        """Create the plan's worker pods; returns how many already existed."""
+    def _create_workers(
+        self, job: ObservedJob, result: Plan, untouched: bool
+    ) -> tuple[int, list[ChildProblem]]:
+        """Create the plan's worker pods; returns how many already existed, and a problem for each that
+        exists and is someone else's (a pod without our labels is not in the listing the planner saw)."""
         if not result.create_workers or result.spec is None:
-            return 0
+            return 0, []
         existed = 0
+        taken: list[str] = []
         ref = JobRef(job.name, job.namespace, job.uid)
         image = result.spec.kubernetes.image or self.options.default_image
         failures: list[str] = []
@@ -339,10 +347,18 @@ class Reconciler:
                 self.metrics.pods_created.inc()
             else:
                 existed += 1
+                taken.append(pod["metadata"]["name"])
+        problems: list[ChildProblem] = []
+        if not untouched:  # (a new job's first look saw no pods at all: it looks again properly first)
+            for name in taken:
+                current = self.kube.get("Pod", job.namespace, name)
+                if current is not None and control_of(current, job.name, job.uid) == Control.FOREIGN:
+                    problems.append(not_controlled("Pod", name, current))
+            result.status.workers.created -= len(problems)
         if failures:
             # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
             result.status.workers.created -= len(failures)
             result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
             result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
             result.requeue(10.0)
-        return existed
+        return existed, problems
