@@ -61,6 +61,7 @@ _KEPT_KEYS = {
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "format",
     "nullable",
     "x-kubernetes-preserve-unknown-fields",

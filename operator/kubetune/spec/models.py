@@ -373,8 +373,10 @@ class ExtraVolume(SpecModel):
 
 
 class ExtraVolumeMount(SpecModel):
-    name: str = Field(min_length=1, description="A volume of podOverlay.volumes.")
-    mount_path: str = Field(min_length=1, description="Where it is mounted in the trainer container.")
+    name: str = Field(min_length=1, max_length=63, description="A volume of podOverlay.volumes.")
+    mount_path: str = Field(
+        min_length=1, max_length=256, description="Where it is mounted in the trainer container."
+    )
     read_only: bool = Field(default=False, description="Mount read-only.")
     sub_path: str | None = Field(default=None, description="Mount only this path of the volume.")
 
@@ -382,12 +384,17 @@ class ExtraVolumeMount(SpecModel):
 class PodOverlay(SpecModel):
     extra_resources: dict[str, str] = Field(
         default_factory=dict,
+        max_length=8,
         description="Extended resources per worker as requests = limits, e.g. "
         "{'rdma/hca_shared_devices_a': '1'} for InfiniBand/RoCE (names must contain a '/').",
     )
-    volumes: list[ExtraVolume] = Field(default_factory=list, description="Extra volumes for every worker.")
+    volumes: list[ExtraVolume] = Field(
+        default_factory=list, max_length=16, description="Extra volumes for every worker."
+    )
     volume_mounts: list[ExtraVolumeMount] = Field(
-        default_factory=list, description="Where the extra volumes are mounted in the trainer container."
+        default_factory=list,
+        max_length=16,
+        description="Where the extra volumes are mounted in the trainer container.",
     )
     add_capabilities: list[Literal["IPC_LOCK", "SYS_RESOURCE", "SYS_NICE", "NET_RAW", "NET_ADMIN"]] = Field(
         default_factory=list,
