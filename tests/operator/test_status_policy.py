@@ -86,7 +86,7 @@ def test_a_worker_may_report_progress_but_not_change_the_operators_fields(
             patch({"phase": "Succeeded"})
         assert error.value.status in (403, 422)
         assert "status.progress and status.metrics" in str(error.value.body)
-        for forged in ({"failedAttempts": 0, "restarts": 0}, {"attempt": 7}, {"conditions": []}):
+        for forged in ({"failedAttempts": 5}, {"restarts": 3}, {"attempt": 7}, {"conditions": []}):
             with pytest.raises(ApiException) as again:
                 patch(forged)
             assert again.value.status in (403, 422)

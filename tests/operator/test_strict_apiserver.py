@@ -4,7 +4,8 @@ the OwnerReferencesPermissionEnforcement admission plugin (OpenShift enables it)
 A cluster of its own for this module (the session's cluster runs the default admission plugins): a real etcd
 + kube-apiserver + controller-manager + scheduler + KWOK GPU node, with the extra API server flags passed
 through LocalCluster's `apiserver_args`. The operator runs as a ServiceAccount bound to exactly the chart's
-cluster-mode rules (charts/kubetune/files/operator-rules.yaml, which the chart's ClusterRole grants)."""
+namespaced-mode rules (charts/kubetune/files/operator-rules.yaml, which the chart's Role and ClusterRole
+grant)."""
 
 from __future__ import annotations
 
@@ -80,13 +81,25 @@ def strict_operator(strict_cluster: LocalCluster, tmp_path: Path) -> Iterator[tu
     core.create_namespace({"metadata": {"name": namespace}})
     wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "default SA")
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "kubetune-operator"}})
-    rules = yaml.safe_load(CHART_RULES.read_text())["clusterMode"]
-    rbac.create_cluster_role({"metadata": {"name": namespace}, "rules": rules})
+    # The chart's namespaced mode (the operator below watches one namespace): a Role with the namespaced
+    # rules in that namespace and a ClusterRole with the few cluster-wide reads.
+    rules = yaml.safe_load(CHART_RULES.read_text())["namespacedMode"]
+    subject = {"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": namespace}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "kubetune"}, "rules": rules["namespaced"]})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "kubetune"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubetune"},
+            "subjects": [subject],
+        },
+    )
+    rbac.create_cluster_role({"metadata": {"name": namespace}, "rules": rules["cluster"]})
     rbac.create_cluster_role_binding(
         {
             "metadata": {"name": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": namespace},
-            "subjects": [{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": namespace}],
+            "subjects": [subject],
         }
     )
     kubeconfig = strict_cluster.kubeconfig_for_service_account(namespace, "kubetune-operator")
@@ -120,7 +133,8 @@ def test_children_with_block_owner_deletion_are_allowed_by_the_charts_rbac_under
     try:
         pods = wait_for(running, 45, "2 running workers under OwnerReferencesPermissionEnforcement")
     except Exception as error:
-        raise AssertionError(f"{error}; status: {phase_of(strict_cluster, namespace, 'owned')}") from None
+        current = phase_of(strict_cluster, namespace, "owned")
+        raise AssertionError(f"{error}; status: {current}; operator log:\n{process.log()[-3000:]}") from None
     for pod in pods:
         (owner,) = pod.metadata.owner_references
         assert owner.block_owner_deletion is True and owner.controller is True
