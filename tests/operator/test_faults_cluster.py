@@ -317,3 +317,41 @@ def test_secret_env_the_pod_overlay_and_default_requests_reach_the_real_pods_and
     # and a worker asking only for GPUs is not BestEffort
     assert pod.status.qos_class == "Burstable"
     assert container.resources.requests["cpu"] == "1" and container.resources.requests["memory"] == "2Gi"
+
+
+def test_an_eviction_seen_together_with_a_peer_crash_is_blamed_on_the_evicted_rank_and_not_counted(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("drained", nodes=2, runPolicy={"backoffLimit": 0}))
+    running_workers(kube_cluster, kube_namespace, "drained", 2)
+    wait_phase(kube_cluster, kube_namespace, "drained", "Running")
+    # Given the operator does not look while (as in a drain) rank 1 is evicted through the Eviction API, its
+    # grace period still running (a finalizer stands in for it), and rank 0 crashes because its peer left
+    operator.kill()
+    core.patch_namespaced_pod(
+        "drained-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/grace"]}}
+    )
+    core.create_namespaced_pod_eviction(
+        "drained-worker-1",
+        kube_namespace,
+        {"metadata": {"name": "drained-worker-1", "namespace": kube_namespace}},
+    )
+    kube_cluster.complete_pod(
+        kube_namespace, "drained-worker-0", exit_code=1, message="NCCL error: peer gone"
+    )
+
+    # When the operator sees both at once
+    operator.start()
+
+    # Then the eviction is blamed, and backoffLimit 0 is not used up: the gang restarts
+    def restarted() -> dict[str, Any] | None:
+        current = status(kube_cluster, kube_namespace, "drained")
+        return current if current.get("restarts") == 1 else None
+
+    current = wait_for(restarted, 30, "the gang restart")
+    assert current["phase"] != "Failed", current
+    assert (current["failedAttempts"], current["disruptions"]) == (0, 1)
+    assert current["lastFailure"]["pod"] == "drained-worker-1"
+    assert current["lastFailure"]["reason"] == "Evicted"
+    core.patch_namespaced_pod("drained-worker-1", kube_namespace, {"metadata": {"finalizers": None}})

@@ -527,7 +527,7 @@ class _Planner:
         vanished = self.status.workers.created > len(current) and self.previous.phase != Phase.RESTARTING
         disrupted = [p for p in current if p.deleting and not p.finished]
         if broken or disrupted or vanished:
-            return self.gang_restart(spec, current, broken, disrupted)
+            return self.gang_restart(spec, current, broken, disrupted, vanished)
         return self.check_stuck(spec, current)
 
     def gang_restart(
@@ -536,6 +536,7 @@ class _Planner:
         current: list[WorkerPod],
         broken: list[WorkerPod],
         disrupted: list[WorkerPod],
+        vanished: bool = False,
     ) -> Plan:
         preempted = [p for p in broken if p.preempted]
         if preempted:
@@ -543,8 +544,9 @@ class _Planner:
             # rank fails in its next collective), so the disrupted rank is blamed, and it is not counted.
             failure = self.record_failure(sorted(preempted, key=lambda p: p.index)[0])
             counts = False
-        elif disrupted and broken:
-            # A worker deleted from outside (drain, kubectl delete) while others crashed: the same.
+        elif (disrupted or vanished) and broken:
+            # A worker deleted or evicted from outside (drain, kubectl delete), or gone, while others
+            # crashed: the same.
             failure = self.deleted_failure(disrupted)
             counts = False
         elif broken:
@@ -590,10 +592,17 @@ class _Planner:
         return self.plan
 
     def deleted_failure(self, disrupted: list[WorkerPod]) -> Failure:
+        """The failure for a worker deleted (or evicted, or gone) while the gang was running."""
+        pod = sorted(disrupted, key=lambda p: p.index)[0] if disrupted else None
+        reason, what = FailureReason.POD_DELETED, "deleted"
+        if pod is not None and pod.disruption_reason == "EvictionByEvictionAPI":
+            reason, what = FailureReason.EVICTED, "evicted through the Eviction API (e.g. kubectl drain)"
+        elif pod is not None and pod.disruption_reason == "PreemptionByScheduler":
+            reason, what = FailureReason.PREEMPTED, "preempted by the scheduler"
         failure = Failure(
-            pod=disrupted[0].name if disrupted else "",
-            reason=FailureReason.POD_DELETED,
-            message="a worker pod was deleted while the gang was running",
+            pod=pod.name if pod is not None else "",
+            reason=reason,
+            message=f"a worker pod was {what} while the gang was running",
             attempt=self.status.attempt,
             time=format_time(self.now),
         )
