@@ -5,6 +5,7 @@ alone and reported, and every ended attempt kept in the status for diagnosis."""
 
 from __future__ import annotations
 
+from kubetune.controller.child_report import report_children
 from kubetune.controller.observe import observe_pod
 from kubetune.controller.ownership import (
     ChildProblem,
@@ -13,7 +14,6 @@ from kubetune.controller.ownership import (
     control_of,
     not_controlled,
 )
-from kubetune.controller.plan import report_children
 from kubetune.spec.status import Phase
 
 from tests.operator.factories import at, job_body, pod
