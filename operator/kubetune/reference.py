@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from kubetune.controller.status import FineTuneJobStatus
 from kubetune.spec.models import (
     API_GROUP,
     API_VERSION,
@@ -25,6 +24,7 @@ from kubetune.spec.models import (
     FineTuneJobSpec,
     ObjectMeta,
 )
+from kubetune.spec.status import FineTuneJobStatus
 
 REFERENCE_FILE = "docs/reference.md"
 

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from kubetune.controller.status import FailureReason, FineTuneJobStatus
 from kubetune.reference import sections
 from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.status import FailureReason, FineTuneJobStatus
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubetune.controller.status import FineTuneJobStatus
 from kubetune.reference import REFERENCE_FILE, render_reference, sections
 from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.status import FineTuneJobStatus
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]

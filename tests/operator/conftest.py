@@ -60,6 +60,8 @@ class OperatorProcess:
             self.namespace,
             "--backoff-seconds",
             "1",
+            "--child-retry-seconds",
+            "1",
             "--metrics-port",
             str(self.metrics_port),
             "--health-port",

@@ -60,6 +60,12 @@ def pod(
     unschedulable: bool = False,
     deleting: bool = False,
     disrupted: bool = False,
+    disruption_reason: str = "PreemptionByScheduler",
+    deletion_timestamp: str = "2026-01-01T12:00:00Z",
+    finalizers: list[str] | None = None,
+    pod_reason: str | None = None,
+    pod_message: str = "",
+    owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A worker pod dict. Running pods are scheduled and ready unless told otherwise."""
     scheduled = phase != "Pending" or (waiting is not None and not unschedulable)
@@ -77,7 +83,7 @@ def pod(
     is_ready = phase == "Running" if ready is None else ready
     conditions.append({"type": "Ready", "status": "True" if is_ready else "False"})
     if disrupted:
-        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"})
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": disruption_reason})
     state: dict[str, Any] = {}
     if exit_code is not None:
         state = {
@@ -100,14 +106,28 @@ def pod(
             names.LABEL_NODE_RANK: str(index),
             names.LABEL_ATTEMPT: str(attempt),
         },
-        "ownerReferences": [{"uid": "uid-1", "kind": "FineTuneJob", "name": job}],
+        "uid": f"pod-uid-{job}-{index}-{attempt}",
+        "ownerReferences": [
+            owner
+            or {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "uid": "uid-1",
+                "kind": "FineTuneJob",
+                "name": job,
+                "controller": True,
+            }
+        ],
     }
     if deleting:
-        metadata["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+        metadata["deletionTimestamp"] = deletion_timestamp
+    if finalizers:
+        metadata["finalizers"] = list(finalizers)
     return {
         "metadata": metadata,
         "spec": {"nodeName": f"node-{index}"} if scheduled else {},
         "status": {
+            **({"reason": pod_reason} if pod_reason else {}),
+            **({"message": pod_message} if pod_message else {}),
             "phase": phase,
             "conditions": conditions,
             "containerStatuses": [{"name": "trainer", "state": state}] if state else [],

@@ -20,7 +20,7 @@ from kubetune.controller.children import (
     build_service,
     build_worker_pod,
 )
-from kubetune.spec import parse_job, parse_spec
+from kubetune.spec import SpecError, parse_job, parse_spec
 from kubetune.spec.models import FineTuneJobSpec
 
 JOB = JobRef(name="bert", namespace="team-a", uid="1234")
@@ -81,7 +81,18 @@ def test_a_worker_requests_one_gpu_per_process_and_runs_the_trainer_like_a_batch
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["spec"]["restartPolicy"] == "Never"
     override = worker(kubernetes={"resources": {"gpusPerNode": 0}})
-    assert "resources" not in override["spec"]["containers"][0]
+    assert override["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "8", "memory": "16Gi"}}
+
+
+def test_a_worker_asking_only_for_gpus_gets_cpu_and_memory_requests_so_it_is_not_best_effort() -> None:
+    """A pod with only extended resources is BestEffort: evicted and OOM-killed first. Default requests
+    (per process, no limits) make it Burstable; given CPU and memory make it Guaranteed."""
+    resources = worker()["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"nvidia.com/gpu": "8"}
+    assert resources["requests"] == {"cpu": "8", "memory": "16Gi", "nvidia.com/gpu": "8"}
+    partial = worker(kubernetes={"resources": {"memory": "64Gi"}})["spec"]["containers"][0]["resources"]
+    assert partial["requests"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "8"}
+    assert partial["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "8"}
 
 
 def test_a_worker_mounts_the_config_shm_output_and_cache_volumes() -> None:
@@ -224,3 +235,62 @@ def test_every_object_is_valid_kubernetes(overrides: dict[str, Any]) -> None:
     objects = [*build_job_children(JOB, spec(**overrides)), worker(**overrides)]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_secret_env_and_env_from_secrets_reach_the_worker_by_reference_only() -> None:
+    pod = worker(
+        kubernetes={
+            "secretEnv": {"WANDB_API_KEY": {"name": "wandb", "key": "api-key"}},
+            "envFromSecrets": ["shared-keys"],
+        }
+    )
+    container = pod["spec"]["containers"][0]
+    entry = next(e for e in container["env"] if e["name"] == "WANDB_API_KEY")
+    assert entry == {
+        "name": "WANDB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}},
+    }
+    assert container["envFrom"] == [{"secretRef": {"name": "shared-keys"}}]
+
+
+def test_the_pod_overlay_adds_devices_volumes_and_capabilities() -> None:
+    pod = worker(
+        kubernetes={
+            "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-net"},
+            "podOverlay": {
+                "extraResources": {"rdma/hca_shared_devices_a": "1"},
+                "volumes": [{"name": "ib", "source": {"hostPath": {"path": "/dev/infiniband"}}}],
+                "volumeMounts": [{"name": "ib", "mountPath": "/dev/infiniband"}],
+                "addCapabilities": ["IPC_LOCK"],
+            },
+        }
+    )
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["rdma/hca_shared_devices_a"] == "1"
+    assert container["resources"]["requests"]["rdma/hca_shared_devices_a"] == "1"
+    assert {"name": "ib", "hostPath": {"path": "/dev/infiniband"}} in pod["spec"]["volumes"]
+    assert mounts_of(pod)["ib"] == "/dev/infiniband"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-net"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "named"),
+    [
+        ({"volumes": [{"name": "dshm", "source": {"emptyDir": {}}}]}, "kubetune's own volume names"),
+        ({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "not in podOverlay.volumes"),
+        (
+            {
+                "volumes": [{"name": "v", "source": {"emptyDir": {}}}],
+                "volumeMounts": [{"name": "v", "mountPath": "/etc/kubetune"}],
+            },
+            "kubetune's own mount paths",
+        ),
+        ({"extraResources": {"cpu": "4"}}, "extended resources"),
+        ({"addCapabilities": ["SYS_ADMIN"]}, "addCapabilities"),
+    ],
+)
+def test_an_invalid_pod_overlay_is_refused_naming_the_field(overlay: dict[str, Any], named: str) -> None:
+    with pytest.raises(SpecError) as refused:
+        spec(kubernetes={"podOverlay": overlay})
+    assert "podOverlay" in str(refused.value) and named in str(refused.value)

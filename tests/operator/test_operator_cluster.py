@@ -525,9 +525,9 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
 ) -> None:
     """The operator's first look at a job no operator has touched skips reading its pods (it cannot have
     any yet, unless an operator died before writing the status); pods that already hold its workers' names
-    must send it back to a proper look, not be counted as its own or as a failure. Children that an earlier
-    job of the same name still controls (deleted and applied again before the garbage collector ran) are
-    replaced."""
+    must send it back to a proper look, not be counted as its own or as a failure. Children that a deleted
+    earlier job of the same name still controls (deleted and applied again before the garbage collector
+    ran) are replaced; objects of anyone else are never touched (test_faults_cluster)."""
     core: Any = client.CoreV1Api(kube_cluster.api_client())
 
     def create_workers(name: str, owner: dict[str, Any], owned_pods: bool) -> dict[str, str]:
@@ -535,15 +535,19 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
         spec = parse_spec(get_job(kube_cluster, kube_namespace, name)["spec"])
         ref = JobRef(name, kube_namespace, owner["metadata"]["uid"])
         reference = {**ownership(owner), "controller": True}
-        for child in build_job_children(ref, spec):
-            if child["kind"] == "ServiceAccount":  # (the pods' admission needs it)
-                child["metadata"]["ownerReferences"] = [reference]
-                core.create_namespaced_service_account(kube_namespace, child)
+        # (the pods' admission needs the ServiceAccount; it gets its owner only after them, so that the
+        # garbage collector, which removes what a deleted owner leaves, cannot take it away before)
+        (account,) = [c for c in build_job_children(ref, spec) if c["kind"] == "ServiceAccount"]
+        account["metadata"]["ownerReferences"] = []
+        core.create_namespaced_service_account(kube_namespace, account)
         created = {}
         for index in range(2):
             pod = build_worker_pod(WorkerContext(ref, spec, index, 0, "kubetune/trainer:test"), 1)
             pod["metadata"]["ownerReferences"] = [reference] if owned_pods else []
             created[pod["metadata"]["name"]] = core.create_namespaced_pod(kube_namespace, pod).metadata.uid
+        core.patch_namespaced_service_account(
+            account["metadata"]["name"], kube_namespace, {"metadata": {"ownerReferences": [reference]}}
+        )
         return created
 
     # Given an operator that died after creating a job's pods and before writing its status,
@@ -551,10 +555,15 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
     kubectl("apply", "-f", "-", input=job_manifest("adopted", nodes=2))
     adopted = get_job(kube_cluster, kube_namespace, "adopted")
     before = create_workers("adopted", adopted, owned_pods=True)
-    # and a new job whose worker names are still held by the pods of an earlier job of the same name, and
-    # whose ServiceAccount another object controls
+    # and a new job whose worker names and ServiceAccount are still held by the children of a deleted
+    # earlier job of the same name (the garbage collector has not removed them yet)
     kubectl("apply", "-f", "-", input=job_manifest("reused", nodes=2))
-    leftovers = create_workers("reused", adopted, owned_pods=False)
+    earlier = {
+        "apiVersion": adopted["apiVersion"],
+        "kind": adopted["kind"],
+        "metadata": {"name": "reused", "uid": "0b0e0000-0000-4000-8000-00000000dead"},
+    }
+    leftovers = create_workers("reused", earlier, owned_pods=True)
 
     operator.start()
 

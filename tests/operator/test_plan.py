@@ -7,8 +7,8 @@ from typing import Any
 
 from kubetune.controller.observe import observe_pod
 from kubetune.controller.plan import ObservedJob, Plan, PlanOptions, backoff_seconds, plan, status_patch
-from kubetune.controller.status import FineTuneJobStatus, Phase
 from kubetune.events import EventKind, JobSummary
+from kubetune.spec.status import FineTuneJobStatus, Phase
 
 from tests.operator.factories import at, job_body, pod
 
@@ -223,7 +223,8 @@ def test_suspend_removes_the_workers_and_resume_recreates_them() -> None:
     resumed = decide(body, [], 30)
     assert resumed.create_workers == [0, 1] and resumed.status.phase == Phase.PENDING
     assert resumed.status.start_time == "2026-01-01T12:00:30Z"
-    assert resumed.status.attempt == 0 and resumed.status.restarts == 0
+    # (a fresh attempt number, not a restart: see test_plan_faults)
+    assert resumed.status.attempt == 1 and resumed.status.restarts == 0
     assert condition(resumed, "Suspended")["reason"] == "Resumed"
 
 

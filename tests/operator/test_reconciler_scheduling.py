@@ -1,26 +1,28 @@
-"""How the Reconciler orders work on its event loop (no cluster: these paths never touch the API)."""
+"""How the work queue orders work on its event loop (no cluster: these paths never touch the API)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import pytest
-from kubetune.controller import handlers
-from kubetune.controller.handlers import Reconciler
+from kubetune.controller import workqueue
 from kubetune.controller.kube import Kube
+from kubetune.controller.reconciler import Reconciler
+from kubetune.controller.wiring import PeeringPauseFollower
 
 
 def test_a_running_jobs_reconcile_yields_to_new_jobs_but_only_for_a_while(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def scenario() -> None:
-        reconciler = Reconciler(cast(Kube, object()))
+        reconciler = Reconciler(cast(Kube, object())).queue
         # Nothing new in flight: no wait at all
         await asyncio.wait_for(reconciler._yield_to_new_jobs(), 1.0)
 
         # A new job's first reconcile in flight: the running job's reconcile waits until it is done
-        monkeypatch.setattr(handlers, "FOLLOW_UP_MAX_DELAY", 30.0)
+        monkeypatch.setattr(workqueue, "FOLLOW_UP_MAX_DELAY", 30.0)
         reconciler._count_new(+1)
         waiting: Any = asyncio.ensure_future(reconciler._yield_to_new_jobs())
         await asyncio.sleep(0.01)
@@ -29,8 +31,57 @@ def test_a_running_jobs_reconcile_yields_to_new_jobs_but_only_for_a_while(
         await asyncio.wait_for(waiting, 1.0)
 
         # One that never ends holds it back no longer than FOLLOW_UP_MAX_DELAY
-        monkeypatch.setattr(handlers, "FOLLOW_UP_MAX_DELAY", 0.05)
+        monkeypatch.setattr(workqueue, "FOLLOW_UP_MAX_DELAY", 0.05)
         reconciler._count_new(+1)
         await asyncio.wait_for(reconciler._yield_to_new_jobs(), 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_a_paused_replica_arms_no_timer_and_reconciles_nothing_until_it_resumes() -> None:
+    """Peering single-writer: requeue timers armed before kopf pauses this replica must not keep
+    reconciling (no API: the Kube is a bare object, so any reconcile would fail the test)."""
+
+    async def scenario() -> None:
+        reconciler = Reconciler(cast(Kube, object()))
+        asked: list[tuple[str, str]] = []
+        reconciler.queue.work = lambda key: asked.append(key)  # type: ignore[func-returns-value]
+        reconciler.request(("ns", "a"), delay=0.05)
+        reconciler.pause()
+        reconciler.request(("ns", "b"))
+        reconciler.request(("ns", "c"), delay=0.01)
+        await asyncio.sleep(0.15)
+        assert asked == []
+        assert all(state.timer is None for state in reconciler.queue._states.values())
+
+        reconciler.resume()
+        await asyncio.sleep(0.1)
+        assert sorted(asked) == [("ns", "a"), ("ns", "b"), ("ns", "c")]
+        reconciler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_the_reconciler_pauses_and_resumes_with_kopfs_peering_log_records() -> None:
+    """kopf has no public pause hook; the follower reads the two records its peering engine writes (the
+    same records test_two_replicas_share_the_work_through_kopf_peering waits for in real replicas)."""
+
+    async def scenario() -> None:
+        reconciler = Reconciler(cast(Kube, object()))
+        follower = PeeringPauseFollower(reconciler, asyncio.get_running_loop())
+        follower.install()
+        peering = logging.getLogger(PeeringPauseFollower.LOGGER)
+        try:
+            peering.info("Pausing operations in favour of [Peer(identity='other', priority=1)].")
+            await asyncio.sleep(0.01)
+            assert reconciler.queue.paused
+            peering.info(
+                "Resuming operations after the pause. Conflicting operators with the same priority are gone."
+            )
+            await asyncio.sleep(0.01)
+            assert not reconciler.queue.paused
+        finally:
+            follower.remove()
+            reconciler.shutdown()
 
     asyncio.run(scenario())

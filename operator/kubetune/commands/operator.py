@@ -50,6 +50,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--backoff-max-seconds", type=float, default=360.0, help="gang-restart delay cap")
     parser.add_argument(
+        "--terminating-timeout-seconds",
+        type=float,
+        default=300.0,
+        help="force-delete (grace 0) a worker still Terminating this long after its grace period ended "
+        "(a lost node); default 300",
+    )
+    parser.add_argument(
+        "--child-retry-seconds",
+        type=float,
+        default=10.0,
+        help="retry a child (Service, ConfigMap, ...) that could not be created after this long; default 10",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "plain", "full"), default="json", help="log format (default json)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from kubetune.controller.children import DEFAULT_IMAGE
-    from kubetune.controller.handlers import OperatorSettings, Reconciler, run_operator
     from kubetune.controller.kube import Kube, load_client_config
     from kubetune.controller.metrics import OperatorMetrics
     from kubetune.controller.plan import PlanOptions
+    from kubetune.controller.reconciler import Reconciler
+    from kubetune.controller.wiring import OperatorSettings, run_operator
 
     formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
     kopf.configure(verbose=args.verbose, log_format=formats[args.log_format])
@@ -78,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         default_image=args.image or DEFAULT_IMAGE,
         backoff_base_seconds=args.backoff_seconds,
         backoff_max_seconds=args.backoff_max_seconds,
+        terminating_timeout_seconds=args.terminating_timeout_seconds,
+        child_retry_seconds=args.child_retry_seconds,
     )
     reconciler = Reconciler(Kube(load_client_config()), options, metrics, threads=args.threads)
     settings = OperatorSettings(

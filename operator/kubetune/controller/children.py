@@ -38,6 +38,9 @@ TERMINATION_GRACE_SECONDS = 120
 # The non-root identity of the workers (the trainer image's user); fsGroup makes PVCs writable for it.
 WORKER_UID = 1000
 CACHE_MOUNT_PATH = "/cache"
+# Requests per process when spec.kubernetes.resources gives no CPU or memory (Burstable QoS by default).
+DEFAULT_CPU_PER_PROCESS = 1
+DEFAULT_MEMORY_GI_PER_PROCESS = 2
 
 
 @dataclass(frozen=True)
@@ -251,17 +254,28 @@ def rendezvous_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
 
 
 def resources_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
-    """GPUs (one per process by default) as requests = limits; CPU/memory when given (Guaranteed QoS)."""
+    """GPUs (one per process by default) as requests = limits; CPU/memory when given as requests = limits
+    (with GPUs: Guaranteed QoS). When CPU or memory is not given, a request of DEFAULT_CPU_PER_PROCESS and
+    DEFAULT_MEMORY_GI_PER_PROCESS per process (no limit): the pod is Burstable, never BestEffort, which the
+    kubelet evicts and the OOM killer picks first, and the scheduler accounts for what it really uses."""
     wanted = ctx.spec.kubernetes.resources
-    amounts: dict[str, str] = {}
+    processes = max(1, ctx.spec.distribution.processes_per_node)
+    limits: dict[str, str] = {}
     if wanted.cpu:
-        amounts["cpu"] = wanted.cpu
+        limits["cpu"] = wanted.cpu
     if wanted.memory:
-        amounts["memory"] = wanted.memory
+        limits["memory"] = wanted.memory
     if ctx.gpus:
-        amounts[wanted.gpu_resource_name] = str(ctx.gpus)
-    if amounts:
-        _container(pod)["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
+        limits[wanted.gpu_resource_name] = str(ctx.gpus)
+    requests = {
+        "cpu": str(DEFAULT_CPU_PER_PROCESS * processes),
+        "memory": f"{DEFAULT_MEMORY_GI_PER_PROCESS * processes}Gi",
+        **limits,
+    }
+    resources: dict[str, Any] = {"requests": requests}
+    if limits:
+        resources["limits"] = limits
+    _container(pod)["resources"] = resources
 
 
 def volumes_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
@@ -307,6 +321,18 @@ def secrets_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
         )
     if ctx.spec.kubernetes.image_pull_secrets:
         pod["spec"]["imagePullSecrets"] = [{"name": name} for name in ctx.spec.kubernetes.image_pull_secrets]
+    secret_env = ctx.spec.kubernetes.secret_env
+    _add_env(
+        pod,
+        [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for name, ref in sorted(secret_env.items())
+        ],
+    )
+    if ctx.spec.kubernetes.env_from_secrets:
+        _container(pod)["envFrom"] = [
+            {"secretRef": {"name": name}} for name in ctx.spec.kubernetes.env_from_secrets
+        ]
 
 
 def placement_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
@@ -364,6 +390,30 @@ def user_extras_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
         pod["metadata"]["annotations"] = {**kube.annotations, **pod["metadata"].get("annotations", {})}
 
 
+def overlay_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
+    """spec.kubernetes.podOverlay: extra device resources (requests = limits), volumes and their mounts,
+    added capabilities. Validated in the spec (no clash with kubetune's own names and paths)."""
+    overlay = ctx.spec.kubernetes.pod_overlay
+    container = _container(pod)
+    if overlay.extra_resources:
+        resources = container.setdefault("resources", {})
+        for part in ("requests", "limits"):
+            resources[part] = {**resources.get(part, {}), **overlay.extra_resources}
+    mounts = {m.name: m for m in overlay.volume_mounts}
+    for volume in overlay.volumes:
+        pod["spec"].setdefault("volumes", []).append({"name": volume.name, **volume.source})
+    for mount in mounts.values():
+        entry: dict[str, Any] = {"name": mount.name, "mountPath": mount.mount_path}
+        if mount.read_only:
+            entry["readOnly"] = True
+        if mount.sub_path:
+            entry["subPath"] = mount.sub_path
+        container.setdefault("volumeMounts", []).append(entry)
+    if overlay.add_capabilities:
+        capabilities = container.setdefault("securityContext", {}).setdefault("capabilities", {})
+        capabilities["add"] = list(overlay.add_capabilities)
+
+
 WORKER_PLUGINS: tuple[WorkerPlugin, ...] = (
     rendezvous_plugin,
     resources_plugin,
@@ -373,6 +423,7 @@ WORKER_PLUGINS: tuple[WorkerPlugin, ...] = (
     security_plugin,
     identity_plugin,
     user_extras_plugin,
+    overlay_plugin,
 )
 
 

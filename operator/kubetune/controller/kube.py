@@ -185,10 +185,16 @@ class Kube:
             decode=False,
         )
 
-    def delete_pod(self, namespace: str, name: str) -> None:
-        """Delete a worker pod (its grace period lets the trainer checkpoint). Gone already is fine."""
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> None:
+        """Delete the worker pod `name` if it is still the one with `uid` (its grace period lets the trainer
+        checkpoint; `grace_seconds` 0 force-deletes one stuck Terminating). Gone or replaced is fine."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         try:
-            self.request("DELETE", resource_path("Pod", namespace, name), {"propagationPolicy": "Background"})
+            self.request("DELETE", resource_path("Pod", namespace, name), options, decode=False)
         except ApiError as error:
-            if error.status != 404:
+            if error.status not in (404, 409):
                 raise

@@ -6,7 +6,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from kubetune.controller.status import Phase
+from kubetune.spec.status import Phase
 
 
 class OperatorMetrics:

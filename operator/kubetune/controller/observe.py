@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune.contract import EXIT_PREEMPTED
+from kubetune.contract import EXIT_INVALID_SPEC, EXIT_PREEMPTED
 from kubetune.controller import names
-from kubetune.controller.status import FailureReason
+from kubetune.spec.status import FailureReason
 
 # Waiting reasons that mean "this pod will not start by itself"; InvalidImageName never recovers.
 STUCK_WAITING_REASONS = {
@@ -19,6 +19,15 @@ STUCK_WAITING_REASONS = {
     "CreateContainerError": FailureReason.CONFIG_ERROR,
 }
 MESSAGE_TAIL = 1024
+# DisruptionTarget reasons of disruptions that are not the job's fault: they restart the gang without
+# counting against backoffLimit (a separate, capped budget: runPolicy.disruptionLimit). The kubelet's own
+# evictions (TerminationByKubelet: node memory/disk pressure) are not among them: a pod evicted for
+# pressure usually used more than it requested, and a free restart would repeat it forever; they count
+# as failures. (A graceful node shutdown also reports TerminationByKubelet, but with pod reason
+# Terminated, not Evicted: that one is a disruption.)
+EXTERNAL_DISRUPTIONS = frozenset(
+    {"PreemptionByScheduler", "EvictionByEvictionAPI", "DeletionByTaintManager", "DeletionByPodGC"}
+)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -61,6 +70,22 @@ class WorkerPod:
     stuck_message: str = ""
     disrupted: bool = False  # evicted or preempted by Kubernetes (DisruptionTarget)
     pod_reason: str = ""
+    uid: str = ""
+    # metadata.deletionTimestamp: when the pod should be gone (the delete's time plus its grace period)
+    deletion_time: datetime | None = None
+    finalizers: tuple[str, ...] = ()
+    disruption_reason: str = ""  # the DisruptionTarget condition's reason
+    pod_message: str = ""
+
+    @property
+    def pressure_evicted(self) -> bool:
+        """Evicted by its own kubelet for node memory/disk pressure (counted as a failure, see above)."""
+        return self.pod_reason == "Evicted" and self.disruption_reason not in EXTERNAL_DISRUPTIONS
+
+    @property
+    def invalid_spec(self) -> bool:
+        """The trainer exited 2: the job spec cannot work (permanent, never retried)."""
+        return self.termination is not None and self.termination.exit_code == EXIT_INVALID_SPEC
 
     @property
     def succeeded(self) -> bool:
@@ -76,8 +101,11 @@ class WorkerPod:
 
     @property
     def preempted(self) -> bool:
-        """A failure worth a free gang restart: trainer exit 75 after checkpointing, or a disruption."""
+        """A failure worth a free gang restart: trainer exit 75 after checkpointing, or a disruption from
+        outside (not a kubelet pressure eviction: see EXTERNAL_DISRUPTIONS)."""
         exit_code = self.termination.exit_code if self.termination else None
+        if self.pressure_evicted:
+            return False
         return self.disrupted or exit_code == EXIT_PREEMPTED
 
     def failure_reason(self) -> FailureReason | str:
@@ -150,7 +178,12 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         if waiting.get("reason") in STUCK_WAITING_REASONS:
             stuck_reason = STUCK_WAITING_REASONS[waiting["reason"]]
             stuck_message = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
+        elif waiting.get("reason") == "ContainerCreating" and scheduled:
+            # A volume that cannot attach, a missing ConfigMap or Secret: bounded like scheduling.
+            stuck_reason = FailureReason.CONTAINER_CREATING
+            stuck_message = f"ContainerCreating: {waiting.get('message') or 'the container is not created'}"
     disruption = _condition(pod, "DisruptionTarget")
+    disrupted = disruption is not None and disruption.get("status") == "True"
     return WorkerPod(
         name=metadata.get("name", ""),
         index=index,
@@ -162,6 +195,11 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         termination=termination,
         stuck_reason=stuck_reason,
         stuck_message=tail(stuck_message),
-        disrupted=disruption is not None and disruption.get("status") == "True",
+        disrupted=disrupted,
         pod_reason=status.get("reason") or "",
+        uid=metadata.get("uid") or "",
+        deletion_time=parse_time(metadata.get("deletionTimestamp")),
+        finalizers=tuple(metadata.get("finalizers") or ()),
+        disruption_reason=(disruption.get("reason") or "") if disrupted and disruption else "",
+        pod_message=tail(status.get("message") or "", 300),
     )

@@ -27,8 +27,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.controller.children import DEFAULT_IMAGE
+from kubetune.controller.failures import (
+    close_attempt,
+    deleted_failure,
+    exhausted_limit,
+    failure_of,
+    stuck_terminating,
+    terminating_summary,
+)
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
-from kubetune.controller.status import (
+from kubetune.crd import MAX_JOB_NAME_LENGTH
+from kubetune.events import JobSummary
+from kubetune.launch import LaunchConfigError, deepspeed_config
+from kubetune.spec.loading import SpecError, parse_spec
+from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.status import (
     FINAL_PHASES,
     Condition,
     ConditionType,
@@ -39,11 +52,6 @@ from kubetune.controller.status import (
     Phase,
     Progress,
 )
-from kubetune.crd import MAX_JOB_NAME_LENGTH
-from kubetune.events import JobSummary
-from kubetune.launch import LaunchConfigError, deepspeed_config
-from kubetune.spec.loading import SpecError, parse_spec
-from kubetune.spec.models import FineTuneJobSpec
 
 # How soon to look again while waiting for something that produces no watch event of ours.
 POLL_SECONDS = 5.0
@@ -57,6 +65,10 @@ class PlanOptions:
     backoff_base_seconds: float = 10.0  # first gang-restart delay after a failure; doubles each time
     backoff_max_seconds: float = 360.0
     preemption_delay_seconds: float = 1.0  # restart after a preemption/disruption: no growing backoff
+    # How long a deleted worker may stay Terminating past its grace period (a lost node, a finalizer nobody
+    # removes) before it is force-deleted (grace 0) so that the next attempt can use its name.
+    terminating_timeout_seconds: float = 300.0
+    child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class Plan:
     ensure_children: bool = False  # Service, ConfigMap, progress RBAC
     create_workers: list[int] = field(default_factory=list)  # indices, for attempt status.attempt
     delete_workers: list[str] = field(default_factory=list)  # pod names
+    force_delete_workers: list[str] = field(default_factory=list)  # stuck Terminating: grace 0
     delete_job: bool = False  # ttlSecondsAfterFinished passed
     events: list[JobEvent] = field(default_factory=list)
     requeue_after: float | None = None
@@ -229,7 +242,8 @@ class _Planner:
                 continue
             self.plan.delete_workers.append(pod.name)
 
-    def finish(self, phase: Phase, reason: str, message: str) -> Plan:
+    def finish(self, phase: Phase, reason: str, message: str, failure: Failure | None = None) -> Plan:
+        self.close_attempt(reason, failure, counted=False)
         self.status.phase = phase
         self.status.message = message
         self.status.completion_time = format_time(self.now)
@@ -257,23 +271,12 @@ class _Planner:
         else:
             self.plan.requeue((expires - self.now).total_seconds())
 
+    def close_attempt(self, reason: str, failure: Failure | None, counted: bool) -> None:
+        close_attempt(self.status, self.plan.spec, self.now, reason, failure, counted)
+
     def record_failure(self, pod: WorkerPod) -> Failure:
-        termination = pod.termination
-        message = tail(termination.message if termination else "")
-        summary = JobSummary.from_termination_message(message) if message else None
-        if summary is not None and summary.message:
-            message = tail(summary.message)
-        failure = Failure(
-            pod=pod.name,
-            container="trainer",
-            exit_code=termination.exit_code if termination else None,
-            reason=str(pod.failure_reason()),
-            message=message,
-            attempt=pod.attempt,
-            time=format_time(self.now),
-        )
-        self.status.last_failure = failure
-        return failure
+        self.status.last_failure = failure_of(pod, self.now)
+        return self.status.last_failure
 
     # --- the decision -------------------------------------------------------------------------------------------
 
@@ -295,6 +298,10 @@ class _Planner:
             self.condition(ConditionType.SUSPENDED, False, "Resumed", "runPolicy.suspend is false")
             self.plan.events.append(JobEvent("Normal", "Resumed", "recreating the workers"))
             self.status.attempt_start_time = None
+            # A fresh attempt number: pods of the suspended attempt still terminating are then stale (waited
+            # for before their names are reused), not workers that vanished (which would be a restart).
+            self.status.attempt += 1
+            self.status.workers.created = 0
         self.plan.ensure_children = True
         if self.status.start_time is None:
             self.status.start_time = format_time(self.now)
@@ -304,6 +311,7 @@ class _Planner:
         current = [p for p in self.pods if p.attempt == self.status.attempt]
         stale = [p for p in self.pods if p.attempt != self.status.attempt]
         self.plan.delete_workers.extend(p.name for p in stale if not p.deleting)
+        self.force_delete_stuck()
         if self.previous.phase == Phase.RESTARTING and not self.restart_due(spec):
             return self.plan
         if self.status.attempt_start_time is None:
@@ -402,9 +410,14 @@ class _Planner:
 
     def restart_due(self, spec: FineTuneJobSpec) -> bool:
         """While Restarting: True once the old gang is gone and the backoff has passed."""
-        if any(True for _ in self.pods):
+        if self.pods:
             self.delete_live_workers(keep_finished=False)
             self.status.workers.created = 0
+            self.status.message = tail(
+                f"restarting as attempt {self.status.attempt}: waiting for "
+                f"{self.terminating_summary(self.pods)}",
+                600,
+            )
             self.plan.requeue(POLL_SECONDS)
             return False
         due = parse_time(self.status.next_attempt_time)
@@ -418,6 +431,17 @@ class _Planner:
             ConditionType.RESTARTING, False, "Recreated", f"attempt {self.status.attempt} starting"
         )
         return True
+
+    def force_delete_stuck(self) -> None:
+        """Force-delete (grace 0) every worker still Terminating terminatingTimeout past its deletion time."""
+        stuck, next_due = stuck_terminating(self.pods, self.now, self.options.terminating_timeout_seconds)
+        self.plan.force_delete_workers.extend(stuck)
+        if next_due is not None:
+            self.plan.requeue(next_due)
+
+    def terminating_summary(self, pods: list[WorkerPod]) -> str:
+        forced = self.plan.force_delete_workers
+        return terminating_summary(pods, forced, self.options.terminating_timeout_seconds)
 
     def check_outcome(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Succeeded, a gang restart, or Failed; None while the attempt is still going."""
@@ -435,12 +459,21 @@ class _Planner:
             self.count_workers(spec, current)
             return self.finish(Phase.SUCCEEDED, "Completed", message)
         broken = [p for p in current if p.failed]
+        invalid = [p for p in broken if p.invalid_spec and not p.preempted]
+        if invalid:
+            # Exit code 2: the trainer found the spec unusable. Retrying cannot help: fail at once.
+            failure = self.record_failure(sorted(invalid, key=lambda p: p.index)[0])
+            failure.reason = FailureReason.INVALID_SPEC
+            message = tail(f"{failure.pod} exited 2 (the job spec cannot work): {failure.message}")
+            self.plan.events.append(JobEvent("Warning", FailureReason.INVALID_SPEC, tail(message, 900)))
+            self.count_workers(spec, current)
+            return self.finish(Phase.FAILED, FailureReason.INVALID_SPEC, message, failure)
         # A worker of this attempt being deleted by someone else (drain, kubectl delete), or gone after it
         # existed, breaks the world as surely as a crash.
         vanished = self.status.workers.created > len(current) and self.previous.phase != Phase.RESTARTING
         disrupted = [p for p in current if p.deleting and not p.finished]
         if broken or disrupted or vanished:
-            return self.gang_restart(spec, current, broken, disrupted)
+            return self.gang_restart(spec, current, broken, disrupted, vanished)
         return self.check_stuck(spec, current)
 
     def gang_restart(
@@ -449,34 +482,37 @@ class _Planner:
         current: list[WorkerPod],
         broken: list[WorkerPod],
         disrupted: list[WorkerPod],
+        vanished: bool = False,
     ) -> Plan:
-        if broken:
-            # Prefer a real failure over a preemption as the reason: it is what the user must fix.
-            culprit = sorted(broken, key=lambda p: (p.preempted, p.index))[0]
-            failure = self.record_failure(culprit)
-            counts = not culprit.preempted
+        preempted = [p for p in broken if p.preempted]
+        if preempted:
+            # A disruption seen together with crashes: the crashes are its consequence (a peer that loses a
+            # rank fails in its next collective), so the disrupted rank is blamed, and it is not counted.
+            failure = self.record_failure(sorted(preempted, key=lambda p: p.index)[0])
+            counts = False
+        elif (disrupted or vanished) and broken:
+            # A worker deleted or evicted from outside (drain, kubectl delete), or gone, while others
+            # crashed: the same.
+            failure = self.deleted_failure(disrupted)
+            counts = False
+        elif broken:
+            failure = self.record_failure(sorted(broken, key=lambda p: p.index)[0])
+            counts = True
         else:
-            pod_name = disrupted[0].name if disrupted else ""
-            failure = Failure(
-                pod=pod_name,
-                reason=FailureReason.POD_DELETED,
-                message="a worker pod was deleted while the gang was running",
-                attempt=self.status.attempt,
-                time=format_time(self.now),
-            )
-            self.status.last_failure = failure
+            failure = self.deleted_failure(disrupted)
             counts = False
         if counts:
             self.status.failed_attempts += 1
-        if self.status.failed_attempts > spec.run_policy.backoff_limit:
-            message = (
-                f"{failure.pod} failed ({failure.reason}, exit code {failure.exit_code}) and the gang has "
-                f"failed {self.status.failed_attempts} times, more than runPolicy.backoffLimit "
-                f"({spec.run_policy.backoff_limit}): {failure.message}"
-            )
-            self.plan.events.append(JobEvent("Warning", FailureReason.BACKOFF_LIMIT, tail(message, 900)))
+        else:
+            self.status.disruptions += 1
+        limit = exhausted_limit(spec.run_policy, self.status, failure, counts)
+        if limit is not None:
+            reason, message = limit
+            self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
             self.count_workers(spec, current)
-            return self.finish(Phase.FAILED, FailureReason.BACKOFF_LIMIT, tail(message))
+            self.close_attempt(reason, failure, counted=counts)
+            return self.finish(Phase.FAILED, reason, tail(message), failure)
+        self.close_attempt(str(failure.reason), failure, counted=counts)
         delay = (
             backoff_seconds(self.status.failed_attempts, self.options)
             if counts
@@ -488,8 +524,9 @@ class _Planner:
         self.status.phase = Phase.RESTARTING
         self.status.message = (
             f"{failure.pod or 'a worker'} failed ({failure.reason}): restarting the whole gang as attempt "
-            f"{self.status.attempt} in {delay:.0f}s (failures {self.status.failed_attempts}/"
-            f"{spec.run_policy.backoff_limit})"
+            f"{self.status.attempt} once the old pods are gone, not before {delay:.0f}s (failures "
+            f"{self.status.failed_attempts}/{spec.run_policy.backoff_limit}, disruptions "
+            f"{self.status.disruptions}/{spec.run_policy.disruption_limit})"
         )
         self.condition(ConditionType.RESTARTING, True, str(failure.reason), self.status.message)
         self.condition(ConditionType.WORKERS_READY, False, "GangRestart", "the gang is being recreated")
@@ -499,6 +536,10 @@ class _Planner:
         self.status.workers.created = 0
         self.plan.requeue(delay)
         return self.plan
+
+    def deleted_failure(self, disrupted: list[WorkerPod]) -> Failure:
+        self.status.last_failure = deleted_failure(disrupted, self.status.attempt, self.now)
+        return self.status.last_failure
 
     def check_stuck(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Fail when a worker cannot be scheduled or its image pulled for schedulingTimeoutSeconds."""
@@ -525,7 +566,7 @@ class _Planner:
         )
         self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
         self.count_workers(spec, current)
-        return self.finish(Phase.FAILED, reason, tail(message))
+        return self.finish(Phase.FAILED, reason, tail(message), self.status.last_failure)
 
     def create_missing(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
         present = {p.index for p in current}

@@ -15,15 +15,22 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # Status written by the operator (merge patch). Holding get/patch here is also what lets the operator
     # grant the per-job progress Role (RBAC forbids granting what one does not hold).
     {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    # Children carry an ownerReference with blockOwnerDeletion: true. With the
+    # OwnerReferencesPermissionEnforcement admission plugin (OpenShift enables it) setting that needs
+    # `update` on the owner's finalizers subresource; without it every child would be refused (403).
+    {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     # Worker pods: watched (kopf), listed fresh, created, deleted on gang restart/suspend/finish.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    # Job-level children: created, converged by server-side apply, replaced when an earlier job of the same
-    # name left them behind.
+    # Services and ConfigMaps are watched (kopf, only the operator's, by label selector) so that one deleted
+    # by someone is created again at once.
     {
         "apiGroups": [""],
-        "resources": ["services", "configmaps", "serviceaccounts"],
-        "verbs": ["get", "create", "patch", "delete"],
+        "resources": ["services", "configmaps"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
+    # Job-level children: created, converged by server-side apply when the job controls them, replaced when
+    # a deleted earlier job of the same name left them behind.
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "patch", "delete"]},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

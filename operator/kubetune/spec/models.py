@@ -402,6 +402,77 @@ class ResourceSpec(SpecModel):
     )
 
 
+# --- operator: the pod overlay (issue 11) ---
+# Names kubetune gives its own volumes and paths: an overlay may not reuse them.
+RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache")
+RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm")
+
+
+class ExtraVolume(SpecModel):
+    name: str = Field(min_length=1, max_length=63, description="Volume name (not one of kubetune's own).")
+    source: dict[str, Any] = Field(
+        description="The core/v1 volume source, e.g. {hostPath: {path: /dev/infiniband}} or "
+        "{csi: {...}}, as it would appear in a pod's volume next to its name.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ExtraVolumeMount(SpecModel):
+    name: str = Field(min_length=1, max_length=63, description="A volume of podOverlay.volumes.")
+    mount_path: str = Field(
+        min_length=1, max_length=256, description="Where it is mounted in the trainer container."
+    )
+    read_only: bool = Field(default=False, description="Mount read-only.")
+    sub_path: str | None = Field(default=None, description="Mount only this path of the volume.")
+
+
+class PodOverlay(SpecModel):
+    extra_resources: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Extended resources per worker as requests = limits, e.g. "
+        "{'rdma/hca_shared_devices_a': '1'} for InfiniBand/RoCE (names must contain a '/').",
+    )
+    volumes: list[ExtraVolume] = Field(
+        default_factory=list, max_length=16, description="Extra volumes for every worker."
+    )
+    volume_mounts: list[ExtraVolumeMount] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Where the extra volumes are mounted in the trainer container.",
+    )
+    add_capabilities: list[Literal["IPC_LOCK", "SYS_RESOURCE", "SYS_NICE", "NET_RAW", "NET_ADMIN"]] = Field(
+        default_factory=list,
+        description="Linux capabilities added to the trainer (IPC_LOCK for RDMA memory registration); "
+        "a namespace enforcing the 'restricted' Pod Security level refuses them.",
+    )
+
+    @model_validator(mode="after")
+    def _overlay_rules(self) -> PodOverlay:
+        names = [v.name for v in self.volumes]
+        reserved = sorted(set(names) & set(RESERVED_VOLUME_NAMES))
+        if reserved:
+            raise ValueError(
+                f"kubernetes.podOverlay.volumes: {reserved} are kubetune's own volume names: pick others"
+            )
+        unknown = sorted({m.name for m in self.volume_mounts} - set(names))
+        if unknown:
+            raise ValueError(
+                f"kubernetes.podOverlay.volumeMounts name {unknown}, which are not in podOverlay.volumes: "
+                "add the volumes or fix the names"
+            )
+        taken = sorted({m.mount_path for m in self.volume_mounts} & set(RESERVED_MOUNT_PATHS))
+        if taken:
+            raise ValueError(f"kubernetes.podOverlay.volumeMounts: {taken} are kubetune's own mount paths")
+        plain = sorted(k for k in self.extra_resources if "/" not in k)
+        if plain:
+            raise ValueError(
+                f"kubernetes.podOverlay.extraResources {plain} are not extended resources (domain/name): set "
+                "cpu and memory in kubernetes.resources"
+            )
+        return self
+
+
 class KubernetesSpec(SpecModel):
     image: str | None = Field(default=None, description="Trainer image; the operator's default when unset.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -434,6 +505,20 @@ class KubernetesSpec(SpecModel):
         default=None, description="Volume for the Hugging Face cache (HF_HOME)."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for workers.")
+    # --- operator: secrets and the pod overlay (issue 11) ---
+    secret_env: dict[str, SecretKeyRef] = Field(
+        default_factory=dict,
+        description="Environment variables read from Secret keys (valueFrom): the values never appear in the "
+        "job, the pod spec or the ConfigMap, e.g. {WANDB_API_KEY: {name: wandb, key: api-key}}.",
+    )
+    env_from_secrets: list[str] = Field(
+        default_factory=list, description="Secrets whose every key becomes an environment variable (envFrom)."
+    )
+    pod_overlay: PodOverlay = Field(
+        default_factory=PodOverlay,
+        description="What real GPU clusters need beyond the basics: extra device resources, volumes and "
+        "capabilities (network-attachment annotations go in annotations).",
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on worker pods.")
     # --- trainer field added for issue 10 (the operator writes it into the pods) ---
@@ -461,7 +546,17 @@ class RunPolicy(SpecModel):
     scheduling_timeout_seconds: int = Field(
         default=600,
         ge=1,
-        description="Fail when workers stay unschedulable or cannot pull the image this long.",
+        description="Fail when workers stay unschedulable, cannot pull the image or stay in "
+        "ContainerCreating (a volume that cannot attach, a missing ConfigMap) this long.",
+    )
+    # --- operator: disruptions (issue 11) ---
+    disruption_limit: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Gang restarts allowed after disruptions (preemption, eviction through the API, node "
+        "loss, a deleted worker) before the job fails; they do not count against backoffLimit. Evictions "
+        "by the kubelet for node memory/disk pressure count as failures.",
     )
     suspend: bool = Field(default=False, description="Remove the workers but keep the job; false resumes it.")
     report_progress: bool = Field(

@@ -40,10 +40,15 @@ class ConditionType(StrEnum):
     RESTARTING = "Restarting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    # False while a child (Service, ConfigMap, RBAC, a worker's name) cannot be created or is someone else's
+    # object; absent while nothing was ever wrong.
+    CHILDREN_READY = "ChildrenReady"
 
 
 class Condition(StatusModel):
-    type: str = Field(description="Accepted, WorkersReady, Suspended, Restarting, Succeeded or Failed.")
+    type: str = Field(
+        description="Accepted, WorkersReady, Suspended, Restarting, Succeeded, Failed or ChildrenReady."
+    )
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason, e.g. BackoffLimitExceeded.")
     message: str = Field(default="", description="What happened, for people.")
@@ -87,10 +92,12 @@ class FailureReason(StrEnum):
     POD_DELETED = "PodDeleted"
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL = "ImagePullBackOff"
+    CONTAINER_CREATING = "ContainerCreating"
     CONFIG_ERROR = "CreateContainerConfigError"
     INVALID_IMAGE = "InvalidImageName"
     DEADLINE = "DeadlineExceeded"
     BACKOFF_LIMIT = "BackoffLimitExceeded"
+    DISRUPTION_LIMIT = "DisruptionLimitExceeded"
     INVALID_SPEC = "InvalidSpec"
 
 
@@ -104,6 +111,21 @@ class Failure(StatusModel):
     time: str | None = Field(default=None, description="When it was observed.")
 
 
+class AttemptRecord(StatusModel):
+    attempt: int = Field(default=0, description="Gang attempt number.")
+    start_time: str | None = Field(default=None, description="When the attempt began.")
+    end_time: str | None = Field(default=None, description="When it ended.")
+    reason: str = Field(default="", description="Why it ended: Completed, OOMKilled, Preempted, ...")
+    pod: str = Field(default="", description="The worker whose failure ended it (empty: none).")
+    exit_code: int | None = Field(default=None, description="That worker's exit code.")
+    message: str = Field(default="", description="Tail of that worker's termination message.")
+    counted: bool = Field(default=False, description="True when it counted against backoffLimit.")
+    gpu_seconds: float = Field(default=0.0, description="GPU-seconds the attempt held (lost, unless it won).")
+
+
+MAX_ATTEMPT_HISTORY = 20
+
+
 class FineTuneJobStatus(StatusModel):
     phase: Phase | None = Field(default=None, description="Pending, Starting, Running, Restarting, ...")
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
@@ -113,6 +135,15 @@ class FineTuneJobStatus(StatusModel):
     restarts: int = Field(default=0, description="Gang restarts so far (failures and preemptions).")
     failed_attempts: int = Field(
         default=0, description="Restarts caused by failures; the job fails when it exceeds backoffLimit."
+    )
+    disruptions: int = Field(
+        default=0,
+        description="Restarts caused by disruptions (preemption, eviction, node loss, a deleted worker); the "
+        "job fails when it exceeds runPolicy.disruptionLimit.",
+    )
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list,
+        description=f"The last {MAX_ATTEMPT_HISTORY} attempts that ended, oldest first (diagnosis).",
     )
     start_time: str | None = Field(default=None, description="When the job (re)started running.")
     attempt_start_time: str | None = Field(default=None, description="When the current attempt began.")

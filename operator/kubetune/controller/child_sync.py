@@ -1,0 +1,96 @@
+"""Writing a job's children (Service, ConfigMap, progress RBAC): create-only, never taking over. I/O.
+
+Each child is created; when an object of its name exists, `ownership.control_of` decides: the job's own is
+converged by server-side apply (one field manager), a leftover of a deleted job of the same name is
+replaced, and anything else is left alone and reported. Refusals (ResourceQuota, a webhook, a policy
+engine) are reported too: a child's failure never raises out of a reconcile, so the job's status is still
+written with what failed (`plan.report_children`), and failure handling, deadlines and TTL still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kubetune.controller.kube import ApiError, Kube
+from kubetune.controller.ownership import (
+    ChildProblem,
+    ChildProblemReason,
+    Control,
+    control_of,
+    not_controlled,
+)
+
+logger = logging.getLogger("kubetune.operator")
+
+InParallel = Callable[[Callable[[dict[str, Any]], Any], list[dict[str, Any]]], list[Any]]
+
+
+class ChildWriter:
+    """Ensures children for the reconcile threads; `in_parallel` runs one action on many objects at once."""
+
+    def __init__(self, kube: Kube, in_parallel: InParallel) -> None:
+        self.kube = kube
+        self.in_parallel = in_parallel
+
+    def ensure(self, job_name: str, job_uid: str, children: list[dict[str, Any]]) -> list[ChildProblem]:
+        """Create or converge `children` of the job; returns the problems (empty: all as wanted).
+
+        Raises only what is not an answer of the API server (connection errors), for the caller's retry.
+        """
+        problems: list[ChildProblem] = []
+        # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist.
+        for wave in (
+            [c for c in children if c["kind"] != "RoleBinding"],
+            [c for c in children if c["kind"] == "RoleBinding"],
+        ):
+            outcomes = self.in_parallel(lambda child: self._ensure_one(job_name, job_uid, child), wave)
+            for outcome in outcomes:
+                if isinstance(outcome, ChildProblem):
+                    problems.append(outcome)
+                elif isinstance(outcome, Exception):
+                    raise outcome
+        return problems
+
+    def _ensure_one(self, job_name: str, job_uid: str, child: dict[str, Any]) -> ChildProblem | None:
+        kind, metadata = child["kind"], child["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        try:
+            if self.kube.create(child):
+                return None
+            current = self.kube.get(kind, namespace, name)
+            if current is None:  # deleted in between: create it the next time round
+                return ChildProblem(
+                    kind, name, ChildProblemReason.CREATE_REFUSED, "was deleted while being created"
+                )
+        except ApiError as error:
+            return ChildProblem(kind, name, ChildProblemReason.CREATE_REFUSED, f"cannot be created: {error}")
+        control = control_of(current, job_name, job_uid)
+        if control == Control.OURS:
+            try:
+                self.kube.apply(child)
+            except ApiError as error:
+                return ChildProblem(
+                    kind, name, ChildProblemReason.UPDATE_REFUSED, f"cannot be updated: {error}"
+                )
+            return None
+        if control == Control.PREVIOUS_JOB:
+            # The earlier job of this name is gone and the garbage collector is about to delete this
+            # object: do it now (only that very object: uid precondition) and create ours.
+            logger.info("replacing %s %s/%s left by an earlier job of that name", kind, namespace, name)
+            try:
+                self.kube.delete(kind, namespace, name, current["metadata"]["uid"])
+                if self.kube.create(child):
+                    return None
+            except ApiError as error:
+                return ChildProblem(
+                    kind, name, ChildProblemReason.CREATE_REFUSED, f"cannot be replaced: {error}"
+                )
+            return ChildProblem(
+                kind,
+                name,
+                ChildProblemReason.CREATE_REFUSED,
+                "is left by an earlier job of this name and still being deleted",
+            )
+        return not_controlled(kind, name, current)

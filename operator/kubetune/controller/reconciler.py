@@ -1,0 +1,364 @@
+"""One reconcile of one FineTuneJob: read, plan, write. I/O only.
+
+Watch events (of FineTuneJobs and of their children) only *trigger* work (`wiring`, through the
+`workqueue`); each reconcile then reads the job and its pods fresh from the API server and decides with the
+pure `plan()`. The one exception is the first look at a job no operator has touched, which acts on its watch
+event alone (see `reconcile`): it is on the path from `kubectl apply` to the pods, and such a job can have no
+pods to read. Children are written create-only (`child_sync`); Events go out through the `EventRecorder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune.controller import names
+from kubetune.controller.child_report import report_children
+from kubetune.controller.child_sync import ChildWriter
+from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
+from kubetune.controller.event_recorder import EventRecorder
+from kubetune.controller.kube import ApiError, Kube
+from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.observe import WorkerPod, observe_pod, tail
+from kubetune.controller.ownership import ChildProblem, Control, control_of, not_controlled
+from kubetune.controller.plan import (
+    JobEvent,
+    ObservedJob,
+    Plan,
+    PlanOptions,
+    plan,
+    status_patch,
+)
+from kubetune.controller.workqueue import JobKey, WorkQueue
+from kubetune.spec.status import FINAL_PHASES
+
+logger = logging.getLogger("kubetune.operator")
+
+
+@dataclass
+class Reconciler:
+    """Reconciles FineTuneJobs: `request()` from the event loop (into the work queue), `reconcile()` on its
+    threads."""
+
+    kube: Kube
+    options: PlanOptions = field(default_factory=PlanOptions)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    threads: int = 16
+    # (namespace, name, uid, generation, attempt) whose children this process has ensured: each new spec
+    # generation and each new attempt ensures them again (a deleted Service or ConfigMap comes back).
+    _ensured: set[tuple[str, str, str, int, int]] = field(default_factory=set)
+    # Jobs whose last ensure found a problem: their children are ensured before any worker is created.
+    _child_trouble: set[JobKey] = field(default_factory=set)
+    # resourceVersion of our own last status write per job: its watch event needs no reconcile.
+    _own_writes: dict[JobKey, str] = field(default_factory=dict)
+    _fingerprints: dict[JobKey, str] = field(default_factory=dict)
+    _seen: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # identity, for error Events
+    # Jobs no operator has touched yet (no status), as their watch event showed them: see `reconcile`.
+    _untouched: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
+    _reconciled: set[JobKey] = field(default_factory=set)
+    _writers: ThreadPoolExecutor | None = None
+    queue: WorkQueue = field(init=False)
+    events: EventRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self.reconcile, self._is_new, self._reconcile_failed, self.threads)
+        self.events = EventRecorder(self.kube)
+
+    # --- from the event loop -----------------------------------------------------------------------------------
+
+    def request(self, key: JobKey, delay: float = 0.0) -> None:
+        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds."""
+        self.queue.request(key, delay)
+
+    def pause(self) -> None:
+        """Another replica is active (kopf peering): no reconcile and no timer until `resume`."""
+        self.queue.pause()
+
+    def resume(self) -> None:
+        self.queue.resume()
+
+    def is_own_write(self, key: JobKey, resource_version: str | None) -> bool:
+        """True when a watch event shows exactly the object our last status patch produced."""
+        return bool(resource_version) and self._own_writes.get(key) == resource_version
+
+    def changed_for_us(self, key: JobKey, body: Mapping[str, Any]) -> bool:
+        """False when a job's watch event differs from the last one only in what the operator does not decide
+        on: rank 0's live progress and metrics (written every few seconds per running job), annotations."""
+        metadata = body.get("metadata") or {}
+        status = {k: v for k, v in (body.get("status") or {}).items() if k not in ("progress", "metrics")}
+        fingerprint = json.dumps(
+            [metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"), status],
+            sort_keys=True,
+            default=str,
+        )
+        if self._fingerprints.get(key) == fingerprint:
+            return False
+        self._fingerprints[key] = fingerprint
+        return True
+
+    def saw_untouched(self, key: JobKey, body: Mapping[str, Any]) -> None:
+        """Remember a job's body from its watch event while no operator has written its status yet."""
+        if key not in self._reconciled and not (body.get("status") or {}).get("phase"):
+            self._untouched[key] = dict(body)
+
+    def forget(self, key: JobKey) -> None:
+        """The job is gone: drop its timers and bookkeeping."""
+        self.queue.forget(key)
+        self._ensured = {marker for marker in self._ensured if marker[:2] != key}
+        self._own_writes.pop(key, None)
+        self._fingerprints.pop(key, None)
+        self._seen.pop(key, None)
+        self._untouched.pop(key, None)
+        self._reconciled.discard(key)
+        self._child_trouble.discard(key)
+        self.metrics.observe_phase(key, None)
+
+    def child_deleted(self, key: JobKey) -> None:
+        """A child of the job (Service, ConfigMap) was deleted: ensure the children again, now."""
+        self._ensured = {marker for marker in self._ensured if marker[:2] != key}
+        self.request(key)
+
+    def _in_parallel(
+        self, action: Callable[[dict[str, Any]], Any], objects: list[dict[str, Any]]
+    ) -> list[Any]:
+        """`action` on every object at once (the gang's pods are written in one round trip, not N); returns
+        each result or the exception it raised, in order."""
+        if len(objects) <= 1:
+            outcomes: list[Any] = []
+            for obj in objects:
+                try:
+                    outcomes.append(action(obj))
+                except Exception as failure:
+                    outcomes.append(failure)
+            return outcomes
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(32, thread_name_prefix="writes")
+        futures = [self._writers.submit(action, obj) for obj in objects]
+        results: list[Any] = []
+        for future in futures:
+            raised = future.exception()
+            results.append(raised if raised is not None else future.result())
+        return results
+
+    def _is_new(self, key: JobKey) -> bool:
+        return key not in self._reconciled
+
+    def _reconcile_failed(self, key: JobKey, error: Exception, attempts: int, retry_in: float) -> None:
+        self.metrics.reconcile_errors.inc()
+        body = self._seen.get(key)
+        if body is not None and (attempts in (3, 10) or attempts % 50 == 0):
+            # A persistent error (RBAC, admission) must be visible on the job itself.
+            message = f"reconcile failing ({attempts} attempts), retrying in {retry_in:.0f}s: {error}"
+            self.events.post(body, JobEvent("Warning", "ReconcileError", message))
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()
+        self.events.shutdown()
+        if self._writers is not None:
+            self._writers.shutdown(wait=False, cancel_futures=True)
+
+    # --- one reconcile (worker thread) ------------------------------------------------------------------------
+
+    def reconcile(self, key: JobKey) -> float | None:
+        """Read job + pods, plan, write. Returns seconds until the next look (None: only on events).
+
+        Raises ApiError (or connection errors) for the caller to retry with backoff.
+        """
+        namespace, name = key
+        started = time.monotonic()
+        # The first look at a job no operator has touched skips both reads: its watch event is as fresh as a
+        # GET, and it cannot have pods yet. (If an earlier operator process created them and died before
+        # writing the status, creating them again answers AlreadyExists, and the status patch, guarded by
+        # the resourceVersion, sends any stale view back through the full path.) Every later look reads
+        # fresh, so no decision about existing pods is ever taken on a cached view.
+        untouched = self._untouched.pop(key, None) if key not in self._reconciled else None
+        self._reconciled.add(key)
+        body = untouched or self.kube.get_job(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.observe_phase(key, None)
+            return None
+        job = ObservedJob.from_body(body)
+        self._seen[key] = {"metadata": {k: body["metadata"][k] for k in ("name", "namespace", "uid")}}
+        pods, problems = self._observe_pods(job, [] if untouched else None)
+        now = datetime.now(UTC)
+        result = plan(job, pods, now, self.options)
+        existed = self._write_children_and_workers(key, job, result, pods, problems, now, bool(untouched))
+        if untouched and existed:
+            return 0.0  # pods of that name exist (ours from an earlier process, or stale): look properly
+        patch = status_patch(body.get("status") or {}, result.status)
+        if patch:
+            try:
+                written = self.kube.patch_job_status(
+                    namespace, name, patch, body["metadata"].get("resourceVersion")
+                )
+                self._own_writes[key] = str(written.get("metadata", {}).get("resourceVersion", ""))
+            except ApiError as error:
+                if error.status == 409:
+                    return 0.0  # the job changed under us: re-read and re-plan right away
+                raise
+            restarts = result.status.restarts - job.status.restarts
+            if restarts > 0:
+                self.metrics.restarts.inc(restarts)
+            for event in result.events:
+                self.events.post(body, event)
+            if result.status.phase != job.status.phase:
+                logger.info(
+                    "job %s/%s: %s -> %s: %s",
+                    namespace,
+                    name,
+                    job.status.phase,
+                    result.status.phase,
+                    result.status.message,
+                )
+        uids = {pod.name: pod.uid for pod in pods}
+        for pod_name in result.delete_workers:
+            if pod_name not in result.force_delete_workers:
+                self.kube.delete_pod(namespace, pod_name, uids.get(pod_name, ""))
+        for pod_name in result.force_delete_workers:
+            logger.warning("job %s/%s: force-deleting %s, stuck Terminating", namespace, name, pod_name)
+            self.kube.delete_pod(namespace, pod_name, uids.get(pod_name, ""), grace_seconds=0)
+        if result.delete_job:
+            logger.info("job %s/%s: ttlSecondsAfterFinished passed, deleting it", namespace, name)
+            self.kube.delete_job(namespace, name, job.uid)
+        self.metrics.observe_phase(key, str(result.status.phase) if result.status.phase else None)
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        return result.requeue_after
+
+    def _observe_pods(
+        self, job: ObservedJob, listed: list[dict[str, Any]] | None
+    ) -> tuple[list[WorkerPod], list[ChildProblem]]:
+        """The job's worker pods as the planner sees them (read fresh unless `listed` is given), and a problem
+        for each pod under a worker's name that the job does not control (left alone, never deleted)."""
+        raw_pods = (
+            self.kube.list_pods(job.namespace, names.worker_selector(job.name)) if listed is None else []
+        )
+        pods: list[WorkerPod] = []
+        problems: list[ChildProblem] = []
+        for raw in raw_pods:
+            observed = observe_pod(raw)
+            if observed is None:
+                continue
+            control = control_of(raw, job.name, job.uid)
+            if control == Control.PREVIOUS_JOB:
+                # A leftover of a deleted job of the same name: stale, deleted before its name is reused.
+                observed = dataclasses.replace(observed, attempt=-1)
+            elif control == Control.FOREIGN:
+                problems.append(not_controlled("Pod", observed.name, raw))
+                continue
+            pods.append(observed)
+        return pods, problems
+
+    def _children_to_ensure(self, job: ObservedJob, result: Plan) -> list[dict[str, Any]]:
+        """Service, ConfigMap and progress RBAC, when this process has not yet ensured them for this spec
+        generation and attempt (built once per reconcile: the ConfigMap's YAML is not free)."""
+        if not result.ensure_children or result.spec is None:
+            return []
+        if result.status.phase in FINAL_PHASES:
+            return []
+        if self._ensured_marker(job, result) in self._ensured:
+            return []
+        return build_job_children(JobRef(job.name, job.namespace, job.uid), result.spec)
+
+    @staticmethod
+    def _ensured_marker(job: ObservedJob, result: Plan) -> tuple[str, str, str, int, int]:
+        return (job.namespace, job.name, job.uid, job.generation, result.status.attempt)
+
+    def _write_children_and_workers(
+        self,
+        key: JobKey,
+        job: ObservedJob,
+        result: Plan,
+        pods: list[WorkerPod],
+        problems: list[ChildProblem],
+        now: datetime,
+        untouched: bool,
+    ) -> int:
+        """Ensure the children and create the plan's workers; returns how many workers already existed.
+
+        Order: only the ServiceAccount before the workers (pods naming a missing one are refused at
+        admission); the rest right after them, so they do not delay the pods (the kubelet waits for the
+        ConfigMap, ranks resolve the Service only once they run). A job whose children had a problem last
+        time ensures all of them first, and creates no worker while a problem blocks (`report_children`).
+        """
+        children = self._children_to_ensure(job, result)
+        troubled = key in self._child_trouble
+        early = children if troubled else [c for c in children if c["kind"] == "ServiceAccount"]
+        late = [c for c in children if c not in early]
+        writer = ChildWriter(self.kube, self._in_parallel)
+        problems = problems + writer.ensure(job.name, job.uid, early)
+        if problems and late:
+            problems += writer.ensure(job.name, job.uid, late)
+            late = []
+        if problems:
+            report_children(result, problems, pods, now, job.generation, self.options)
+        existed, taken = self._create_workers(job, result, untouched)
+        if taken:
+            problems = problems + taken
+            report_children(result, problems, pods, now, job.generation, self.options, True)
+        if late:
+            found = writer.ensure(job.name, job.uid, late)
+            if found:
+                problems = found
+                created = bool(result.create_workers)
+                report_children(result, found, pods, now, job.generation, self.options, created)
+        if not problems:
+            report_children(result, [], pods, now, job.generation, self.options)
+            self._child_trouble.discard(key)
+            if children:
+                self._ensured.add(self._ensured_marker(job, result))
+        else:
+            self._child_trouble.add(key)
+            logger.warning(
+                "job %s/%s: %s", job.namespace, job.name, "; ".join(p.describe() for p in problems)
+            )
+        return existed
+
+    def _create_workers(
+        self, job: ObservedJob, result: Plan, untouched: bool
+    ) -> tuple[int, list[ChildProblem]]:
+        """Create the plan's worker pods; returns how many already existed, and a problem for each that
+        exists and is someone else's (a pod without our labels is not in the listing the planner saw)."""
+        if not result.create_workers or result.spec is None:
+            return 0, []
+        existed = 0
+        taken: list[str] = []
+        ref = JobRef(job.name, job.namespace, job.uid)
+        image = result.spec.kubernetes.image or self.options.default_image
+        failures: list[str] = []
+        pods = [
+            build_worker_pod(
+                WorkerContext(ref, result.spec, index, result.status.attempt, image), job.generation
+            )
+            for index in result.create_workers
+        ]
+        for pod, outcome in zip(pods, self._in_parallel(self.kube.create, pods), strict=True):
+            if isinstance(outcome, ApiError):
+                failures.append(f"{pod['metadata']['name']}: {outcome}")
+            elif isinstance(outcome, Exception):
+                raise outcome
+            elif outcome:
+                self.metrics.pods_created.inc()
+            else:
+                existed += 1
+                taken.append(pod["metadata"]["name"])
+        problems: list[ChildProblem] = []
+        if not untouched:  # (a new job's first look saw no pods at all: it looks again properly first)
+            for name in taken:
+                current = self.kube.get("Pod", job.namespace, name)
+                if current is not None and control_of(current, job.name, job.uid) == Control.FOREIGN:
+                    problems.append(not_controlled("Pod", name, current))
+            result.status.workers.created -= len(problems)
+        if failures:
+            # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
+            result.status.workers.created -= len(failures)
+            result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
+            result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
+            result.requeue(10.0)
+        return existed, problems

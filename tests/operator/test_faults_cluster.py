@@ -1,0 +1,357 @@
+"""Fault injection against the real API server (issue 11): the real `kubetune operator` (least-privilege
+ServiceAccount) meets objects it does not own, a ResourceQuota, a finalizer that holds a pod Terminating,
+deleted children and a permanent trainer error. Each test fails on the operator before the fix."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.kube.harness import LocalCluster, wait_for
+from tests.operator.conftest import OperatorProcess, job_manifest
+from tests.operator.test_operator_cluster import (
+    events,
+    fail_worker,
+    get_job,
+    running_workers,
+    status,
+    wait_event_reasons,
+    wait_phase,
+    workers,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def condition(current: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in current.get("conditions") or [] if c["type"] == kind), None)
+
+
+def wait_condition(
+    cluster: LocalCluster, namespace: str, name: str, kind: str, value: str, timeout: float = 30
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = condition(status(cluster, namespace, name), kind)
+        return found if found is not None and found["status"] == value else None
+
+    try:
+        return wait_for(reached, timeout, f"condition {kind}={value} on {name}")
+    except Exception as error:
+        raise AssertionError(f"{error}; status: {status(cluster, namespace, name)}") from None
+
+
+def test_a_users_objects_under_child_names_are_never_adopted_or_changed_but_reported(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    # Given a user's ConfigMap that happens to be named like the job's ConfigMap, and a Service of the job's
+    # name controlled by another object
+    core.create_namespaced_config_map(
+        kube_namespace, {"metadata": {"name": "mine-config"}, "data": {"owner": "the user"}}
+    )
+    holder = core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "holder"}})
+    reference = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "holder",
+        "uid": holder.metadata.uid,
+        "controller": True,
+    }
+    core.create_namespaced_service(
+        kube_namespace,
+        {
+            "metadata": {"name": "mine", "ownerReferences": [reference]},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}},
+        },
+    )
+
+    # When the job is applied
+    kubectl("apply", "-f", "-", input=job_manifest("mine", nodes=2))
+
+    # Then the job reports both objects by name, with the fix, on a condition and in Warning Events
+    reported = wait_condition(kube_cluster, kube_namespace, "mine", "ChildrenReady", "False")
+    assert reported["reason"] == "ChildNotControlled"
+    assert "ConfigMap mine-config" in reported["message"] and "Service mine" in reported["message"]
+    assert "delete or rename" in reported["message"]
+    found = wait_event_reasons(kube_cluster, kube_namespace, "mine", "ChildNotControlled")
+    assert any("mine-config" in message for _, reason, message in found if reason == "ChildNotControlled")
+    assert status(kube_cluster, kube_namespace, "mine")["phase"] == "Pending"
+    # and neither object was adopted or changed, and no worker runs with them
+    time.sleep(2)
+    config = core.read_namespaced_config_map("mine-config", kube_namespace)
+    assert config.data == {"owner": "the user"} and not config.metadata.owner_references
+    service = core.read_namespaced_service("mine", kube_namespace)
+    assert [r.uid for r in service.metadata.owner_references] == [holder.metadata.uid]
+    assert service.spec.selector == {"app": "theirs"}
+    wait_for(
+        lambda: (
+            not [
+                p for p in workers(kube_cluster, kube_namespace, "mine") if not p.metadata.deletion_timestamp
+            ]
+        ),
+        30,
+        "no live worker while the job's children are someone else's",
+    )
+
+    # When the user removes them, the job creates its own and runs, without counting a restart
+    core.delete_namespaced_config_map("mine-config", kube_namespace)
+    core.delete_namespaced_service("mine", kube_namespace)
+    running_workers(kube_cluster, kube_namespace, "mine", 2)
+    current = wait_phase(kube_cluster, kube_namespace, "mine", "Running")
+    assert current["restarts"] == 0
+    assert wait_condition(kube_cluster, kube_namespace, "mine", "ChildrenReady", "True")
+
+    # And deleting a job never takes a user's object with it
+    core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "kept"}, "data": {"a": "b"}})
+    kubectl("delete", "ftj", "mine", "--wait=true")
+    time.sleep(3)
+    assert core.read_namespaced_config_map("kept", kube_namespace).data == {"a": "b"}
+    assert core.read_namespaced_config_map("holder", kube_namespace) is not None
+
+
+def test_a_child_refused_by_a_resource_quota_still_gets_the_status_written_and_the_deadline_runs(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    # Given a ResourceQuota that allows no more ConfigMaps in the namespace (its kube-root-ca.crt counts)
+    wait_for(
+        lambda: core.read_namespaced_config_map("kube-root-ca.crt", kube_namespace), 30, "kube-root-ca.crt"
+    )
+    core.create_namespaced_resource_quota(
+        kube_namespace, {"metadata": {"name": "no-more"}, "spec": {"hard": {"configmaps": "1"}}}
+    )
+    wait_for(
+        lambda: (core.read_namespaced_resource_quota("no-more", kube_namespace).status.used or {}).get(
+            "configmaps"
+        ),
+        30,
+        "the quota's usage",
+    )
+
+    # When a job with a deadline is applied
+    kubectl("apply", "-f", "-", input=job_manifest("quota", nodes=1, runPolicy={"activeDeadlineSeconds": 8}))
+
+    # Then its status is written and says which child failed and why
+    refused = wait_condition(kube_cluster, kube_namespace, "quota", "ChildrenReady", "False")
+    assert refused["reason"] == "ChildCreateRefused"
+    assert "ConfigMap quota-config" in refused["message"] and "exceeded quota" in refused["message"]
+    assert status(kube_cluster, kube_namespace, "quota")["phase"] in ("Pending", "Starting", "Running")
+    wait_event_reasons(kube_cluster, kube_namespace, "quota", "ChildCreateRefused")
+    # and the deadline still ends it
+    failed = wait_phase(kube_cluster, kube_namespace, "quota", "Failed", timeout=30)
+    assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"  # type: ignore[index]
+
+
+def test_a_worker_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_the_status_says_why(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    finetunejob_crd: None,
+    gpu_pool: list[str],
+    operator_kubeconfig: Any,
+    tmp_path: Any,
+) -> None:
+    process = OperatorProcess(
+        kube_namespace,
+        operator_kubeconfig,
+        tmp_path,
+        ("--standalone", "--terminating-timeout-seconds", "3"),
+    )
+    process.start()
+    try:
+        core: Any = client.CoreV1Api(kube_cluster.api_client())
+        kubectl("apply", "-f", "-", input=job_manifest("held", nodes=2))
+        running_workers(kube_cluster, kube_namespace, "held", 2)
+        # Given rank 1 carries a finalizer that nobody will remove (as a stuck storage driver would)
+        core.patch_namespaced_pod(
+            "held-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/hold"]}}
+        )
+        uid = core.read_namespaced_pod("held-worker-1", kube_namespace).metadata.uid
+
+        # When rank 0 crashes, the gang restart deletes rank 1, which stays Terminating
+        fail_worker(kube_cluster, kube_namespace, "held-worker-0", exit_code=1, message="boom")
+
+        # Then the status says what the restart waits for, naming the pod and its finalizer
+        def truthful() -> dict[str, Any] | None:
+            current = status(kube_cluster, kube_namespace, "held")
+            message = current.get("message", "")
+            return current if "held-worker-1 Terminating" in message and "force-deleted" in message else None
+
+        current = wait_for(truthful, 30, "the restart's message naming the stuck pod")
+        assert current["phase"] == "Restarting" and "kubetune.test/hold" in current["message"]
+        # and the operator force-deleted it (grace 0), the very pod it saw (uid precondition)
+        pod = core.read_namespaced_pod("held-worker-1", kube_namespace)
+        assert pod.metadata.uid == uid and pod.metadata.deletion_grace_period_seconds == 0
+        assert "force-deleting held-worker-1" in process.log()
+
+        # When the finalizer is finally removed, the next attempt starts
+        core.patch_namespaced_pod("held-worker-1", kube_namespace, {"metadata": {"finalizers": None}})
+
+        def second_gang() -> list[Any] | None:
+            pods = running_workers(kube_cluster, kube_namespace, "held", 2)
+            return pods if {p.metadata.labels["kubetune.io/attempt"] for p in pods} == {"1"} else None
+
+        wait_for(second_gang, 30, "attempt 1 running")
+    finally:
+        process.stop()
+
+
+def test_a_deleted_service_or_config_map_is_created_again_within_the_same_generation(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("again", nodes=1))
+    running_workers(kube_cluster, kube_namespace, "again", 1)
+    wait_phase(kube_cluster, kube_namespace, "again", "Running")
+    uids = {
+        "service": core.read_namespaced_service("again", kube_namespace).metadata.uid,
+        "config": core.read_namespaced_config_map("again-config", kube_namespace).metadata.uid,
+    }
+    core.delete_namespaced_service("again", kube_namespace)
+    core.delete_namespaced_config_map("again-config", kube_namespace)
+
+    def recreated() -> bool:
+        try:
+            service = core.read_namespaced_service("again", kube_namespace)
+            config = core.read_namespaced_config_map("again-config", kube_namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return service.metadata.uid != uids["service"] and config.metadata.uid != uids["config"]
+
+    wait_for(recreated, 30, "the Service and ConfigMap created again")
+    assert get_job(kube_cluster, kube_namespace, "again")["metadata"]["generation"] == 1
+    assert status(kube_cluster, kube_namespace, "again")["restarts"] == 0
+
+
+def test_exit_code_2_fails_the_job_at_once_without_a_restart(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    kubectl("apply", "-f", "-", input=job_manifest("bad", nodes=2, runPolicy={"backoffLimit": 5}))
+    running_workers(kube_cluster, kube_namespace, "bad", 2)
+    fail_worker(kube_cluster, kube_namespace, "bad-worker-1", exit_code=2, message="training.lr must be > 0")
+    failed = wait_phase(kube_cluster, kube_namespace, "bad", "Failed")
+    assert failed["restarts"] == 0 and condition(failed, "Failed")["reason"] == "InvalidSpec"  # type: ignore[index]
+    assert "training.lr" in failed["message"]
+    assert failed["attempts"][-1]["exitCode"] == 2 and failed["attempts"][-1]["pod"] == "bad-worker-1"
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in events(kube_cluster, kube_namespace, "bad")]
+
+
+def test_resuming_while_the_suspended_workers_still_terminate_is_not_a_gang_restart(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("nap", nodes=2))
+    running_workers(kube_cluster, kube_namespace, "nap", 2)
+    wait_phase(kube_cluster, kube_namespace, "nap", "Running")
+    # Given a worker that will stay Terminating for a while (a finalizer: as a slow checkpoint upload would)
+    core.patch_namespaced_pod(
+        "nap-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/slow"]}}
+    )
+    kubectl("patch", "ftj", "nap", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_phase(kube_cluster, kube_namespace, "nap", "Suspended")
+
+    # When the job is resumed while that pod still terminates
+    kubectl("patch", "ftj", "nap", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    time.sleep(3)
+    current = status(kube_cluster, kube_namespace, "nap")
+    # Then it waits for the name instead of counting a restart
+    assert current["restarts"] == 0 and current["phase"] == "Pending", current
+    core.patch_namespaced_pod("nap-worker-1", kube_namespace, {"metadata": {"finalizers": None}})
+    running_workers(kube_cluster, kube_namespace, "nap", 2)
+    assert wait_phase(kube_cluster, kube_namespace, "nap", "Running")["restarts"] == 0
+
+
+def test_secret_env_the_pod_overlay_and_default_requests_reach_the_real_pods_and_bad_overlays_are_refused(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    # A bad overlay is refused by the API server at apply, naming the field (the CRD's CEL rules)
+    bad = job_manifest(
+        "clash",
+        nodes=1,
+        kubernetes={
+            "nodeSelector": {"kubetune.test/pool": "operator"},
+            "podOverlay": {"volumes": [{"name": "dshm", "source": {"emptyDir": {}}}]},
+        },
+    )
+    refused = kubectl("apply", "-f", "-", input=bad, check=False)
+    assert refused.returncode != 0 and "podOverlay.volumes" in refused.stderr, refused.stderr
+    unknown_mount = job_manifest(
+        "clash",
+        nodes=1,
+        kubernetes={"podOverlay": {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}},
+    )
+    refused = kubectl("apply", "-f", "-", input=unknown_mount, check=False)
+    assert refused.returncode != 0 and "podOverlay.volumeMounts" in refused.stderr, refused.stderr
+
+    # A good one, with Secret-sourced env, reaches the pods the API server admits
+    manifest = job_manifest(
+        "rdma",
+        nodes=1,
+        kubernetes={
+            "nodeSelector": {"kubetune.test/pool": "operator"},
+            "secretEnv": {"WANDB_API_KEY": {"name": "wandb", "key": "api-key"}},
+            "envFromSecrets": ["shared-keys"],
+            "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-net"},
+            "podOverlay": {
+                "volumes": [{"name": "ib", "source": {"emptyDir": {"medium": "Memory"}}}],
+                "volumeMounts": [{"name": "ib", "mountPath": "/dev/infiniband"}],
+                "addCapabilities": ["IPC_LOCK"],
+            },
+        },
+    )
+    kubectl("apply", "-f", "-", input=manifest)
+    (pod,) = running_workers(kube_cluster, kube_namespace, "rdma", 1)
+    (container,) = pod.spec.containers
+    key = next(e for e in container.env if e.name == "WANDB_API_KEY")
+    assert (key.value, key.value_from.secret_key_ref.name) == (None, "wandb")
+    assert [s.secret_ref.name for s in container.env_from] == ["shared-keys"]
+    assert container.security_context.capabilities.add == ["IPC_LOCK"]
+    assert {m.name: m.mount_path for m in container.volume_mounts}["ib"] == "/dev/infiniband"
+    assert pod.metadata.annotations["k8s.v1.cni.cncf.io/networks"] == "ib-net"
+    # and a worker asking only for GPUs is not BestEffort
+    assert pod.status.qos_class == "Burstable"
+    assert container.resources.requests["cpu"] == "1" and container.resources.requests["memory"] == "2Gi"
+
+
+def test_an_eviction_seen_together_with_a_peer_crash_is_blamed_on_the_evicted_rank_and_not_counted(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("drained", nodes=2, runPolicy={"backoffLimit": 0}))
+    running_workers(kube_cluster, kube_namespace, "drained", 2)
+    wait_phase(kube_cluster, kube_namespace, "drained", "Running")
+    # Given the operator does not look while (as in a drain) rank 1 is evicted through the Eviction API, its
+    # grace period still running (a finalizer stands in for it), and rank 0 crashes because its peer left
+    operator.kill()
+    core.patch_namespaced_pod(
+        "drained-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/grace"]}}
+    )
+    core.create_namespaced_pod_eviction(
+        "drained-worker-1",
+        kube_namespace,
+        {"metadata": {"name": "drained-worker-1", "namespace": kube_namespace}},
+    )
+    kube_cluster.complete_pod(
+        kube_namespace, "drained-worker-0", exit_code=1, message="NCCL error: peer gone"
+    )
+
+    # When the operator sees both at once
+    operator.start()
+
+    # Then the eviction is blamed, and backoffLimit 0 is not used up: the gang restarts
+    def restarted() -> dict[str, Any] | None:
+        current = status(kube_cluster, kube_namespace, "drained")
+        return current if current.get("restarts") == 1 else None
+
+    current = wait_for(restarted, 30, "the gang restart")
+    assert current["phase"] != "Failed", current
+    assert (current["failedAttempts"], current["disruptions"]) == (0, 1)
+    assert current["lastFailure"]["pod"] == "drained-worker-1"
+    assert current["lastFailure"]["reason"] == "Evicted"
+    core.patch_namespaced_pod("drained-worker-1", kube_namespace, {"metadata": {"finalizers": None}})

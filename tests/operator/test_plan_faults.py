@@ -1,0 +1,207 @@
+"""Given a FineTuneJob under faults, the pure planner decides as a Kubernetes controller maintainer expects
+(issue 11): bounded waits for pods stuck Terminating, disruptions blamed right and budgeted apart from
+failures, no spurious restart on resume, permanent errors not retried, children it does not control left
+alone and reported, and every ended attempt kept in the status for diagnosis."""
+
+from __future__ import annotations
+
+from kubetune.controller.child_report import report_children
+from kubetune.controller.observe import observe_pod
+from kubetune.controller.ownership import (
+    ChildProblem,
+    ChildProblemReason,
+    Control,
+    control_of,
+    not_controlled,
+)
+from kubetune.spec.status import Phase
+
+from tests.operator.factories import at, job_body, pod
+from tests.operator.test_plan import OPTIONS, condition, decide, running_job, written
+
+OWNER = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": "demo", "controller": True}
+
+
+def restarting_job() -> tuple[dict, list[dict]]:
+    body, _ = running_job()
+    failed = [pod(0), pod(1, phase="Failed", exit_code=1, message="boom")]
+    result = decide(body, failed, 10)
+    assert result.status.phase == Phase.RESTARTING
+    return written(body, result), failed
+
+
+def test_a_pod_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_the_message_says_so() -> None:
+    body, _ = restarting_job()
+    # Given the old rank 1 held Terminating by a finalizer nobody removes (due at 12:00:20)
+    stuck = [
+        pod(1, deleting=True, deletion_timestamp="2026-01-01T12:00:20Z", finalizers=["example.com/hold"])
+    ]
+    waiting = decide(body, stuck, 60)
+    # Then the status says what it waits on, not "restarting in 1s"
+    assert waiting.status.phase == Phase.RESTARTING and waiting.create_workers == []
+    assert "demo-worker-1 Terminating" in waiting.status.message
+    assert "example.com/hold" in waiting.status.message and "in 1s" not in waiting.status.message
+    assert waiting.force_delete_workers == []
+    assert waiting.requeue_after is not None and waiting.requeue_after <= OPTIONS.terminating_timeout_seconds
+    # And once terminatingTimeout has passed since it was due, it is force-deleted (grace 0)
+    late = decide(body, stuck, 20 + OPTIONS.terminating_timeout_seconds + 1)
+    assert late.force_delete_workers == ["demo-worker-1"]
+    assert "force-deleted" in late.status.message
+    # And when it is finally gone, the next attempt starts
+    assert decide(body, [], 20 + OPTIONS.terminating_timeout_seconds + 5).create_workers == [0, 1]
+
+
+def test_an_eviction_seen_with_a_peer_crash_is_blamed_on_the_evicted_rank_and_not_counted() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 0})
+    seen = [
+        pod(0, phase="Failed", exit_code=1, message="NCCL error: remote process exited"),
+        pod(1, phase="Failed", exit_code=137, disrupted=True, disruption_reason="EvictionByEvictionAPI"),
+    ]
+    result = decide(body, seen, 10)
+    assert result.status.phase == Phase.RESTARTING
+    assert result.status.last_failure is not None and result.status.last_failure.pod == "demo-worker-1"
+    assert (result.status.failed_attempts, result.status.disruptions, result.status.restarts) == (0, 1, 1)
+
+
+def test_a_kubelet_pressure_eviction_counts_as_a_failure() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 0})
+    evicted = pod(
+        1,
+        phase="Failed",
+        disrupted=True,
+        disruption_reason="TerminationByKubelet",
+        pod_reason="Evicted",
+        pod_message="The node was low on resource: memory.",
+    )
+    result = decide(body, [pod(0), evicted], 10)
+    assert result.status.phase == Phase.FAILED
+    assert condition(result, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert result.status.last_failure is not None and result.status.last_failure.reason == "Evicted"
+
+
+def test_disruptions_have_their_own_capped_budget() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 0, "disruptionLimit": 1})
+    preempted = [pod(0), pod(1, phase="Failed", exit_code=75)]
+    first = decide(body, preempted, 10)
+    assert first.status.phase == Phase.RESTARTING and first.status.disruptions == 1
+    body = written(body, first)
+    body = written(body, decide(body, [], 20))  # attempt 1 created
+    again = [pod(0, attempt=1), pod(1, attempt=1, phase="Failed", exit_code=75)]
+    second = decide(body, again, 30)
+    assert second.status.phase == Phase.FAILED
+    assert condition(second, "Failed")["reason"] == "DisruptionLimitExceeded"
+    assert second.status.failed_attempts == 0 and second.status.disruptions == 2
+
+
+def test_resuming_while_the_suspended_pods_still_terminate_is_not_a_restart() -> None:
+    body, pods = running_job()
+    body["spec"]["runPolicy"] = {"suspend": True}
+    body = written(body, decide(body, pods, 10))
+    body["spec"]["runPolicy"] = {"suspend": False}
+    terminating = [pod(i, deleting=True, deletion_timestamp="2026-01-01T12:02:10Z") for i in range(2)]
+    resumed = decide(body, terminating, 12)
+    assert resumed.status.restarts == 0 and resumed.status.phase == Phase.PENDING
+    assert resumed.create_workers == [] and resumed.delete_workers == []  # waits for the names
+    body = written(body, resumed)
+    later = decide(body, [], 20)
+    assert later.create_workers == [0, 1] and later.status.restarts == 0
+
+
+def test_exit_code_2_fails_the_job_at_once_without_a_retry() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 5})
+    invalid = [pod(0, phase="Failed", exit_code=2, message="training.lr: must be > 0"), pod(1)]
+    result = decide(body, invalid, 10)
+    assert result.status.phase == Phase.FAILED and result.status.restarts == 0
+    assert condition(result, "Failed")["reason"] == "InvalidSpec"
+    assert "training.lr" in result.status.message
+
+
+def test_a_container_stuck_creating_fails_after_the_scheduling_timeout() -> None:
+    fresh = job_body()
+    body = written(fresh, decide(fresh, [], 0))
+    creating = [pod(0, phase="Pending", waiting="ContainerCreating"), pod(1)]
+    assert decide(body, creating, 60).status.phase != Phase.FAILED
+    result = decide(body, creating, 601)
+    assert result.status.phase == Phase.FAILED
+    assert result.status.last_failure is not None
+    assert result.status.last_failure.reason == "ContainerCreating"
+
+
+def test_ended_attempts_are_kept_in_the_status_with_reason_pod_exit_code_and_gpu_seconds() -> None:
+    body, _ = restarting_job()
+    history = body["status"]["attempts"]
+    assert len(history) == 1
+    record = history[0]
+    assert (record["attempt"], record["reason"], record["pod"], record["exitCode"]) == (
+        0,
+        "Error",
+        "demo-worker-1",
+        1,
+    )
+    assert record["counted"] is True and record["message"] == "boom"
+    assert record["startTime"] == "2026-01-01T12:00:00Z" and record["endTime"] == "2026-01-01T12:00:10Z"
+    assert record["gpuSeconds"] == 2 * 1 * 10
+
+
+def test_control_of_tells_own_children_from_leftovers_and_foreign_objects() -> None:
+    def obj(*refs: dict) -> dict:
+        return {"metadata": {"ownerReferences": list(refs)}}
+
+    assert control_of(obj({**OWNER, "uid": "uid-1"}), "demo", "uid-1") == Control.OURS
+    assert control_of(obj({**OWNER, "uid": "old"}), "demo", "uid-1") == Control.PREVIOUS_JOB
+    assert control_of(obj({**OWNER, "uid": "x", "name": "other"}), "demo", "uid-1") == Control.FOREIGN
+    assert control_of(obj(), "demo", "uid-1") == Control.FOREIGN
+    not_controller = {**OWNER, "uid": "uid-1", "controller": False}
+    assert control_of(obj(not_controller), "demo", "uid-1") == Control.FOREIGN
+    problem = not_controlled("ConfigMap", "demo-config", obj())
+    assert "controller: none" in problem.message and "delete or rename" in problem.message
+
+
+def test_a_foreign_object_under_a_childs_name_holds_the_job_and_is_reported_once() -> None:
+    body, pods = running_job()
+    observed = [p for p in (observe_pod(raw) for raw in pods) if p is not None]
+    problem = not_controlled("ConfigMap", "demo-config", {"metadata": {}})
+    result = decide(body, pods, 20)
+    report_children(result, [problem], observed, at(20), 1, OPTIONS)
+    # Then the status names the object, a Warning Event says it, no worker uses someone else's object
+    ready = condition(result, "ChildrenReady")
+    assert ready["status"] == "False" and ready["reason"] == "ChildNotControlled"
+    assert "ConfigMap demo-config" in ready["message"]
+    assert [e.reason for e in result.events if e.type == "Warning"] == ["ChildNotControlled"]
+    assert sorted(result.delete_workers) == ["demo-worker-0", "demo-worker-1"]
+    assert result.status.attempt == 1 and result.status.restarts == 0 and result.create_workers == []
+    assert result.requeue_after == OPTIONS.child_retry_seconds
+    # The next retry, same problem: no new Event
+    body = written(body, result)
+    again = decide(body, [], 30)
+    report_children(again, [problem], [], at(30), 1, OPTIONS)
+    assert again.create_workers == [] and not [e for e in again.events if e.type == "Warning"]
+    assert again.status.phase == Phase.PENDING and "demo-config" in again.status.message
+    # Once it is gone, the workers are created and the condition turns True
+    body = written(body, again)
+    fixed = decide(body, [], 40)
+    report_children(fixed, [], [], at(40), 1, OPTIONS)
+    assert fixed.create_workers == [0, 1] and condition(fixed, "ChildrenReady")["status"] == "True"
+
+
+def test_a_refused_child_does_not_stop_the_deadline() -> None:
+    body, pods = running_job(runPolicy={"activeDeadlineSeconds": 30})
+    refused = ChildProblem("ConfigMap", "demo-config", ChildProblemReason.CREATE_REFUSED, "exceeded quota")
+    result = decide(body, pods, 40)
+    report_children(result, [refused], [], at(40), 1, OPTIONS)
+    assert result.status.phase == Phase.FAILED
+    assert condition(result, "Failed")["reason"] == "DeadlineExceeded"
+    assert condition(result, "ChildrenReady")["status"] == "False"
+
+
+def test_a_worker_evicted_or_gone_while_a_peer_crashes_is_blamed_and_not_counted() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 0})
+    evicted = pod(1, deleting=True, disrupted=True, disruption_reason="EvictionByEvictionAPI")
+    crashed = pod(0, phase="Failed", exit_code=1, message="NCCL error")
+    result = decide(body, [crashed, evicted], 10)
+    assert result.status.phase == Phase.RESTARTING
+    failure = result.status.last_failure
+    assert failure is not None and (failure.pod, failure.reason) == ("demo-worker-1", "Evicted")
+    assert (result.status.failed_attempts, result.status.disruptions) == (0, 1)
+    gone = decide(body, [crashed], 10)  # rank 1 already removed: the crash is still not counted
+    assert gone.status.phase == Phase.RESTARTING and gone.status.failed_attempts == 0
