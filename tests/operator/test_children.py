@@ -95,6 +95,25 @@ def test_a_worker_asking_only_for_gpus_gets_cpu_and_memory_requests_so_it_is_not
     assert partial["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "8"}
 
 
+def test_a_worker_is_told_how_many_gpus_it_was_given_so_a_gpu_pod_without_cuda_fails_at_once() -> None:
+    """The trainer refuses to fall back to CPU when the launcher gave it GPUs (KUBETUNE_GPUS_PER_NODE)."""
+    assert (
+        NodeContext.from_env({k: v for k, v in env_of(worker()).items() if isinstance(v, str)}).gpus_per_node
+        == 8
+    )
+    cpu_pod = worker(kubernetes={"resources": {"gpusPerNode": 0}})
+    assert (
+        NodeContext.from_env({k: v for k, v in env_of(cpu_pod).items() if isinstance(v, str)}).gpus_per_node
+        == 0
+    )
+
+
+def test_the_grace_period_for_the_last_checkpoint_comes_from_the_spec() -> None:
+    assert worker()["spec"]["terminationGracePeriodSeconds"] == 120
+    slow = worker(kubernetes={"terminationGracePeriodSeconds": 900})
+    assert slow["spec"]["terminationGracePeriodSeconds"] == 900
+
+
 def test_a_worker_mounts_the_config_shm_output_and_cache_volumes() -> None:
     pod = worker(
         kubernetes={

@@ -213,7 +213,9 @@ def build_job_children(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any
 WorkerPlugin = Callable[[dict[str, Any], WorkerContext], None]
 
 
-def _node_context(job: JobRef, spec: FineTuneJobSpec, index: int, attempt: int) -> NodeContext:
+def _node_context(
+    job: JobRef, spec: FineTuneJobSpec, index: int, attempt: int, gpus_per_node: int | None = None
+) -> NodeContext:
     return NodeContext(
         job_file=f"{names.CONFIG_MOUNT_PATH}/{names.JOB_FILE_KEY}",
         node_rank=index,
@@ -225,6 +227,7 @@ def _node_context(job: JobRef, spec: FineTuneJobSpec, index: int, attempt: int) 
         job_name=job.name,
         job_namespace=job.namespace,
         attempt=attempt,
+        gpus_per_node=gpus_per_node,
     )
 
 
@@ -248,7 +251,8 @@ def rendezvous_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     """Hostname/subdomain for worker 0's stable DNS name, and the launcher↔trainer env contract."""
     pod["spec"]["hostname"] = names.worker_name(ctx.job.name, ctx.index)
     pod["spec"]["subdomain"] = names.service_name(ctx.job.name)
-    env = _node_context(ctx.job, ctx.spec, ctx.index, ctx.attempt).to_env()
+    # The GPUs this pod asks for: a worker that gets none visible then fails at once instead of training on CPU.
+    env = _node_context(ctx.job, ctx.spec, ctx.index, ctx.attempt, gpus_per_node=ctx.gpus).to_env()
     _add_env(pod, [{"name": key, "value": value} for key, value in env.items()])
     _container(pod)["ports"] = [{"name": "rendezvous", "containerPort": ctx.spec.distribution.main_port}]
 
@@ -440,7 +444,9 @@ def build_worker_pod(ctx: WorkerContext, generation: int | None = None) -> dict[
         "metadata": _metadata(ctx.job, names.worker_name(ctx.job.name, ctx.index), "worker", labels),
         "spec": {
             "restartPolicy": "Never",  # restarts are gang-wide, decided by the operator
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "terminationGracePeriodSeconds": (
+                ctx.spec.kubernetes.termination_grace_period_seconds or TERMINATION_GRACE_SECONDS
+            ),
             "enableServiceLinks": False,  # no env var per Service in the namespace
             "containers": [
                 {
