@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   — set up and run the offline example as 2 simulated nodes on this machine
-#   make test   — set up (venv, Kubernetes control-plane binaries) and pass every check and test
+#   make test   — set up (venv, control plane, real test nodes, the two images) and pass every check and test
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck venv cluster-bin images
+.PHONY: demo test lint typecheck venv cluster-bin node-bin images gpu-check
 # Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
@@ -25,6 +25,11 @@ demo:
 
 cluster-bin:
 	bash hack/cluster/build.sh
+
+# The real test nodes' binaries (kubelet, kube-proxy, CoreDNS) and system packages (containerd, runc, CNI).
+node-bin:
+	bash hack/nodes/install-packages.sh
+	bash hack/nodes/build.sh
 
 # The operator and trainer (CPU) images, built with a private dockerd and a Debian-made base, no registry;
 # prints their docker-archive tars (cached under $(KUBETUNE_CACHE)/images) and refs as its last two lines.
@@ -40,11 +45,22 @@ typecheck:
 	venv=$$(bash hack/setup-venv.sh)
 	"$$venv/bin/mypy"
 
+# One command on a GPU machine: kubetune's trainer against transformers.Trainer, ZeRO-2/3, a causal LM (one table).
+gpu-check:
+	venv=$$(bash hack/setup-venv.sh)
+	"$$venv/bin/python" benchmarks/gpu_check.py
+
+# Everything is built or reused from $(KUBETUNE_CACHE): the venv, the control plane, the real nodes' binaries
+# and the two images (their tests need root: network namespaces, cgroups, a private dockerd).
 test:
 	bash hack/ensure-system-tools.sh
+	bash hack/nodes/install-packages.sh
 	venv=$$(bash hack/setup-venv.sh)
 	bin=$$(bash hack/cluster/build.sh | tail -n 1)
-	export KUBETUNE_CLUSTER_BIN="$$bin" PATH="$$bin:$$venv/bin:$$PATH" KUBETUNE_REQUIRE_CLUSTER=1
+	nodes_bin=$$(bash hack/nodes/build.sh | tail -n 1)
+	bash hack/images/build.sh >/dev/null
+	export KUBETUNE_CLUSTER_BIN="$$bin" KUBETUNE_NODES_BIN="$$nodes_bin" PATH="$$bin:$$venv/bin:$$PATH"
+	export KUBETUNE_REQUIRE_CLUSTER=1
 	ruff check .
 	ruff format --check .
 	mypy
