@@ -16,6 +16,9 @@ local runner into each simulated node's process, and `kubetune train` reads them
 | KUBETUNE_TERMINATION_LOG       | termination-message file (default /dev/termination-log)        |
 | KUBETUNE_JOB_NAME / _NAMESPACE | identity of the FineTuneJob, for the status reporter (optional)|
 | KUBETUNE_ATTEMPT               | gang restart counter, 0 for the first attempt (optional)       |
+| KUBETUNE_GPUS_PER_NODE         | GPUs the launcher gave this node (optional; 0: train on CPU).  |
+|                                | With N > 0 `kubetune train` exits 2 unless CUDA shows a device |
+|                                | per process; unset: decided from the spec (trainer devices.py) |
 | HF_TOKEN                       | Hugging Face token (from a Secret on Kubernetes)               |
 """
 
@@ -37,6 +40,7 @@ TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
 JOB_NAME = "KUBETUNE_JOB_NAME"
 JOB_NAMESPACE = "KUBETUNE_JOB_NAMESPACE"
 ATTEMPT = "KUBETUNE_ATTEMPT"
+GPUS_PER_NODE = "KUBETUNE_GPUS_PER_NODE"
 HF_TOKEN = "HF_TOKEN"
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -68,6 +72,7 @@ class NodeContext:
     job_name: str | None = None
     job_namespace: str | None = None
     attempt: int = 0
+    gpus_per_node: int | None = None  # None: not said by the launcher
 
     @property
     def world_size(self) -> int:
@@ -92,6 +97,8 @@ class NodeContext:
             JOB_NAMESPACE: self.job_namespace,
         }
         env.update({k: v for k, v in optional.items() if v})
+        if self.gpus_per_node is not None:
+            env[GPUS_PER_NODE] = str(self.gpus_per_node)
         return env
 
     @classmethod
@@ -128,6 +135,7 @@ class NodeContext:
             job_name=source.get(JOB_NAME) or None,
             job_namespace=source.get(JOB_NAMESPACE) or None,
             attempt=integer(ATTEMPT, "0"),
+            gpus_per_node=integer(GPUS_PER_NODE, "0") if source.get(GPUS_PER_NODE, "").strip() else None,
         )
         if context.node_rank >= context.num_nodes:
             raise ContractError(

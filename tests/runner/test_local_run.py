@@ -2,7 +2,9 @@
 
 Given a FineTuneJob for the tiny model, when `kubetune run` runs it as 2 nodes, then it trains as world size 2,
 learns, and leaves its reports; when a rank dies the run fails fast naming that node; when it is interrupted it
-keeps a checkpoint and a rerun resumes from it. Every test also checks that no process of the run is left.
+keeps a checkpoint and a rerun resumes from it. Every shape a pod can have is run: 2 nodes x 1 process (DDP),
+1 node x 2 processes (DeepSpeed ZeRO-2) and 1 node x 1 process (one plain process, interrupted and resumed).
+Every test also checks that no process of the run is left.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from tests.runner.helpers import processes_of_run, run_kubetune, start_kubetune,
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _job(folder: Path, assets: TinyAssets, training: dict[str, object], checkpoint_every: int) -> Path:
-    """A 2-node job whose data paths are relative to the job file's folder (as in manifests/examples)."""
+def _job(
+    folder: Path,
+    assets: TinyAssets,
+    training: dict[str, object],
+    checkpoint_every: int,
+    distribution: dict[str, object] | None = None,
+) -> Path:
+    """A job (2 nodes x 1 process unless `distribution` says otherwise) whose data paths are relative to the
+    job file's folder (as in manifests/examples)."""
     data = folder / "data"
     data.mkdir(parents=True)
     shutil.copy(assets.train, data / "train.jsonl")
@@ -39,7 +48,7 @@ def _job(folder: Path, assets: TinyAssets, training: dict[str, object], checkpoi
         name="tiny-sentiment",
         overrides={
             "training": {"loggingSteps": 5, "learningRate": 2e-3, "warmupRatio": 0.1, **training},
-            "distribution": {"nodes": 2, "processesPerNode": 1},
+            "distribution": distribution or {"nodes": 2, "processesPerNode": 1},
             "checkpointing": {"everySteps": checkpoint_every, "keepLast": 2},
         },
     )
@@ -102,8 +111,44 @@ def test_a_dead_rank_fails_the_run_fast_with_that_nodes_error(
     assert processes_of_run(output) == []
 
 
-def test_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, tiny_assets: TinyAssets) -> None:
-    job = _job(tmp_path / "job", tiny_assets, {"maxSteps": 150}, checkpoint_every=10)
+def test_one_node_with_two_deepspeed_zero2_processes_learns(tmp_path: Path, tiny_assets: TinyAssets) -> None:
+    """1 node x 2 processes, chosen on the command line over the spec's 2 x 1, under DeepSpeed ZeRO-2."""
+    job = _job(
+        tmp_path / "job",
+        tiny_assets,
+        {"epochs": 2},
+        checkpoint_every=1000,
+        distribution={"nodes": 2, "processesPerNode": 1, "deepspeed": {"zeroStage": 2}},
+    )
+    output = tmp_path / "out"
+    result = run_kubetune(
+        str(job), "--nodes", "1", "--processes-per-node", "2", "--output", str(output), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 node(s) x 2 process(es)" in result.stdout
+    summary = json.loads((output / "metrics.json").read_text())
+    print("1 x 2 ZeRO-2:", summary["metrics"])
+    assert summary["world_size"] == 2
+    assert summary["metrics"]["eval_accuracy"] > 0.7, summary  # chance is 0.5
+    # DeepSpeed (not DDP) trained: its checkpoints hold one ZeRO optimizer shard per rank.
+    newest = sorted((output / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    shards = list(newest.glob("pytorch_model/*optim_states.pt"))
+    assert len(shards) == 2, [p.name for p in shards]
+    assert processes_of_run(output) == []
+
+
+def test_one_node_one_process_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes_and_learns(
+    tmp_path: Path, tiny_assets: TinyAssets
+) -> None:
+    """The one-GPU shape (1 x 1) runs as one plain process (accelerate's simple launcher, no torchrun), and
+    still stops on Ctrl-C at a step with a checkpoint and exit 75, and resumes."""
+    job = _job(
+        tmp_path / "job",
+        tiny_assets,
+        {"maxSteps": 150},
+        checkpoint_every=10,
+        distribution={"nodes": 1, "processesPerNode": 1},
+    )
     output = tmp_path / "out"
     run = start_kubetune(str(job), "--output", str(output), cwd=tmp_path, log=tmp_path / "first.log")
     try:
@@ -116,18 +161,24 @@ def test_ctrl_c_keeps_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, tiny_asse
     first = (tmp_path / "first.log").read_text()
     assert code == 75, first
     assert processes_of_run(output) == []
+    assert "CalledProcessError" not in (output / "logs" / "node-0.log").read_text()
     checkpoints = sorted((output / "checkpoints").iterdir())
     assert checkpoints, "the interrupted run kept no checkpoint"
     events = read_events(output / "events.jsonl")
+    assert next(e for e in events if e.event == EventKind.STARTED).world_size == 1
+    assert events[-1].event == EventKind.PREEMPTED, [e.event for e in events]
     stopped_at = max(e.step for e in events if e.event == EventKind.CHECKPOINT)
-    assert stopped_at < 150
+    assert stopped_at == events[-1].step < 150, "the checkpoint is of the step it stopped at"
 
     result = run_kubetune(str(job), "--output", str(output), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming from the checkpoints there" in result.stdout
     resumed = [e for e in read_events(output / "events.jsonl") if e.event == EventKind.STARTED][-1]
     assert resumed.resumed_from_step == stopped_at
-    assert json.loads((output / "metrics.json").read_text())["step"] == 150
+    summary = json.loads((output / "metrics.json").read_text())
+    print(f"1 x 1: stopped at step {stopped_at}, after resuming:", summary["metrics"])
+    assert summary["step"] == 150 and summary["world_size"] == 1
+    assert summary["metrics"]["eval_accuracy"] > 0.7, summary  # chance is 0.5
     assert processes_of_run(output) == []
 
 

@@ -69,6 +69,10 @@ def test_plan_gives_each_node_the_contract_and_a_fair_share_of_cores(tmp_path: P
     assert context.termination_log == str(output / "logs" / "node-1.termination-log")
     assert env["OMP_NUM_THREADS"] == "4" and env["PATH"] == "/usr/bin"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # no GPUs: CPU and gloo
+    # So `kubetune train` does not refuse a spec that asks a cluster for GPUs: locally it runs on CPU, said so.
+    assert context.gpus_per_node == 0
+    gpu_plan = LocalRunPlan(plan.job, job_file, output, 41000, gpus=("0", "1"))
+    assert NodeContext.from_env(gpu_plan.node_env(1, {}, cpu_count=8)).gpus_per_node == 1
     # A lower thread count the user asked for is kept.
     assert plan.node_env(0, {"OMP_NUM_THREADS": "1"}, cpu_count=8)["OMP_NUM_THREADS"] == "1"
 

@@ -174,3 +174,25 @@ def test_launch_args_carry_this_nodes_rank_and_the_worker_module() -> None:
         spec_with(distribution={"deepspeed": {"zeroStage": 2}}), context(), "/c/accelerate.yaml"
     )
     assert deepspeed[:3] == ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
+
+
+def test_one_node_one_process_is_a_plain_single_process_launch() -> None:
+    """`accelerate launch --multi_gpu` refuses one process; 1 x 1 without DeepSpeed uses accelerate's simple
+    launcher (distributed type NO), as `accelerate config` writes for one GPU. (Run for real in
+    tests/runner/test_local_run.py.)"""
+    one = context(nodes=1, procs=1)
+    spec = spec_with(distribution={"nodes": 1, "processesPerNode": 1})
+    assert accelerate_config(spec, one)["distributed_type"] == "NO"
+    args = accelerate_launch_args(spec, one, "/c/accelerate.yaml")
+    assert "--multi_gpu" not in args and "--use_deepspeed" not in args
+    assert args[0] == "--quiet"  # the worker's status file, not accelerate's traceback, tells the outcome
+    pairs = dict(zip(args[1:-2:2], args[2:-2:2], strict=True))
+    assert pairs["--num_processes"] == "1"
+    assert args[-2:] == ["--module", WORKER_MODULE]
+
+    # DeepSpeed launches through torchrun for any world size, 1 included.
+    zero = spec_with(distribution={"nodes": 1, "processesPerNode": 1, "deepspeed": {"zeroStage": 2}})
+    assert accelerate_config(zero, one, "/c/ds.json")["distributed_type"] == "DEEPSPEED"
+    assert accelerate_launch_args(zero, one, "/c/accelerate.yaml")[0] == "--use_deepspeed"
+    # One process per node, but two nodes: still a gang (DDP over torchrun).
+    assert accelerate_config(spec, context(nodes=2, procs=1))["distributed_type"] == "MULTI_GPU"

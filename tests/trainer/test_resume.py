@@ -85,6 +85,41 @@ def test_a_run_extended_from_its_checkpoint_ends_exactly_like_an_uninterrupted_r
     assert newest.fingerprint["spec.training.perDeviceTrainBatchSize"] == 8, "old checkpoints were replaced"
 
 
+def test_two_ranks_resumed_in_the_middle_of_epoch_1_end_bit_identical_to_an_uninterrupted_run(
+    tmp_path: Path, assets: Assets
+) -> None:
+    """1 node x 2 processes (DDP over gloo): 20 steps straight, versus 16 steps and then the job extended to 20.
+
+    400 examples in batches of 16 on 2 ranks are 13 steps per epoch, so step 16 is 3 batches into epoch 1: the
+    resumed run must skip those 3 batches of epoch 1's order (not epoch 0's) and then see exactly the batches,
+    dropout masks and optimizer state the uninterrupted run saw.
+    """
+    env = child_env(tmp_path, KUBETUNE_DEBUG_WEIGHTS_HASH="1")
+    every_8 = {"checkpointing": {"everySteps": 8, "keepLast": 2}}
+
+    def run(name: str, steps: int) -> list[ProgressEvent]:
+        overrides = {**with_steps(steps), **every_8, "distribution": {"nodes": 1, "processesPerNode": 2}}
+        results = run_nodes(make_job(tmp_path, assets, name, **overrides), env, nodes=1, procs_per_node=2)
+        assert results[0].returncode == 0, explain(results)
+        return results[0].events
+
+    run("straight", 20)
+    run("resumed", 16)
+    checkpoint = checkpoints.TrainerState.from_file(
+        tmp_path / "resumed-out" / "checkpoints" / "step-16" / checkpoints.STATE_FILE
+    )
+    assert (checkpoint.epoch, checkpoint.batches_in_epoch) == (1, 3), "interrupted mid-epoch 1"
+    events = run("resumed", 20)
+    assert next(e for e in events if e.event == EventKind.STARTED).resumed_from_step == 16
+
+    def hashes(name: str) -> list[str]:
+        folder = tmp_path / f"{name}-out" / "debug"
+        return [path.read_text() for path in sorted(folder.glob("weights-rank-*.sha256"))]
+
+    assert len(hashes("straight")) == 2 and len(set(hashes("straight"))) == 1
+    assert hashes("resumed") == hashes("straight"), "resumed weights differ from the uninterrupted run's"
+
+
 def test_two_nodes_sigterm_to_one_stops_both_at_one_step_with_exit_75_then_the_gang_resumes_and_learns(
     tmp_path: Path, assets: Assets
 ) -> None:

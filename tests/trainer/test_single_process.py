@@ -107,3 +107,26 @@ def test_tiny_gpt2_causal_lm_reports_perplexity_that_falls(
     print("causal-lm perplexity by eval:", perplexities)
     assert len(perplexities) == 3
     assert perplexities[-1] < perplexities[0] / 2
+    # EOS closes every text and is a target (pad = eos is masked only at padding): the model learned to stop.
+    stop = probability_of_eos_after_each_text(tmp_path / "out" / "model", read_texts(assets.eval)[:50])
+    untrained = probability_of_eos_after_each_text(model, read_texts(assets.eval)[:50])
+    print(f"P(eos | whole text): untrained {untrained:.4f}, trained {stop:.4f}")
+    assert (
+        stop > 0.05 and stop > 20 * untrained
+    )  # EOS never a target: it would fall below the untrained value
+
+
+def probability_of_eos_after_each_text(folder: Path, texts: list[str]) -> float:
+    """Mean probability the causal LM in `folder` gives EOS right after each complete text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    total = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            logits = model(input_ids=ids).logits[0, -1]
+            total += float(torch.softmax(logits.float(), dim=-1)[tokenizer.eos_token_id])
+    return total / len(texts)

@@ -189,13 +189,21 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     label_field = dataset_spec.label_field
     max_length = dataset_spec.max_length
 
+    eos_id = tokenizer.eos_token_id
+
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         if task == Task.CAUSAL_LM:
             texts = [
                 "\n".join(str(t) for t in parts)
                 for parts in zip(*(batch[f] for f in text_fields), strict=True)
             ]
-            encoded = tokenizer(texts, truncation=True, max_length=max_length)
+            # One token short of maxLength, for the EOS that ends every text: the model must learn to stop.
+            encoded = tokenizer(texts, truncation=True, max_length=max_length - 1)
+            if eos_id is not None:
+                for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True):
+                    if not ids or ids[-1] != eos_id:
+                        ids.append(eos_id)
+                        mask.append(1)
         else:
             columns = [[str(t) for t in batch[f]] for f in text_fields]
             encoded = tokenizer(*columns, truncation=True, max_length=max_length)
@@ -211,6 +219,14 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
         )
         if task == Task.CAUSAL_LM:
             mapped = mapped.filter(lambda row: row["length"] > 1, desc=f"dropping empty {split} texts")
+            if dataset_spec.packing:
+                mapped = mapped.map(
+                    lambda batch: pack_blocks(batch["input_ids"], max_length),
+                    batched=True,
+                    batch_size=PACKING_GROUP,
+                    remove_columns=list(mapped.column_names),
+                    desc=f"packing {split} into blocks of {max_length} tokens",
+                )
         tokenized[split] = mapped
     lengths = list(tokenized[TRAIN]["length"])
     if not lengths:
@@ -227,13 +243,60 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     )
 
 
-def build_collator(task: str, tokenizer: Any) -> Any:
-    """Dynamic padding per batch; for causal LMs, labels = input ids with padding masked out."""
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+PACKING_GROUP = 1000  # texts concatenated at a time when packing (datasets' map batch size, as in run_clm)
+
+
+def pack_blocks(texts: list[list[int]], block_size: int) -> dict[str, list[Any]]:
+    """Concatenate token lists and cut them into full blocks of `block_size` (the remainder is dropped)."""
+    stream = [token for ids in texts for token in ids]
+    usable = len(stream) // block_size * block_size
+    blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
+    return {
+        "input_ids": blocks,
+        "attention_mask": [[1] * block_size for _ in blocks],
+        "length": [block_size] * len(blocks),
+    }
+
+
+@dataclass
+class CausalLMCollator:
+    """Right-pads a batch and sets labels = input ids at real tokens, -100 at padding only.
+
+    Padding is told apart by the attention mask, not by the token id: with pad = eos (most causal LMs), masking
+    every pad-id position would also mask the EOS that ends each text, and the model would never learn to stop.
+    The model shifts the labels itself.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        for row, feature in enumerate(features):
+            ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            mask = torch.as_tensor(feature.get("attention_mask", [1] * len(ids)), dtype=torch.long)
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = mask
+            labels[row, : len(ids)] = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def build_collator(task: str, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
+    """Dynamic padding per batch (to a multiple of `pad_to_multiple_of` when given, for tensor cores); for
+    causal LMs, labels = input ids with only the padding masked out (`CausalLMCollator`)."""
+    from transformers import DataCollatorWithPadding
 
     if task == Task.CAUSAL_LM:
-        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    return DataCollatorWithPadding(tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return CausalLMCollator(int(pad_id or 0), pad_to_multiple_of)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def batches_per_process(num_samples: int, batch_size: int, num_processes: int) -> int:

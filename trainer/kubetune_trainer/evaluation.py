@@ -43,13 +43,57 @@ def _classification_batch(
     return logits.argmax(dim=-1), labels, losses
 
 
-def _causal_batch(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    outputs = model(**batch)
-    logits = outputs.logits[:, :-1, :].float()
+# Evaluation materialises logits for at most this many (token x vocabulary) elements at a time: 256 MiB in
+# fp32. Full logits of a batch of 32 x 2048 tokens over a 128k vocabulary would be 34 GB per fp32 copy.
+LOGIT_CHUNK_ELEMENTS = 64 * 2**20
+
+# Config fields of models whose logits are transformed after the output projection (soft-capping, scaling):
+# for them the chunked head would not be exact, so their logits come from the model's own forward.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _chunked_token_losses(
+    hidden: torch.Tensor, targets: torch.Tensor, head: Any, vocabulary: int
+) -> torch.Tensor:
+    """Cross-entropy of each row of `hidden` ([N, H]) projected by `head` to `vocabulary` logits against
+    `targets` ([N]), computed LOGIT_CHUNK_ELEMENTS at a time. Returns fp32 losses [N]."""
+    rows = max(1, LOGIT_CHUNK_ELEMENTS // vocabulary)
+    losses = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], rows):
+        logits = head(hidden[start : start + rows]).float()
+        losses[start : start + rows] = F.cross_entropy(
+            logits, targets[start : start + rows], reduction="none"
+        )
+    return losses
+
+
+def _causal_batch(accelerator: Any, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token loss and target count per sequence, without the full logits of the batch.
+
+    The backbone gives hidden states; the output head runs on the target positions only, a chunk at a time.
+    Models with a logit transform (or no separable head) fall back to their own logits, still upcast in chunks.
+    """
     targets = batch["labels"][:, 1:]
-    token_losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
-    mask = (targets != -100).to(token_losses.dtype)
-    return (token_losses * mask).sum(dim=1), mask.sum(dim=1).long()
+    mask = targets != -100
+    unwrapped = accelerator.unwrap_model(model)
+    head = unwrapped.get_output_embeddings()
+    backbone = getattr(unwrapped, "base_model", None)
+    transforms = any(
+        getattr(unwrapped.config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS
+    )
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with accelerator.autocast():
+        if head is not None and backbone is not None and backbone is not unwrapped and not transforms:
+            hidden = backbone(**inputs).last_hidden_state[:, :-1]
+            vocabulary = int(head.weight.shape[0])
+            token_losses = _chunked_token_losses(hidden[mask], targets[mask], head, vocabulary)
+        else:
+            logits = model(**inputs).logits[:, :-1]
+            vocabulary = int(logits.shape[-1])
+            token_losses = _chunked_token_losses(logits[mask], targets[mask], torch.nn.Identity(), vocabulary)
+    per_token = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    per_token[mask] = token_losses
+    return per_token.sum(dim=1), mask.sum(dim=1).long()
 
 
 @torch.no_grad()
@@ -66,7 +110,7 @@ def evaluate_model(
     losses: list[torch.Tensor] = []
     for batch in loader:
         if task == Task.CAUSAL_LM:
-            nll, tokens = _causal_batch(model, batch)
+            nll, tokens = _causal_batch(accelerator, model, batch)
             nll, tokens = accelerator.gather_for_metrics((nll, tokens))
             predictions.append(nll.cpu())
             references.append(tokens.cpu())

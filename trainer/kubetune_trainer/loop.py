@@ -32,7 +32,7 @@ from kubetune_trainer.data import PreparedData, batches_per_process, build_colla
 from kubetune_trainer.evaluation import evaluate_model, load_metric
 from kubetune_trainer.model_card import render_model_card
 from kubetune_trainer.modelio import load_model, load_tokenizer, resolve_model_location, verify_weights
-from kubetune_trainer.optim import build_optimizer, build_scheduler
+from kubetune_trainer.optim import build_optimizer, build_scheduler, describe_optimizer
 from kubetune_trainer.preemption import StopRequest, agree_to_stop
 from kubetune_trainer.reporting import Reporter, Sink, default_sinks
 from kubetune_trainer.sampling import EpochSampler
@@ -260,6 +260,7 @@ class Trainer:
             prepared.append(eval_loader)
         prepared = accelerator.prepare(*prepared)
         self.model, self.optimizer, self.train_loader, self.scheduler = prepared[:4]
+        log.info("optimizer: %s", describe_optimizer(self.optimizer))
         self.eval_loader = prepared[4] if eval_loader is not None else None
         if len(self.train_loader) != self.plan.batches_per_epoch:
             log.warning(
@@ -359,6 +360,10 @@ class Trainer:
             # Through the prepared loader: it re-applies its own epoch counter to the sampler on every iter(),
             # and that counter does not know about a resumed run's first (skipped-into) epoch.
             loader.set_epoch(self.state.epoch)
+            # And on the sampler itself: with more than one process the skipping loader holds it three wrappers
+            # deep (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> ours), where accelerate's set_epoch
+            # does not reach, so a resumed epoch >= 1 would replay epoch 0's order.
+            self.sampler.set_epoch(self.state.epoch)
             for batch in loader:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss

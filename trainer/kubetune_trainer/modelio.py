@@ -113,13 +113,22 @@ def load_model(
     tokenizer: Any,
     id2label: dict[int, str] | None = None,
 ) -> Any:
-    """The model for spec.model.task, with a classification head sized to `id2label` when given."""
+    """The model for spec.model.task in fp32, with a classification head sized to `id2label` when given.
+
+    fp32 whatever the checkpoint's dtype: transformers 5 loads with dtype="auto", so a model stored in bf16
+    (most causal LMs) would otherwise train in pure bf16, where an update smaller than bf16's rounding step at
+    the weight's magnitude (lr 2e-5 against weights near 0.02) is lost. These fp32 weights are the optimizer's
+    master weights; mixedPrecision bf16/fp16 computes in low precision under autocast (accelerate), and
+    DeepSpeed keeps its own low-precision copy beside its fp32 partitions.
+    """
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     common: dict[str, Any] = {
         "revision": spec.revision,
         "token": token,
         "trust_remote_code": spec.trust_remote_code,
+        "dtype": torch.float32,
     }
     if spec.task == Task.CAUSAL_LM:
         model = AutoModelForCausalLM.from_pretrained(location, **common)

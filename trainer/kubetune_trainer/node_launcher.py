@@ -8,8 +8,9 @@ Signals: SIGTERM/SIGINT are forwarded straight to the worker processes (not to t
 shutdown timer would cut a checkpoint short); they agree on a step, save a checkpoint and exit, and this
 process exits 75 (`EXIT_PREEMPTED`) so the launcher knows to resume rather than fail.
 
-Exit codes: 0 finished, 75 preempted, 2 invalid job (spec, data columns, model pin), 1 other failures, with
-the failing rank's message and traceback tail printed last on stderr.
+Exit codes: 0 finished, 75 preempted, 2 invalid job (spec, data columns, model pin) or a GPU job without a
+visible CUDA device (see devices.py), 1 other failures, with the failing rank's message and traceback tail
+printed last on stderr.
 
 This module is torch-free at import time; torch is imported only to ask whether CUDA is present.
 """
@@ -43,6 +44,7 @@ from kubetune.contract import (
 from kubetune.launch import LaunchConfigError, accelerate_config, accelerate_launch_args, deepspeed_config
 from kubetune.spec import FineTuneJob, SpecError, load_job
 
+from kubetune_trainer.devices import DeviceError, check_devices
 from kubetune_trainer.settings import WORKER_STATUS_DIR
 
 DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "kubetune" / "torch_extensions"
@@ -103,7 +105,8 @@ def child_environment(
     env.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
     if not job.spec.distribution.deepspeed.enabled and not _cuda_available():
         # DDP on CPU: keeps the torchrun launch of --multi_gpu but trains on CPU over gloo. (With DeepSpeed this
-        # variable would silently turn DeepSpeed off, so DeepSpeed runs on its own CPU accelerator instead.)
+        # variable would silently turn DeepSpeed off, so DeepSpeed runs on its own CPU accelerator instead. The
+        # simple launcher of a 1 x 1 job sets it from the config file itself; without CUDA it trains on CPU.)
         env["ACCELERATE_USE_CPU"] = "1"
     return env
 
@@ -272,7 +275,9 @@ def main(
     try:
         context = NodeContext.from_env(source)
         job = load_and_validate(context)
-    except (ContractError, SpecError, LaunchConfigError) as error:
+        # Before any process starts: a GPU job must not quietly train on CPU.
+        check_devices(job.spec, context)
+    except (ContractError, SpecError, LaunchConfigError, DeviceError) as error:
         print(f"kubetune train: {error}", file=sys.stderr, flush=True)
         return EXIT_INVALID_SPEC
     if single_process:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import torch
-from kubetune.spec.models import DeepSpeedSpec, OffloadDevice, TrainingSpec
+from kubetune.spec.models import DeepSpeedSpec, TrainingSpec
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -30,25 +30,39 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 def build_optimizer(
     model: torch.nn.Module, training: TrainingSpec, deepspeed: DeepSpeedSpec
 ) -> torch.optim.Optimizer:
-    """AdamW over `parameter_groups`; DeepSpeed's CPU Adam when the optimizer state is offloaded to CPU/NVMe."""
+    """torch's AdamW over `parameter_groups` (decoupled weight decay), also under DeepSpeed.
+
+    With ZeRO optimizer offload, accelerate swaps it for DeepSpeedCPUAdam (`map_pytorch_optim_to_deepspeed`),
+    and keeps AdamW mode only when handed a `torch.optim.AdamW`: a DeepSpeedCPUAdam built here would be
+    rebuilt with adamw_mode=False, i.e. Adam with L2 regularisation. So this always returns torch's AdamW.
+    """
     groups = parameter_groups(model, training.weight_decay)
     betas = (training.adam_beta1, training.adam_beta2)
-    if deepspeed.enabled and deepspeed.offload_optimizer != OffloadDevice.NONE:
-        # ZeRO-Offload steps the optimizer on the CPU; torch's AdamW there is several times slower.
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(
-            groups, lr=training.learning_rate, betas=betas, eps=training.adam_epsilon, adamw_mode=True
-        )
-        return optimizer
     # The fused kernel updates every parameter in one pass. Without it torch's AdamW on CPU loops over the
     # tensors one by one (113 ms a step for MiniLM on one thread, 16% of the step; fused: 12 ms), and on GPU
     # it launches several kernels per tensor. transformers.Trainer defaults to it too (adamw_torch_fused).
-    # DeepSpeed's engine wraps the optimizer itself, so it keeps torch's default there.
+    # DeepSpeed's engine wraps (or, offloading, replaces) the optimizer itself, so it keeps torch's default.
     fused = None if deepspeed.enabled else True
     return torch.optim.AdamW(
         groups, lr=training.learning_rate, betas=betas, eps=training.adam_epsilon, fused=fused
     )
+
+
+def describe_optimizer(optimizer: Any) -> str:
+    """What steps the weights after accelerate/DeepSpeed prepared `optimizer`, for the log, e.g.
+    'DeepSpeedCPUAdam (adamw_mode=True)' or 'AdamW (fused=True)'."""
+    inner = optimizer
+    # accelerate's wrapper -> (DeepSpeed's ZeRO optimizer ->) the optimizer that does the arithmetic.
+    for _ in range(3):
+        nested = getattr(inner, "optimizer", None)
+        if nested is None or nested is inner:
+            break
+        inner = nested
+    name = type(inner).__name__
+    if hasattr(inner, "adam_w_mode"):
+        return f"{name} (adamw_mode={bool(inner.adam_w_mode)})"
+    fused = inner.defaults.get("fused") if hasattr(inner, "defaults") else None
+    return f"{name} (fused={fused})" if fused is not None else name
 
 
 def warmup_steps(training: TrainingSpec, total_steps: int) -> int:

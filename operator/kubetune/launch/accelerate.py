@@ -2,7 +2,16 @@
 
 One config file serves every node of a job (the operator mounts it from a ConfigMap); what differs per node
 (the machine rank) is passed on the command line by `accelerate_launch_args`, which wins over the file.
-Processes are started by torchrun inside `accelerate launch` with a static rendezvous at node 0.
+
+How `accelerate launch` picks its launcher (accelerate/commands/launch.py, `launch_command`), and so what we
+ask for:
+- DeepSpeed (`--use_deepspeed`): torchrun with `nproc_per_node` processes, any world size, 1 included.
+- MULTI_GPU (`--multi_gpu`): torchrun + DDP; refused for fewer than 2 processes ("You need to use at least 2
+  processes to use `--multi_gpu`").
+- NO (no flag): the "simple launcher", one plain child process and no process group, which is what
+  `accelerate config` writes for one GPU. A gang of 1 node x 1 process without DeepSpeed uses it.
+Every shape still goes through `accelerate launch` and the same worker module, so `kubetune run` and a pod
+launch identically.
 """
 
 from __future__ import annotations
@@ -16,14 +25,18 @@ from kubetune.spec.models import FineTuneJobSpec
 WORKER_MODULE = "kubetune_trainer.worker"
 
 
-def distributed_type(spec: FineTuneJobSpec) -> str:
-    """Accelerate's distributed type: DEEPSPEED when ZeRO (or a raw DeepSpeed config) is on, else MULTI_GPU.
+def distributed_type(spec: FineTuneJobSpec, world_size: int) -> str:
+    """Accelerate's distributed type for a gang of `world_size` processes.
 
-    MULTI_GPU is torchrun + DDP; on machines without GPUs the launcher adds ACCELERATE_USE_CPU=1, which keeps
-    the torchrun launch but trains on CPU (`use_cpu: true` in the file would start a single process instead).
+    DEEPSPEED when ZeRO (or a raw DeepSpeed config) is on, whatever the world size; otherwise NO (one plain
+    process) for a world size of 1 and MULTI_GPU (torchrun + DDP) above. On machines without GPUs the launcher
+    adds ACCELERATE_USE_CPU=1 to MULTI_GPU, which keeps the torchrun launch but trains on CPU over gloo
+    (`use_cpu: true` in the file would start a single process instead).
     """
     if spec.distribution.deepspeed.enabled:
         return "DEEPSPEED"
+    if world_size == 1:
+        return "NO"
     return "MULTI_GPU"
 
 
@@ -35,7 +48,7 @@ def accelerate_config(
     `deepspeed_config_path` is where the DeepSpeed JSON will be (required when DeepSpeed is on).
     Raises ValueError when DeepSpeed is on and no path is given.
     """
-    kind = distributed_type(spec)
+    kind = distributed_type(spec, context.world_size)
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": kind,
@@ -90,8 +103,14 @@ def accelerate_launch_args(spec: FineTuneJobSpec, context: NodeContext, config_p
         "--module",
         WORKER_MODULE,
     ]
-    if distributed_type(spec) == "DEEPSPEED":
+    kind = distributed_type(spec, context.world_size)
+    if kind == "DEEPSPEED":
         args[0:0] = ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
-    else:
+    elif kind == "MULTI_GPU":
         args[0:0] = ["--multi_gpu"]
+    else:
+        # The simple launcher turns any non-zero exit of its child (75 after a preemption, 2 for a bad job) into
+        # a CalledProcessError traceback; `kubetune train` reads the real outcome from the worker's status file,
+        # so that traceback would only bury the worker's own message.
+        args[0:0] = ["--quiet"]
     return args

@@ -117,6 +117,15 @@ class DatasetSpec(SpecModel):
     group_by_length: bool = Field(
         default=False, description="Batch examples of similar length together to reduce padding."
     )
+    # --- trainer fields added for issue 10 (causal LM data) ---
+    packing: bool = Field(
+        default=False,
+        description=(
+            "causal-lm only: concatenate the tokenized texts (each ending in EOS) and cut them into blocks of "
+            "maxLength tokens, so no step is spent on padding; attention spans text boundaries (as in "
+            "transformers' run_clm example). The last partial block of every 1000 texts is dropped."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -544,6 +553,11 @@ class FineTuneJobSpec(SpecModel):
         else:
             wrong = sorted(metrics - CAUSAL_LM_METRICS)
             allowed = ", ".join(sorted(CAUSAL_LM_METRICS))
+        if self.dataset.packing and task != Task.CAUSAL_LM:
+            raise ValueError(
+                f"dataset.packing is true but model.task is {task}: packing applies to causal-lm only; "
+                "set packing: false"
+            )
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
         return self

@@ -77,6 +77,8 @@ class LocalRunPlan:
             events_file=str(self.events_file),
             termination_log=str(self.termination_log(rank)),
             job_name=self.job.metadata.name,
+            # What this node gets locally, whatever the spec asks a cluster for: the run prints "CPU, gloo".
+            gpus_per_node=len(node_gpus(self.gpus, rank, self.procs_per_node)),
         )
 
     def node_env(self, rank: int, base: dict[str, str], cpu_count: int) -> dict[str, str]:

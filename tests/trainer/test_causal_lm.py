@@ -1,0 +1,85 @@
+"""Causal-LM data on a tiny GPT-2 built locally (pad = eos, as in most causal LMs): every text ends with an EOS
+that is a training target, only padding is masked, and packing fills blocks without padding."""
+
+from __future__ import annotations
+
+import pytest
+from kubetune.spec import parse_spec
+from kubetune_trainer.data import build_collator, prepare_data
+from kubetune_trainer.synthetic import build_tiny_model, read_texts
+from transformers import AutoTokenizer
+
+from tests.trainer.helpers import Assets
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> object:
+    folder = build_tiny_model(
+        tmp_path_factory.mktemp("gpt") / "gpt", read_texts(assets.train), task="causal-lm"
+    )
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _spec(assets: Assets, **dataset: object) -> object:
+    return parse_spec(
+        {
+            "model": {"name": "tiny-gpt", "task": "causal-lm"},
+            "dataset": {
+                "files": {"train": str(assets.train), "eval": str(assets.eval)},
+                "labelField": None,
+                "maxLength": 32,
+                **dataset,
+            },
+            "training": {"metrics": ["perplexity"]},
+        }
+    )
+
+
+def test_every_text_ends_with_an_eos_that_is_a_target_and_only_padding_is_masked(
+    assets: Assets, gpt2_tokenizer: object
+) -> None:
+    tokenizer: object = gpt2_tokenizer
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    assert tokenizer.pad_token_id == eos  # type: ignore[attr-defined]
+    data = prepare_data(_spec(assets), tokenizer, None)  # type: ignore[arg-type]
+    rows = [data.train[i] for i in range(8)]
+    assert all(row["input_ids"][-1] == eos for row in rows)
+    assert len({len(row["input_ids"]) for row in rows}) > 1, "texts of different lengths, so the batch pads"
+
+    batch = build_collator("causal-lm", tokenizer)(rows)
+    for row, (ids, labels, mask) in enumerate(
+        zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True)
+    ):
+        length = len(rows[row]["input_ids"])
+        assert labels[length - 1] == eos, "the closing EOS is a target"
+        assert (labels[length:] == -100).all() and (ids[length:] == eos).all(), "padding (= eos) is masked"
+        assert (labels[:length] == ids[:length]).all() and mask[:length].all()
+
+    padded = build_collator("causal-lm", tokenizer, pad_to_multiple_of=8)(rows)
+    assert padded["input_ids"].shape[1] % 8 == 0
+
+
+def test_packing_fills_blocks_of_max_length_with_eos_between_texts(
+    assets: Assets, gpt2_tokenizer: object
+) -> None:
+    tokenizer: object = gpt2_tokenizer
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    unpacked = prepare_data(_spec(assets), tokenizer, None)  # type: ignore[arg-type]
+    packed = prepare_data(_spec(assets, packing=True), tokenizer, None)  # type: ignore[arg-type]
+    tokens = sum(unpacked.train_lengths)
+    assert len(packed.train) == tokens // 32, "every token kept but the last partial block"
+    assert set(packed.train_lengths) == {32}
+    first = packed.train[0]["input_ids"]
+    assert first.count(eos) >= 2, "several texts per block, each closed by EOS"
+    batch = build_collator("causal-lm", tokenizer)([packed.train[i] for i in range(4)])
+    assert batch["input_ids"].shape == (4, 32)
+    assert (batch["labels"] != -100).all(), "no padding: every position is a target"
+
+
+def test_packing_is_refused_for_classification() -> None:
+    from kubetune.spec import SpecError
+
+    with pytest.raises((SpecError, ValueError), match="packing applies to causal-lm only"):
+        parse_spec({"model": {"name": "m"}, "dataset": {"name": "glue", "packing": True}})
