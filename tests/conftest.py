@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-# The real local Kubernetes cluster (tests/kube/fixtures.py): kube_cluster, kube_namespace, kubectl, ...
-pytest_plugins = ["tests.kube.fixtures"]
+# The real local Kubernetes cluster (tests/kube/fixtures.py): kube_cluster, kube_namespace, kubectl, ...;
+# with real nodes (tests/kube/node_fixtures.py): real_node_cluster, node_test_image, real_node_namespace.
+pytest_plugins = ["tests.kube.fixtures", "tests.kube.node_fixtures"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

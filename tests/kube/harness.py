@@ -1,5 +1,5 @@
 """A real, local Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and KWOK-simulated GPU nodes, all on 127.0.0.1.
+kube-scheduler and KWOK-simulated GPU nodes, all on 127.0.0.1 -- and, on request, real nodes.
 
     with LocalCluster(gpu_nodes=2, gpus_per_node=8) as cluster:
         cluster.kubectl("get", "nodes")
@@ -8,6 +8,11 @@ kube-scheduler and KWOK-simulated GPU nodes, all on 127.0.0.1.
 Everything runs from one temporary directory (certificates, etcd data, kubeconfigs, logs) on free
 loopback ports, so several clusters can run side by side; `stop()` (or leaving the `with` block, also
 through an exception or Ctrl-C) stops every process and removes the directory.
+
+`LocalCluster(real_nodes=2)` adds real nodes (kubelet + containerd + runc + kube-proxy, a pod network and
+CoreDNS) beside the KWOK ones. The control plane then runs inside a network namespace of the cluster's
+own (the hub), reached from the host through a loopback forwarder; see tests/kube/netns.py for the
+topology and tests/kube/real_node.py for a node. Without real nodes nothing changes.
 """
 
 from __future__ import annotations
@@ -21,16 +26,24 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from kubernetes import client, config
 
-from tests.kube.binaries import ClusterBinaries, find_binaries
+from tests.kube import coredns, host_cleanup
+from tests.kube.binaries import ClusterBinaries, cache_root, find_binaries
+from tests.kube.containerd import CachedRoot
+from tests.kube.forwarder import NamespaceForwarder
 from tests.kube.kubeconfig import write_kubeconfig, write_service_account_kubeconfig
-from tests.kube.pki import ClusterPKI, create_cluster_pki
+from tests.kube.netns import ClusterNetwork, call_in_namespace, in_namespace, remove_stale_namespaces
+from tests.kube.node_binaries import find_node_bin_dir
+from tests.kube.node_images import pause_image
+from tests.kube.pki import ClusterPKI, create_client_pair, create_cluster_pki
 from tests.kube.processes import ManagedProcess, ProcessFailed, free_loopback_port, http_get_ok, https_get_ok
+from tests.kube.real_node import RealNode
 
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -46,6 +59,11 @@ WORKDIR_PREFIX = "kubetune-cluster-"
 PORT_RACE_ATTEMPTS = 3
 # Holds the pid of the Python process that owns a work directory (see remove_stale_workdirs).
 OWNER_FILE = "owner.pid"
+# With real nodes the API server listens inside the hub namespace, where every port is ours.
+HUB_APISERVER_PORT = 6443
+REAL_NODE_PREFIX = "real-"
+# How long a Node may miss heartbeats before the node controller marks it NotReady (default 50 s).
+NODE_MONITOR_GRACE_PERIOD = "20s"
 
 T = TypeVar("T")
 
@@ -91,6 +109,9 @@ def remove_stale_workdirs() -> list[Path]:
         try:
             os.kill(owner, 0)
         except ProcessLookupError:
+            # Real nodes leave shims, mounts (pod volumes, sandboxes' namespaces) under the directory.
+            host_cleanup.kill_processes_with_argument_under(candidate)
+            host_cleanup.unmount_under(candidate)
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
         except PermissionError:
@@ -127,6 +148,10 @@ class LocalCluster:
         workdir: Path | None = None,
         keep_workdir: bool = False,
         apiserver_args: Sequence[str] = (),
+        real_nodes: int = 0,
+        node_bin_dir: Path | None = None,
+        cache_node_images: bool = False,
+        taint_gpu_nodes: bool = False,
     ):
         self.binaries = binaries or find_binaries()
         self.initial_gpu_nodes = gpu_nodes
@@ -134,9 +159,16 @@ class LocalCluster:
         self._own_workdir = workdir is None
         if workdir is None:
             remove_stale_workdirs()
+            remove_stale_namespaces()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.keep_workdir = keep_workdir
         self.apiserver_args = list(apiserver_args)  # extra flags, e.g. an audit log for a benchmark
+        # As on GKE: GPU nodes carry the taint nvidia.com/gpu=present:NoSchedule, and the
+        # ExtendedResourceToleration admission plugin gives pods that request GPUs the matching toleration,
+        # so CPU-only pods (e.g. on real nodes) never land on a simulated GPU node.
+        self.taint_gpu_nodes = taint_gpu_nodes
+        if taint_gpu_nodes:
+            self.apiserver_args.append("--enable-admission-plugins=ExtendedResourceToleration")
         self.processes: list[ManagedProcess] = []
         self.server = ""
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -144,6 +176,17 @@ class LocalCluster:
         self._pki: ClusterPKI | None = None
         self._api_client: client.ApiClient | None = None
         self._node_count = 0
+        self.real_node_count = real_nodes
+        self._node_bin_dir = node_bin_dir
+        self.network: ClusterNetwork | None = None
+        self.real_nodes: list[RealNode] = []
+        # Keep each real node's containerd root (images) in $KUBETUNE_CACHE/nodes/containerd between runs.
+        self.cache_node_images = cache_node_images
+        self._cached_roots: list[CachedRoot] = []
+        self._forwarder: NamespaceForwarder | None = None
+        # The API server's address as the cluster's own components see it (the hub address with real
+        # nodes; the same as `server` without).
+        self.internal_server = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -178,7 +221,9 @@ class LocalCluster:
                 self._start()
                 break
             except ProcessFailed as error:
+                self._stop_real_nodes()
                 self._stop_processes()
+                self._delete_network()
                 # A free port is picked, released and only then bound by the binary; another process
                 # may take it in between. Rare, harmless, and worth a fresh try.
                 if "address already in use" not in str(error) or attempt == PORT_RACE_ATTEMPTS:
@@ -197,13 +242,19 @@ class LocalCluster:
     def _start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
-        self._pki = pki = create_cluster_pki(self.workdir / "pki")
+        if self.real_node_count:
+            # Checked first: a missing kubelet or containerd fails in a second, not after the control plane.
+            self._node_bin_dir = self._node_bin_dir or find_node_bin_dir()
+            self.network = ClusterNetwork()
+            self.network.create()
+        extra_ips = (self.network.hub_ip,) if self.network else ()
+        self._pki = pki = create_cluster_pki(self.workdir / "pki", extra_apiserver_ips=extra_ips)
         etcd_url = self._start_etcd()
         self._start_apiserver(etcd_url, pki)
         kubeconfigs = {
             name: write_kubeconfig(
                 self.workdir / f"{name}.kubeconfig",
-                server=self.server,
+                server=self.internal_server,
                 ca_cert=pki.ca.cert,
                 user=user,
                 client_cert=pair.cert,
@@ -226,7 +277,7 @@ class LocalCluster:
                 self.add_gpu_nodes(self.initial_gpu_nodes, self.gpus_per_node)
         for process in (controller_manager, scheduler):
             healthy = functools.partial(https_get_ok, self._health_url(process), _insecure())
-            process.wait_until(healthy, 60, "healthy")
+            process.wait_until(functools.partial(self._probe, healthy), 60, "healthy")
         # Pods can be created once the service-account controller has made the namespace's `default`
         # ServiceAccount (the ServiceAccount admission plugin requires it).
         core = client.CoreV1Api(self.api_client())
@@ -237,15 +288,37 @@ class LocalCluster:
         )
         if self.has_nodes and self.initial_gpu_nodes:
             self.wait_for_nodes_ready()
+        if self.real_node_count:
+            self._start_cluster_dns(pki)
+            self.add_real_nodes(self.real_node_count)
 
     def stop(self) -> None:
         """Stops every started process (newest first) and removes the work directory unless kept."""
+        self._stop_real_nodes()
         self._stop_processes()
+        self._delete_network()
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
             # Kept for inspection: no longer a candidate for remove_stale_workdirs.
             (self.workdir / OWNER_FILE).unlink(missing_ok=True)
+
+    def _stop_real_nodes(self) -> None:
+        for node in reversed(self.real_nodes):
+            node.stop()
+        self.real_nodes.clear()
+        for root in self._cached_roots:
+            root.release()
+        self._cached_roots.clear()
+
+    def _delete_network(self) -> None:
+        """Closes the API forwarder and deletes the cluster's network namespaces (real nodes only)."""
+        if self._forwarder is not None:
+            self._forwarder.close()
+            self._forwarder = None
+        if self.network is not None:
+            self.network.delete()
+            self.network = None
 
     def _stop_processes(self) -> None:
         for process in reversed(self.processes):
@@ -265,6 +338,8 @@ class LocalCluster:
     # -- processes -------------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        if self.network is not None:
+            argv = in_namespace(self.network.hub, list(argv))
         process = ManagedProcess(name, argv, self.workdir / "logs", env=env)
         self.processes.append(process)
         process.start()
@@ -289,19 +364,46 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
-        etcd.wait_until(lambda: http_get_ok(f"{client_url}/health"), 30, "healthy")
+        etcd.wait_until(lambda: self._probe(lambda: http_get_ok(f"{client_url}/health")), 30, "healthy")
         return client_url
 
     def _start_apiserver(self, etcd_url: str, pki: ClusterPKI) -> None:
-        port = free_loopback_port()
-        self.server = f"https://127.0.0.1:{port}"
+        if self.network is None:
+            port = free_loopback_port()
+            self.server = self.internal_server = f"https://127.0.0.1:{port}"
+            network_args = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # The `kubernetes` Service would get 127.0.0.1 as its endpoint, which the Endpoints
+                # validation rejects; nothing here reaches the API server through that Service.
+                "--endpoint-reconciler-type=none",
+            ]
+        else:
+            port = HUB_APISERVER_PORT
+            hub_ip = self.network.hub_ip
+            self.internal_server = f"https://{hub_ip}:{port}"
+            self._forwarder = NamespaceForwarder(self.network.hub, hub_ip, port)
+            self._forwarder.start()
+            self.server = f"https://127.0.0.1:{self._forwarder.port}"
+            kubelet_client = create_client_pair(
+                self.workdir / "pki", "apiserver-kubelet-client", pki.ca, "kube-apiserver-kubelet-client"
+            )
+            network_args = [
+                # All addresses of the hub namespace: its loopback and the bridge the nodes reach.
+                "--bind-address=0.0.0.0",
+                # The `kubernetes` Service's endpoint, which pods reach through kube-proxy.
+                f"--advertise-address={hub_ip}",
+                # For `kubectl logs/exec`: the API server calls the kubelets on their node addresses.
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         apiserver = self._spawn(
             "kube-apiserver",
             [
                 str(self.binaries.path("kube-apiserver")),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *network_args,
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'apiserver'}",
                 f"--tls-cert-file={pki.apiserver.cert}",
@@ -313,9 +415,6 @@ class LocalCluster:
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                # The `kubernetes` Service would get 127.0.0.1 as its endpoint, which the Endpoints
-                # validation rejects; nothing here reaches the API server through that Service.
-                "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 *self.apiserver_args,
             ],
@@ -358,6 +457,11 @@ class LocalCluster:
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
                 "--profiling=false",
+                *(
+                    [f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}", "--node-monitor-period=2s"]
+                    if self.network
+                    else []
+                ),
             ],
         )
 
@@ -396,6 +500,12 @@ class LocalCluster:
             ],
             env=env,
         )
+
+    def _probe(self, check: Callable[[], T]) -> T:
+        """Runs a readiness check where the cluster's processes listen: the hub namespace, or right here."""
+        if self.network is None:
+            return check()
+        return call_in_namespace(self.network.hub, check)
 
     @staticmethod
     def _health_url(process: ManagedProcess) -> str:
@@ -502,6 +612,11 @@ class LocalCluster:
                     },
                 ),
                 status=status,
+                spec=client.V1NodeSpec(
+                    taints=[client.V1Taint(key=GPU_RESOURCE, value="present", effect="NoSchedule")]
+                    if self.taint_gpu_nodes
+                    else None
+                ),
             )
             created = core.create_node(node)
             # The API server keeps the status a Node is created with; patch it if a version does not.
@@ -528,6 +643,137 @@ class LocalCluster:
             return ready if nodes and len(ready) == len(nodes) else None
 
         return wait_for(all_ready, timeout, "KWOK nodes to become Ready")
+
+    # -- real nodes ------------------------------------------------------------------------------
+
+    def _start_cluster_dns(self, pki: ClusterPKI) -> None:
+        """Starts CoreDNS in the hub namespace behind the `kube-system/kube-dns` Service (tests/kube/coredns.py)."""
+        assert self.network is not None and self._node_bin_dir is not None
+        api = self.api_client()
+        coredns.grant_coredns_rights(api)
+        coredns.create_kube_dns_service(api, self.network.hub_ip)
+        directory = self.workdir / "coredns"
+        directory.mkdir(exist_ok=True)
+        credentials = create_client_pair(directory, "client", pki.ca, coredns.COREDNS_USER)
+        kubeconfig = write_kubeconfig(
+            directory / "kubeconfig",
+            server=self.internal_server,
+            ca_cert=pki.ca.cert,
+            user=coredns.COREDNS_USER,
+            client_cert=credentials.cert,
+            client_key=credentials.key,
+        )
+        corefile = coredns.write_corefile(directory, self.network.hub_ip, kubeconfig)
+        process = self._spawn("coredns", coredns.coredns_argv(self._node_bin_dir / "coredns", corefile))
+        health = f"http://{self.network.hub_ip}:{coredns.HEALTH_PORT}/health"
+        process.wait_until(lambda: self._probe(lambda: http_get_ok(health)), 60, "healthy")
+
+    def add_real_nodes(self, count: int, timeout: float = 120) -> list[RealNode]:
+        """Starts `count` more real nodes (`real-1`, `real-2`, ...) and waits until they are Ready.
+
+        Returns them. Raises ClusterError when the cluster was not started with real nodes, and
+        ProcessFailed/ClusterError (with the kubelet's or containerd's log tail) when a node does not come up.
+        """
+        if self.network is None or self._pki is None or self._node_bin_dir is None:
+            raise ClusterError("real nodes need a cluster started with LocalCluster(real_nodes=N), N >= 1")
+        sandbox = pause_image()
+        added = []
+        for _ in range(count):
+            network = self.network.add_node()
+            name = f"{REAL_NODE_PREFIX}{network.index}"
+            containerd_root = None
+            if self.cache_node_images:
+                cached = CachedRoot(cache_root() / "nodes" / "containerd", name)
+                self._cached_roots.append(cached)
+                containerd_root = cached.path
+            node = RealNode(
+                name,
+                self.workdir / "nodes" / name,
+                network,
+                self._node_bin_dir,
+                self._pki,
+                self.internal_server,
+                sandbox,
+                containerd_root,
+            )
+            self.real_nodes.append(node)
+            node.start()
+            added.append(node)
+        self.wait_for_real_nodes_ready([node.name for node in added], timeout)
+        return added
+
+    def real_node(self, name: str) -> RealNode:
+        """Returns real node `name`; raises KeyError when there is none."""
+        for node in self.real_nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no real node {name!r}; the cluster has {[n.name for n in self.real_nodes]}")
+
+    def load_image(self, archive: Path, ref: str | None = None) -> None:
+        """Imports an image archive (docker-archive or OCI tar) into every running real node's runtime.
+
+        With `ref` (the image's `name:tag`), nodes that already hold it (cached containerd roots, see
+        `cache_node_images`) skip the import. Raises ClusterError without real nodes, ContainerdError
+        when an import fails.
+        """
+        if not self.real_nodes:
+            raise ClusterError("load_image needs real nodes: LocalCluster(real_nodes=N)")
+        running = [node for node in self.real_nodes if node.running]
+        # Side by side: an import is mostly hashing and disk writes (minutes for a multi-GB trainer image).
+        with ThreadPoolExecutor(max_workers=len(running) or 1) as pool:
+            for future in [pool.submit(node.load_image, archive, ref) for node in running]:
+                future.result()
+
+    def add_local_persistent_volume(
+        self, name: str, node: str, *, capacity: str = "1Gi", storage_class: str = "local"
+    ) -> Path:
+        """Creates PersistentVolume `name`: a `local` volume on real node `node` (a directory under the
+        cluster's folder, writable by any uid), with the node affinity that pins its pods there.
+
+        It outlives the pods that use it (e.g. a checkpoint across a suspend and resume). Returns the
+        directory. Raises KeyError for an unknown node.
+        """
+        self.real_node(node)
+        directory = self.workdir / "volumes" / name
+        directory.mkdir(parents=True)
+        directory.chmod(0o777)  # pods run as non-root users
+        affinity = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+        volume: Any = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": capacity},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
+                "local": {"path": str(directory)},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [affinity]}]}},
+            },
+        }
+        client.CoreV1Api(self.api_client()).create_persistent_volume(volume)
+        return directory
+
+    def node_condition(self, name: str, condition: str = "Ready") -> str | None:
+        """Returns the status ("True", "False", "Unknown") of Node `name`'s `condition`, None when absent."""
+        node = client.CoreV1Api(self.api_client()).read_node(name)
+        for item in (node.status.conditions if node.status else None) or []:
+            if item.type == condition:
+                return str(item.status)
+        return None
+
+    def wait_for_real_nodes_ready(self, names: Sequence[str] | None = None, timeout: float = 120) -> None:
+        """Waits until the real nodes `names` (default: all) report Ready. Raises ClusterError on timeout,
+        or ProcessFailed when one of their processes exits meanwhile."""
+        nodes = [n for n in self.real_nodes if names is None or n.name in names]
+
+        def all_ready() -> bool:
+            for node in nodes:
+                for process in node.processes:
+                    process.check_running()
+            return all(self.node_condition(node.name) == "True" for node in nodes)
+
+        wait_for(all_ready, timeout, f"real nodes {[n.name for n in nodes]} to become Ready", interval=0.5)
 
     # -- pods ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ used only where Kubernetes expects it by default (the service-account key).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,43 @@ def _client(directory: Path, name: str, ca: KeyPair, user: str, group: str | Non
     )
 
 
-def create_cluster_pki(directory: Path) -> ClusterPKI:
+def create_client_pair(
+    directory: Path, name: str, ca: KeyPair, user: str, group: str | None = None
+) -> KeyPair:
+    """Writes a client certificate for `user` (and `group`) signed by `ca` as `name`.crt/.key; returns them.
+
+    Raises RuntimeError when openssl fails.
+    """
+    return _client(directory, name, ca, user, group)
+
+
+def create_serving_pair(
+    directory: Path, name: str, ca: KeyPair, common_name: str, dns_names: Sequence[str], ips: Sequence[str]
+) -> KeyPair:
+    """Writes a serving certificate for `dns_names` and `ips` signed by `ca`; returns its paths.
+
+    Raises RuntimeError when openssl fails.
+    """
+    alt_names = ",".join([f"DNS:{n}" for n in dns_names] + [f"IP:{ip}" for ip in ips])
+    return _signed(
+        directory,
+        name,
+        ca,
+        f"/CN={common_name}",
+        [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=serverAuth",
+            f"subjectAltName={alt_names}",
+        ],
+    )
+
+
+def create_cluster_pki(directory: Path, extra_apiserver_ips: Sequence[str] = ()) -> ClusterPKI:
     """Writes a fresh CA, serving and client certificates and the service-account key pair.
 
-    Returns the paths; raises RuntimeError when openssl fails.
+    `extra_apiserver_ips` are added to the API server's certificate (the hub address when it runs in a
+    network namespace, see tests/kube/netns.py). Returns the paths; raises RuntimeError when openssl fails.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca = KeyPair(cert=directory / "ca.crt", key=directory / "ca.key")
@@ -137,7 +171,8 @@ def create_cluster_pki(directory: Path) -> ClusterPKI:
         str(ca.cert),
     )
     alt_names = ",".join(
-        [f"DNS:{name}" for name in APISERVER_DNS_NAMES] + [f"IP:{ip}" for ip in APISERVER_IPS]
+        [f"DNS:{name}" for name in APISERVER_DNS_NAMES]
+        + [f"IP:{ip}" for ip in (*APISERVER_IPS, *extra_apiserver_ips)]
     )
     apiserver = _signed(
         directory,
