@@ -1,10 +1,12 @@
 """The Dockerfile: lint-clean, and what its images install and run matches the package.
 
-No Docker engine exists here, so the images are not built. Instead: hadolint lints the file; the wheel the
-Dockerfile builds is built here from exactly the files its build context holds (.dockerignore applied) and
-inspected; the operator image's torch-free promise is checked by importing every `kubetune` module with the
-`train` extra's packages made unimportable; and the images' entry point, command, user and paths are compared
-with pyproject.toml, the CLI and the constraints the test suite runs with.
+These tests read the file; tests/deploy/test_images.py builds the images and runs them. Here: hadolint lints
+the file; the wheel the Dockerfile builds is built from exactly the files its build context holds
+(.dockerignore applied) and inspected; the operator image's torch-free promise is checked by importing every
+`kubetune` module with the `train` extra's packages made unimportable; the images' entry point, command, user
+and paths are compared with pyproject.toml, the CLI and the constraints the test suite runs with; and the
+properties `make images` relies on (every base an ARG, the certificate bundle confined to build stages, the
+dependency layers before the wheel) are checked.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def test_both_images_put_the_virtualenv_first_on_path(dockerfile: Dockerfile) ->
         assert env["PATH"].split(":")[0] == f"{VENV}/bin", name
         copies = [i.text for i in dockerfile.stage(name).all("COPY") if "--from=" in i.text]
         assert any(text.endswith(f"{VENV} {VENV}") for text in copies), f"{name} does not copy {VENV}"
-    for builder in ("operator-build", "trainer-build"):
+    for builder in ("operator-deps", "trainer-deps"):
         assert f"-m venv {VENV}" in dockerfile.stage(builder).run_text(), builder
 
 
@@ -155,21 +157,56 @@ def test_the_operator_image_installs_the_wheel_without_extras(dockerfile: Docker
 
 
 def test_the_trainer_image_installs_the_train_extra(dockerfile: Dockerfile, pyproject: dict) -> None:
-    """`kubetune[train]`, and the extra exists in pyproject.toml with torch and DeepSpeed in it."""
-    installs = dockerfile.stage("trainer-build").run_text()
-    assert '"${wheel}[train]"' in installs
+    """The dependencies of `kubetune[train]` (printed by hack/images/requirements.py), and the extra exists in
+    pyproject.toml with torch and DeepSpeed in it."""
+    installs = dockerfile.stage("trainer-deps").run_text()
+    assert "requirements.py /tmp/build/pyproject.toml train > /tmp/build/requirements.txt" in installs
+    assert "--requirement /tmp/build/requirements.txt" in installs
     train = {_requirement_name(r) for r in pyproject["project"]["optional-dependencies"]["train"]}
     assert {"torch", "deepspeed", "transformers", "accelerate"} <= train
+
+
+def test_the_requirements_script_prints_pyprojects_lists(pyproject: dict) -> None:
+    """What the dependency layers install: the core list, then each named extra's; an unknown extra fails
+    naming the extras that exist."""
+    script = [sys.executable, str(REPO / "hack" / "images" / "requirements.py"), str(REPO / "pyproject.toml")]
+    project = pyproject["project"]
+    core = subprocess.run(script, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert core == project["dependencies"]
+    train = subprocess.run([*script, "train"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert train == project["dependencies"] + project["optional-dependencies"]["train"]
+    wrong = subprocess.run([*script, "gpu"], capture_output=True, text=True, check=False)
+    assert wrong.returncode != 0 and "no extra 'gpu'" in wrong.stderr and "train" in wrong.stderr
+
+
+@pytest.mark.parametrize("image", FINAL_STAGES)
+def test_the_dependencies_come_before_the_wheel_which_installs_without_them(
+    dockerfile: Dockerfile, image: str
+) -> None:
+    """The large dependency layer depends on pyproject.toml and the constraints only; the kubetune wheel goes
+    in afterwards, --no-deps, in its own stage whose small overlay the image copies last. So a source change
+    rebuilds the wheel and that overlay, not the dependencies."""
+    deps, app = dockerfile.stage(f"{image}-deps"), dockerfile.stage(f"{image}-app")
+    assert not dockerfile.copied_from(deps), "the dependency stage must not depend on the wheel"
+    copied = " ".join(i.text for i in deps.all("COPY"))
+    assert "operator/" not in copied and "trainer/" not in copied
+    assert dockerfile.copied_from(app) == ["wheel"] and app.raw_base == f"{image}-deps"
+    wheel_installs = [i.text for i in app.all("RUN")]
+    assert all("--no-deps" in text for text in wheel_installs if "pip install" in text)
+    assert "pip check" in app.run_text()
+    final_copies = [i.text for i in dockerfile.stage(image).all("COPY") if "--from=" in i.text]
+    assert final_copies[0] == f"--from={image}-deps {VENV} {VENV}"
+    assert final_copies[-1] == f"--from={image}-app /opt/overlay/ /"
 
 
 def test_every_installed_distribution_is_pinned_by_the_constraints(
     dockerfile: Dockerfile, pyproject: dict, constraints: dict[str, str]
 ) -> None:
     """Both images install with --constraint requirements/constraints.txt, which pins every dependency."""
-    for stage in ("operator-build", "trainer-build"):
-        for instruction in dockerfile.stage(stage).all("RUN"):
-            if "pip install" in instruction.text:
-                assert "--constraint /tmp/constraints.txt" in instruction.text, instruction.text
+    for stage in dockerfile.stages:
+        for instruction in stage.all("RUN"):
+            if "pip install" in instruction.text and "--no-deps" not in instruction.text:
+                assert "--constraint /tmp/build/constraints.txt" in instruction.text, instruction.text
     project = pyproject["project"]
     wanted = {
         _requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["train"]
@@ -280,6 +317,61 @@ def test_base_images_are_pinned_to_exact_versions(dockerfile: Dockerfile) -> Non
         assert re.match(r"^\d+\.\d+\.\d+", tag), f"{image} is not pinned to an exact version"
 
 
+def test_every_base_image_is_a_build_arg_that_build_sh_replaces() -> None:
+    """Each FROM names a stage or a global ARG (no image written into a FROM), so that `make images` can put
+    its local Debian base in for every one: the legacy builder builds all stages before the target, and a
+    FROM it cannot resolve would need a registry. hack/images/build.sh passes each of these ARGs."""
+    dockerfile = parse_dockerfile(DOCKERFILE)
+    names = {s.name for s in dockerfile.stages}
+    image_args = set()
+    for stage in dockerfile.stages:
+        if stage.raw_base in names or re.fullmatch(r"[\w-]+-\$\{VARIANT\}", stage.raw_base):
+            continue
+        match = re.fullmatch(r"\$\{(\w+)\}", stage.raw_base)
+        assert match and match.group(1) in dockerfile.global_args, f"FROM {stage.raw_base} is not an ARG"
+        image_args.add(match.group(1))
+    assert image_args == {"PYTHON_IMAGE", "CUDA_DEVEL_IMAGE", "CUDA_BASE_IMAGE", "CPU_BUILD_IMAGE"}
+    build_sh = (REPO / "hack" / "images" / "build.sh").read_text()
+    for arg in image_args:
+        assert f'--build-arg "{arg}=$base"' in build_sh, f"build.sh does not replace {arg}"
+
+
+def test_the_cpu_build_needs_no_cuda_devel_image(dockerfile: Dockerfile) -> None:
+    """VARIANT=cpu builds its virtualenv on CPU_BUILD_IMAGE, which defaults to the runtime base (same Python)."""
+    cpu = dockerfile.chain("trainer-deps", {"VARIANT": "cpu"})
+    assert (
+        dockerfile.base_image("trainer-deps", {"VARIANT": "cpu"}) == dockerfile.global_args["CUDA_BASE_IMAGE"]
+    )
+    assert "devel" not in cpu[-1].base
+    assert dockerfile.base_image("trainer-deps") == dockerfile.global_args["CUDA_DEVEL_IMAGE"]
+    assert dockerfile.global_args["CPU_BUILD_IMAGE"] == dockerfile.global_args["CUDA_BASE_IMAGE"]
+
+
+def test_the_libaio_package_name_works_on_ubuntu_and_debian(dockerfile: Dockerfile) -> None:
+    """Ubuntu 24.04 calls it libaio1t64, Debian 12 libaio1: the runtime stage accepts either, and asks apt
+    for the one its release has."""
+    setup = dockerfile.stage("trainer").run_text()
+    assert "installed libaio1t64 || installed libaio1" in setup
+    assert "apt-cache show libaio1t64" in setup and "echo libaio1;" in setup
+
+
+def test_the_build_certificate_bundle_stays_in_build_stages(dockerfile: Dockerfile) -> None:
+    """pip-cert.pem (the machine's pip certificate bundle that build.sh puts into the context) is copied only
+    into build stages; the final images copy nothing from the context but the example data, start from an
+    external base, and set no pip or TLS settings. test_images.py checks the built layers themselves."""
+    names = {s.name for s in dockerfile.stages}
+    for stage in dockerfile.stages:
+        uses_cert = any("pip-cert" in i.text for i in stage.all("COPY"))
+        if stage.name in FINAL_STAGES:
+            assert not uses_cert, stage.name
+            assert stage.raw_base not in names, f"{stage.name} builds on a stage that may hold the bundle"
+            context_copies = [i.text for i in stage.all("COPY") if "--from=" not in i.text]
+            assert all("manifests/examples/data/" in text for text in context_copies), context_copies
+            assert not [k for k in stage.key_values("ENV") if k.startswith(("PIP_", "SSL_", "REQUESTS_"))]
+        elif uses_cert:
+            assert "/etc/pip.conf" in stage.run_text(), f"{stage.name} copies the bundle but does not use it"
+
+
 def test_cuda_images_match_the_cuda_series_of_the_pinned_torch(
     dockerfile: Dockerfile, constraints: dict[str, str]
 ) -> None:
@@ -297,17 +389,22 @@ def test_the_cpu_variant_uses_cpu_torch_and_the_cuda_variant_prebuilds_the_offlo
     dockerfile: Dockerfile,
 ) -> None:
     """--build-arg VARIANT=cpu switches the trainer's build stage; both prebuild ZeRO offload's CPU Adam."""
-    cuda = dockerfile.chain("trainer-build")[-1]
-    cpu = dockerfile.chain("trainer-build", {"VARIANT": "cpu"})[-1]
+    cuda = dockerfile.chain("trainer-deps")[-1]
+    cpu = dockerfile.chain("trainer-deps", {"VARIANT": "cpu"})[-1]
     assert (cuda.name, cpu.name) == ("trainer-build-cuda", "trainer-build-cpu")
     cuda_env, cpu_env = cuda.key_values("ENV"), cpu.key_values("ENV")
-    assert cpu_env["TORCH_INDEX_URL"].endswith("/whl/cpu")
-    assert cuda_env["TORCH_INDEX_URL"] == ""  # the default index serves torch's CUDA wheels
+    assert cpu_env["VARIANT_TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert cuda_env["VARIANT_TORCH_INDEX_URL"] == ""  # PyPI serves torch's CUDA wheels
+    # TORCH_INDEX_URL=auto picks the variant's index; empty means PyPI; a URL is used as given.
+    assert dockerfile.global_args["TORCH_INDEX_URL"] == "auto"
+    torch_install = next(i.text for i in dockerfile.stage("trainer-deps").all("RUN") if " torch " in i.text)
+    assert 'if [ "${index}" = auto ]; then index="${VARIANT_TORCH_INDEX_URL}"; fi' in torch_install
+    assert '${index:+--extra-index-url "${index}"}' in torch_install
     assert cuda_env["TORCH_CUDA_ARCH_LIST"]
     for env in (cuda_env, cpu_env):
         assert env["DS_BUILD_CPU_ADAM"] == "1" and env["DS_BUILD_AIO"] == "1"
     deepspeed_install = next(
-        i.text for i in dockerfile.stage("trainer-build").all("RUN") if "deepspeed" in i.text
+        i.text for i in dockerfile.stage("trainer-deps").all("RUN") if "deepspeed" in i.text
     )
     assert "--no-build-isolation" in deepspeed_install  # the ops build needs the installed torch
 
@@ -339,6 +436,11 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private(
             *sources, _ = [word for word in instruction.text.split() if not word.startswith("--")]
             for source in sources:
                 source = source.rstrip("/")
+                if "[" in source:
+                    # An optional file (pip-cert.pem: only in build.sh's copy of the context).
+                    optional = re.sub(r"\[(.)\]", r"\1", source)
+                    assert not ignore.excluded(optional), f"COPY {source}: .dockerignore leaves it out"
+                    continue
                 assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
                 assert any(f == source or f.startswith(f"{source}/") for f in context), (
                     f"COPY {source}: .dockerignore leaves it out of the build context"
@@ -409,7 +511,7 @@ def test_the_offline_example_runs_from_the_trainer_image_without_any_hub(dockerf
     job = load_job(example)
     package = job.spec.model.name.removeprefix("pkg://").split("/")[0]
     assert job.spec.model.name.startswith("pkg://")
-    assert package.replace("_", "-") in dockerfile.stage("trainer-build").run_text()
+    assert package.replace("_", "-") in dockerfile.stage("trainer-deps").run_text()
     trainer = dockerfile.stage("trainer")
     workdir = trainer.all("WORKDIR")[-1].text
     copies = {}
