@@ -77,6 +77,10 @@ class LocalKubelet:
             "TOKENIZERS_PARALLELISM": "false",
             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         }
+        if os.environ.get("PYTHONPATH"):
+            # The "container" runs the sources under test, like the operator process (a worktree's
+            # PYTHONPATH; without it the shared virtualenv's install, which may be another checkout).
+            base["PYTHONPATH"] = os.environ["PYTHONPATH"]
         command = list(container.command) + list(container.args or [])
         assert shutil.which(command[0], path=base["PATH"]), f"{command[0]} is not installed"
         log = folder / "container.log"

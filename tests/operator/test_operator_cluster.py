@@ -535,15 +535,19 @@ def test_a_new_job_whose_worker_names_are_taken_neither_duplicates_nor_restarts(
         spec = parse_spec(get_job(kube_cluster, kube_namespace, name)["spec"])
         ref = JobRef(name, kube_namespace, owner["metadata"]["uid"])
         reference = {**ownership(owner), "controller": True}
-        for child in build_job_children(ref, spec):
-            if child["kind"] == "ServiceAccount":  # (the pods' admission needs it)
-                child["metadata"]["ownerReferences"] = [reference]
-                core.create_namespaced_service_account(kube_namespace, child)
+        # (the pods' admission needs the ServiceAccount; it gets its owner only after them, so that the
+        # garbage collector, which removes what a deleted owner leaves, cannot take it away before)
+        (account,) = [c for c in build_job_children(ref, spec) if c["kind"] == "ServiceAccount"]
+        account["metadata"]["ownerReferences"] = []
+        core.create_namespaced_service_account(kube_namespace, account)
         created = {}
         for index in range(2):
             pod = build_worker_pod(WorkerContext(ref, spec, index, 0, "kubetune/trainer:test"), 1)
             pod["metadata"]["ownerReferences"] = [reference] if owned_pods else []
             created[pod["metadata"]["name"]] = core.create_namespaced_pod(kube_namespace, pod).metadata.uid
+        core.patch_namespaced_service_account(
+            account["metadata"]["name"], kube_namespace, {"metadata": {"ownerReferences": [reference]}}
+        )
         return created
 
     # Given an operator that died after creating a job's pods and before writing its status,
