@@ -131,7 +131,8 @@ def import_image(node_dir: Path, archive: Path) -> None:
     Raises ContainerdError.
     """
     # --no-unpack would defer unpacking to the first container start; unpacking now keeps pod start fast.
-    ctr(node_dir, "images", "import", "--all-platforms", str(archive))
+    # Generous: a multi-GB trainer image takes minutes on a busy 2-core machine.
+    ctr(node_dir, "images", "import", "--all-platforms", str(archive), timeout=1800)
 
 
 def purge_leftover_workloads(node_dir: Path, root: Path, spawn_prefix: list[str]) -> None:

@@ -99,7 +99,6 @@ def kill_processes_with_argument(argument: str) -> None:
 def unmount_under(directory: Path) -> None:
     """Lazily unmounts every mount point at or below `directory`, deepest first."""
     prefix = str(directory.resolve())
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     for _ in range(3):  # a mount can hide another one at the same path
         points = []
         with contextlib.suppress(OSError):
@@ -109,6 +108,7 @@ def unmount_under(directory: Path) -> None:
                     points.append(point)
         if not points:
             return
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
         for point in sorted(set(points), key=len, reverse=True):
             libc.umount2(point.encode(), _MNT_DETACH)
 

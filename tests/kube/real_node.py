@@ -67,6 +67,7 @@ class RealNode:
         self.sandbox_image = sandbox_image
         # Persistent image store when given (e.g. a cache slot), else a fresh one under the node's folder.
         self.containerd_root = containerd_root or node_dir / "containerd-root"
+        self._root_is_cached = containerd_root is not None
         self.cgroup_root = network.namespace  # unique per cluster and node: kt-<pid>-<id>-n<i>
         self._pki = pki
         self.processes: list[ManagedProcess] = []
@@ -96,7 +97,7 @@ class RealNode:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         kubeconfigs = self._write_credentials()
         host_cleanup.create_cgroup_root(self.cgroup_root)
-        if self.containerd_root != self.node_dir / "containerd-root":
+        if self._root_is_cached:
             purge_leftover_workloads(
                 self.node_dir, self.containerd_root, in_namespace(self.network.namespace, [])
             )
@@ -150,7 +151,7 @@ class RealNode:
             host_cleanup.kill_processes_with_argument(str(socket_path(self.node_dir)))
         with contextlib.suppress(Exception):
             host_cleanup.unmount_under(self.node_dir)
-            if self.containerd_root != self.node_dir / "containerd-root":
+            if self._root_is_cached:
                 host_cleanup.unmount_under(self.containerd_root)
         with contextlib.suppress(Exception):
             host_cleanup.remove_cgroup_root(self.cgroup_root)
