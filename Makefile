@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck venv cluster-bin
+.PHONY: demo test lint typecheck venv cluster-bin images
 # Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
@@ -25,6 +25,11 @@ demo:
 
 cluster-bin:
 	bash hack/cluster/build.sh
+
+# The operator and trainer (CPU) images, built with a private dockerd and a Debian-made base, no registry;
+# prints their docker-archive tars (cached under $(KUBETUNE_CACHE)/images) and refs as its last two lines.
+images:
+	bash hack/images/build.sh
 
 lint:
 	venv=$$(bash hack/setup-venv.sh)

@@ -72,8 +72,8 @@ context=$(mktemp -d /tmp/kt-images.XXXXXX)
 daemon_dir=""
 cleanup() {
   if [[ -n "$daemon_dir" ]]; then bash "$here/dockerd.sh" stop "$daemon_dir" || true; fi
-  if [[ -n "$daemon_dir" ]]; then rm -rf "$daemon_dir"; fi
-  rm -rf "$context"
+  if [[ -n "$daemon_dir" ]]; then rm -rf "$daemon_dir" || true; fi
+  rm -rf "$context" || true
 }
 trap cleanup EXIT
 

@@ -43,6 +43,11 @@ stop() {
   wrapper=$(cat "$dir/wrapper.pid")
   while kill -0 "$wrapper" 2>/dev/null; do sleep 0.1; done
   rm -f "$dir/wrapper.pid"
+  # dockerd leaves its host-network sandbox (exec/netns/default, an nsfs mount) behind: unmount what is
+  # mounted under DIR, deepest first, so that DIR can be removed.
+  local mounts
+  mounts=$(awk -v prefix="$dir/" 'index($2, prefix) == 1 { print $2 }' /proc/mounts | sort -r)
+  for mount in $mounts; do umount "$mount" || umount -l "$mount" || true; done
 }
 
 case "$action" in

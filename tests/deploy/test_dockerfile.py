@@ -118,7 +118,8 @@ def test_both_images_put_the_virtualenv_first_on_path(dockerfile: Dockerfile) ->
         copies = [i.text for i in dockerfile.stage(name).all("COPY") if "--from=" in i.text]
         assert any(text.endswith(f"{VENV} {VENV}") for text in copies), f"{name} does not copy {VENV}"
     for builder in ("operator-deps", "trainer-deps"):
-        assert f"-m venv {VENV}" in dockerfile.stage(builder).run_text(), builder
+        setup = "\n".join(stage.run_text() for stage in dockerfile.chain(builder))
+        assert f"-m venv {VENV}" in setup, builder
 
 
 def test_both_images_run_as_the_same_fixed_non_root_user(dockerfile: Dockerfile) -> None:
@@ -388,21 +389,33 @@ def test_cuda_images_match_the_cuda_series_of_the_pinned_torch(
 def test_the_cpu_variant_uses_cpu_torch_and_the_cuda_variant_prebuilds_the_offload_ops(
     dockerfile: Dockerfile,
 ) -> None:
-    """--build-arg VARIANT=cpu switches the trainer's build stage; both prebuild ZeRO offload's CPU Adam."""
-    cuda = dockerfile.chain("trainer-deps")[-1]
-    cpu = dockerfile.chain("trainer-deps", {"VARIANT": "cpu"})[-1]
-    assert (cuda.name, cpu.name) == ("trainer-build-cuda", "trainer-build-cpu")
-    cuda_env, cpu_env = cuda.key_values("ENV"), cpu.key_values("ENV")
+    """--build-arg VARIANT=cpu switches the trainer's build stage; both prebuild ZeRO offload's CPU Adam, and
+    the CUDA variant NVMe offload's AIO op too."""
+    cuda = dockerfile.chain("trainer-deps")
+    cpu = dockerfile.chain("trainer-deps", {"VARIANT": "cpu"})
+    assert [s.name for s in cuda] == [
+        "trainer-deps",
+        "trainer-ops-cuda",
+        "trainer-torch",
+        "trainer-build-cuda",
+    ]
+    assert [s.name for s in cpu] == ["trainer-deps", "trainer-ops-cpu", "trainer-torch", "trainer-build-cpu"]
+    cuda_env = {k: v for stage in reversed(cuda) for k, v in stage.key_values("ENV").items()}
+    cpu_env = {k: v for stage in reversed(cpu) for k, v in stage.key_values("ENV").items()}
     assert cpu_env["VARIANT_TORCH_INDEX_URL"].endswith("/whl/cpu")
     assert cuda_env["VARIANT_TORCH_INDEX_URL"] == ""  # PyPI serves torch's CUDA wheels
     # TORCH_INDEX_URL=auto picks the variant's index; empty means PyPI; a URL is used as given.
     assert dockerfile.global_args["TORCH_INDEX_URL"] == "auto"
-    torch_install = next(i.text for i in dockerfile.stage("trainer-deps").all("RUN") if " torch " in i.text)
+    torch_install = next(i.text for i in dockerfile.stage("trainer-torch").all("RUN") if " torch " in i.text)
     assert 'if [ "${index}" = auto ]; then index="${VARIANT_TORCH_INDEX_URL}"; fi' in torch_install
     assert '${index:+--extra-index-url "${index}"}' in torch_install
+    # The ops settings come after torch: changing them does not download torch again.
+    assert not [k for k in dockerfile.stage("trainer-torch").key_values("ENV") if k.startswith("DS_")]
     assert cuda_env["TORCH_CUDA_ARCH_LIST"]
     for env in (cuda_env, cpu_env):
-        assert env["DS_BUILD_CPU_ADAM"] == "1" and env["DS_BUILD_AIO"] == "1"
+        assert env["DS_BUILD_CPU_ADAM"] == "1" and env["DS_BUILD_OPS"] == "0"
+    # NVMe offload (AIO) only where it is of use: GPU nodes. Compiling it costs minutes per cold CPU build.
+    assert cuda_env["DS_BUILD_AIO"] == "1" and "DS_BUILD_AIO" not in cpu_env
     deepspeed_install = next(
         i.text for i in dockerfile.stage("trainer-deps").all("RUN") if "deepspeed" in i.text
     )

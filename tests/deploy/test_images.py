@@ -267,8 +267,9 @@ def test_the_trainer_image_trains_a_tiny_job_on_a_read_only_root(
         result = docker(
             "run",
             *LOCKED_DOWN,
-            "--tmpfs=/tmp:rw,mode=1777",
-            "--tmpfs=/cache:rw,mode=1777",
+            # Like a pod's emptyDir volumes with fsGroup 1000 (Docker 20.10 ignores a tmpfs `mode`).
+            f"--tmpfs=/tmp:rw,exec,uid={UID},gid={UID}",
+            f"--tmpfs=/cache:rw,exec,uid={UID},gid={UID}",
             f"--volume={tiny_job}:/job:ro",
             f"--volume={output}:/output",
             "--shm-size=256m",
@@ -338,6 +339,48 @@ def _layer_files(tar: Path) -> Iterator[tuple[str, str, int, bytes | None]]:
                     yield layer, member.name, member.size, content
 
 
+def _bundle_findings(tar: Path, bundle: Path | None) -> list[str]:
+    """Where a docker-archive holds `bundle` (its bytes, or one of this machine's own CA certificates from
+    it, in any file of any layer) or a pip certificate setting (pip-cert.pem, pip.conf): "layer: path" lines."""
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle else None
+    # 64-character slices of each own certificate's body: found in any file that embeds the certificate.
+    needles = [body[64:128].encode() for body in _machine_certificates(bundle)] if bundle else []
+    found = []
+    for layer, path, _, content in _layer_files(tar):
+        if path.endswith(("pip-cert.pem", "pip.conf")) or (
+            content is not None
+            and (
+                hashlib.sha256(content).hexdigest() == digest or any(needle in content for needle in needles)
+            )
+        ):
+            found.append(f"{layer}: {path}")
+    return found
+
+
+def test_the_certificate_search_finds_the_bundle_and_its_own_certificates(tmp_path: Path) -> None:
+    """The control for the test below: in a docker-archive made here, the search finds the bundle copied
+    whole, one own certificate embedded in another file, and a pip.conf."""
+    bundle = _build_cert_bundle()
+    if bundle is None:
+        pytest.fail("no pip certificate bundle configured (PIP_CERT / pip config global.cert) to search for")
+    own = _machine_certificates(bundle)
+    files = {"etc/ssl/copied.crt": bundle.read_bytes(), "etc/pip.conf": b"[global]\n", "usr/ok.txt": b"fine"}
+    if own:
+        files["usr/lib/embedded.pem"] = b"before\n" + own[0].encode() + b"\nafter\n"
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as archive:
+        for name, content in files.items():
+            (tmp_path / "file").write_bytes(content)
+            archive.add(tmp_path / "file", arcname=name)
+    (tmp_path / "manifest.json").write_text(json.dumps([{"Config": "0.json", "Layers": ["l/layer.tar"]}]))
+    image = tmp_path / "image.tar"
+    with tarfile.open(image, "w") as archive:
+        archive.add(tmp_path / "manifest.json", arcname="manifest.json")
+        archive.add(layer, arcname="l/layer.tar")
+    expected = sorted(f"l/layer.tar: {name}" for name in files if name != "usr/ok.txt")
+    assert sorted(_bundle_findings(image, bundle)) == expected
+
+
 @pytest.mark.parametrize("name", ["operator", "trainer"])
 def test_no_layer_of_the_images_holds_the_build_certificate_bundle(
     images: dict[str, BuiltImage], docker: Docker, name: str
@@ -346,17 +389,7 @@ def test_no_layer_of_the_images_holds_the_build_certificate_bundle(
     no file with its bytes, none holding one of this machine's own CA certificates, no pip config, no
     build-time pip settings in the image's environment."""
     bundle = _build_cert_bundle()  # None: build.sh passed no bundle; the names are still checked
-    digest = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle else None
-    # 64-character slices of each own certificate's body: found in any file that embeds the certificate.
-    needles = [body[64:128].encode() for body in _machine_certificates(bundle)] if bundle else []
-    found = []
-    for layer, path, _, content in _layer_files(images[name].tar):
-        if path.endswith(("pip-cert.pem", "pip.conf")):
-            found.append(f"{layer}: {path}")
-        if content is None:
-            continue
-        if hashlib.sha256(content).hexdigest() == digest or any(needle in content for needle in needles):
-            found.append(f"{layer}: {path} holds the build's certificate bundle")
-    assert not found, found
+    found = _bundle_findings(images[name].tar, bundle)
+    assert not found, f"the build's certificate bundle or pip settings are in image layers: {found}"
     env = docker.inspect(images[name].ref)["Config"]["Env"]
     assert not [e for e in env if e.startswith(("PIP_CERT", "PIP_CONFIG", "REQUESTS_CA_BUNDLE", "SSL_CERT"))]
