@@ -300,7 +300,9 @@ def volumes_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     else:
         # The root filesystem is read-only: without a volume of the user's, the output lives (and dies) with
         # the pod, in an emptyDir at output.path.
-        _add_volume(pod, {"name": "output", "emptyDir": {}}, {"name": "output", "mountPath": ctx.spec.output.path})
+        _add_volume(
+            pod, {"name": "output", "emptyDir": {}}, {"name": "output", "mountPath": ctx.spec.output.path}
+        )
     # Scratch for Python's tempfile, torch.distributed and DeepSpeed's op builds (TORCH_EXTENSIONS_DIR).
     _add_volume(pod, {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": TMP_MOUNT_PATH})
     cache = ctx.spec.kubernetes.cache_volume
