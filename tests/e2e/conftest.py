@@ -310,3 +310,13 @@ def diagnostics(cluster: LocalCluster, namespace: str, name: str) -> str:
     operator = cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"{RELEASE}-0", "--tail=40", check=False)
     parts.append(f"--- operator\n{operator.stdout[-4000:]}")
     return "\n".join(parts)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop a node run last: the session's cluster is shared, and a node comes back with its
+    containers gone."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_a_node") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stops_a_node: stops a real node of the shared cluster (runs last)")

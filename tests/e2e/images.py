@@ -118,8 +118,8 @@ def _load_each(cluster: LocalCluster, image: Image, archive: Path, wanted: str) 
         labels = _labels_of(node_dir, wanted)
         if labels is not None and labels.get(ARCHIVE_LABEL) == image.archive.name:
             return 0.0
-        if labels is not None:
-            ctr(node_dir, "images", "remove", wanted)  # an older build under the same tag
+        # No `images remove` of an older build first: the import moves the tag, shares the layers that did not
+        # change (and finishes an import that was interrupted), and containerd collects the rest.
         ctr(node_dir, "images", "import", "--all-platforms", str(archive), timeout=3600)
         if _labels_of(node_dir, wanted) is None:
             raise ContainerdError(f"importing {image.archive} did not create {wanted}")
