@@ -151,6 +151,9 @@ def tiny_assets_volumes(
         binary = {p.name: base64.b64encode(p.read_bytes()).decode() for p in sorted(folder.iterdir())}
         core.create_namespaced_config_map(e2e_namespace, {"metadata": {"name": name}, "binaryData": binary})
     return {
+        # Set although empty: the CRD's CEL rule on podOverlay.extraResources reads it without has() (fixed on
+        # wt-operator, 7b8e76f); harmless once that is merged.
+        "extraResources": {},
         "volumes": [
             {"name": "tiny-model", "source": {"configMap": {"name": "tiny-model"}}},
             {"name": "tiny-data", "source": {"configMap": {"name": "tiny-data"}}},
