@@ -11,7 +11,7 @@ import yaml
 from tests.e2e.conftest import PodRecorder, diagnostics, get_job, tiny_job, wait_for_phase
 from tests.kube.harness import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200, func_only=True)]
 
 # The operator force-deletes a worker stuck Terminating on a lost node 120 s (its grace period) + 300 s
 # (--terminating-timeout-seconds) after deleting it; then the next gang starts.

@@ -21,7 +21,7 @@ from tests.e2e.conftest import OPERATOR_NAMESPACE, RELEASE, PodRecorder, diagnos
 from tests.e2e.images import Images
 from tests.kube.harness import LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500, func_only=True)]
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = REPO / "manifests" / "kind" / "offline.yaml"

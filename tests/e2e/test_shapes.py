@@ -16,7 +16,7 @@ import yaml
 from tests.e2e.conftest import PodRecorder, diagnostics, tiny_job, wait_for_phase
 from tests.kube.harness import LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900, func_only=True)]
 
 
 @pytest.mark.parametrize(

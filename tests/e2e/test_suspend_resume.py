@@ -16,7 +16,7 @@ from kubernetes import client
 from tests.e2e.conftest import PodRecorder, diagnostics, get_job, tiny_job, wait_for_phase
 from tests.kube.harness import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900, func_only=True)]
 
 EXIT_PREEMPTED = 75
 
