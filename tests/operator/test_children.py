@@ -127,6 +127,7 @@ def test_a_worker_mounts_the_config_shm_output_and_cache_volumes() -> None:
         "kubetune-config": "/etc/kubetune",
         "dshm": "/dev/shm",
         "output": "/output",
+        "tmp": "/tmp",
         "hf-cache": "/hf",
     }
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
@@ -187,6 +188,15 @@ def test_workers_run_as_non_root_without_privileges() -> None:
     container = pod["spec"]["containers"][0]["securityContext"]
     assert container["allowPrivilegeEscalation"] is False
     assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container["readOnlyRootFilesystem"] is True
+
+
+def test_without_an_output_volume_the_output_and_tmp_are_empty_dirs_on_the_read_only_root() -> None:
+    pod = worker(output={"path": "/results"})
+    assert mounts_of(pod)["output"] == "/results"
+    assert mounts_of(pod)["tmp"] == "/tmp"
+    assert volumes_of(pod)["output"] == {"name": "output", "emptyDir": {}}
+    assert volumes_of(pod)["tmp"] == {"name": "tmp", "emptyDir": {}}
 
 
 def test_every_child_is_owned_by_the_job_so_deleting_it_collects_them() -> None:

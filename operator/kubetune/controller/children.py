@@ -38,6 +38,7 @@ TERMINATION_GRACE_SECONDS = 120
 # The non-root identity of the workers (the trainer image's user); fsGroup makes PVCs writable for it.
 WORKER_UID = 1000
 CACHE_MOUNT_PATH = "/cache"
+TMP_MOUNT_PATH = "/tmp"
 # Requests per process when spec.kubernetes.resources gives no CPU or memory (Burstable QoS by default).
 DEFAULT_CPU_PER_PROCESS = 1
 DEFAULT_MEMORY_GI_PER_PROCESS = 2
@@ -300,6 +301,14 @@ def volumes_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     output = ctx.spec.kubernetes.output_volume
     if output is not None:
         _add_volume(pod, _volume_source("output", output), {"name": "output", "mountPath": output.mount_path})
+    else:
+        # The root filesystem is read-only: without a volume of the user's, the output lives (and dies) with
+        # the pod, in an emptyDir at output.path.
+        _add_volume(
+            pod, {"name": "output", "emptyDir": {}}, {"name": "output", "mountPath": ctx.spec.output.path}
+        )
+    # Scratch for Python's tempfile, torch.distributed and DeepSpeed's op builds (TORCH_EXTENSIONS_DIR).
+    _add_volume(pod, {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": TMP_MOUNT_PATH})
     cache = ctx.spec.kubernetes.cache_volume
     cache_path = cache.mount_path if cache is not None else CACHE_MOUNT_PATH
     volume = _volume_source("hf-cache", cache) if cache is not None else {"name": "hf-cache", "emptyDir": {}}
@@ -370,6 +379,8 @@ def security_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
+        # Writable space is the pod's volumes only (/tmp, the output, the cache, /dev/shm).
+        "readOnlyRootFilesystem": True,
     }
 
 

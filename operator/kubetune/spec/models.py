@@ -404,8 +404,8 @@ class ResourceSpec(SpecModel):
 
 # --- operator: the pod overlay (issue 11) ---
 # Names kubetune gives its own volumes and paths: an overlay may not reuse them.
-RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache")
-RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm")
+RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache", "tmp")
+RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm", "/tmp")
 
 
 class ExtraVolume(SpecModel):

@@ -1,0 +1,135 @@
+"""What real nodes do to a job that KWOK cannot: the kernel's OOM killer, and a node that disappears."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import PodRecorder, diagnostics, get_job, tiny_job, wait_for_phase
+from tests.kube.harness import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200, func_only=True)]
+
+# The operator force-deletes a worker stuck Terminating on a lost node 120 s (its grace period) + 300 s
+# (--terminating-timeout-seconds) after deleting it; then the next gang starts.
+NODE_LOSS_BOUND_SECONDS = 600
+
+
+def test_a_worker_far_over_its_memory_limit_is_oomkilled_and_the_status_names_the_pod(
+    e2e_cluster: LocalCluster,
+    e2e_namespace: str,
+    tiny_assets_volumes: dict[str, Any],
+    pod_recorder: PodRecorder,
+) -> None:
+    # Importing torch alone takes several hundred MiB: 64 MiB is far below the need.
+    name = "oom"
+    job = tiny_job(
+        name,
+        tiny_assets_volumes,
+        nodes=1,
+        processes=1,
+        extra_spec={"kubernetes": {"resources": {"memory": "64Mi"}}},
+    )
+    e2e_cluster.kubectl("apply", "-n", e2e_namespace, "-f", "-", input=yaml.safe_dump(job))
+    status = wait_for_phase(e2e_cluster, e2e_namespace, name, {"Succeeded", "Failed"}, 300)
+    worker = f"{name}-worker-0"
+    print(f"\n[e2e] OOM: {status.get('lastFailure')}")
+    assert status["phase"] == "Failed", diagnostics(e2e_cluster, e2e_namespace, name)
+    failure = status["lastFailure"]
+    assert failure["reason"] == "OOMKilled", failure
+    assert failure["pod"] == worker, failure
+    assert pod_recorder.terminated[worker]["reason"] == "OOMKilled", pod_recorder.terminated
+
+
+@pytest.mark.stops_a_node
+def test_a_lost_node_does_not_hang_the_job(
+    e2e_cluster: LocalCluster,
+    e2e_namespace: str,
+    tiny_assets_volumes: dict[str, Any],
+    pod_recorder: PodRecorder,
+) -> None:
+    """real-2 (kubelet, kube-proxy, containerd and its containers) is stopped mid-run. Within a bounded time the
+    job either runs a new gang on the remaining node or fails with a message that names the lost node."""
+    cluster, namespace, name = e2e_cluster, e2e_namespace, "node-loss"
+    job = tiny_job(
+        name,
+        tiny_assets_volumes,
+        nodes=2,
+        processes=1,
+        epochs=60,  # long enough to be running when the node goes
+        extra_spec={
+            "training": {"evalStrategy": "no"},
+            # Both workers on distinct nodes, so that losing one node hits the gang.
+            "kubernetes": {
+                "affinity": {
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {"kubetune.io/job-name": name}},
+                                },
+                            }
+                        ]
+                    }
+                }
+            },
+            "runPolicy": {"backoffLimit": 2},
+        },
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+
+    def step() -> int:
+        return int(
+            (get_job(cluster, namespace, name).get("status") or {}).get("progress", {}).get("step") or 0
+        )
+
+    try:
+        wait_for(lambda: step() >= 10, 420, "10 steps of live progress")
+    except Exception as error:
+        raise AssertionError(f"{error}\n{diagnostics(cluster, namespace, name)}") from error
+    nodes = {pod_recorder.nodes.get(f"{name}-worker-{i}") for i in range(2)}
+    assert nodes == {"real-1", "real-2"}, f"the workers did not spread over both nodes: {pod_recorder.nodes}"
+    attempt = int(get_job(cluster, namespace, name)["status"].get("attempt") or 0)
+
+    node = cluster.real_node("real-2")
+    lost_at = time.monotonic()
+    node.stop()
+    try:
+
+        def outcome() -> dict[str, Any] | None:
+            status: dict[str, Any] = get_job(cluster, namespace, name).get("status") or {}
+            if status.get("phase") == "Failed":
+                return status
+            if int(status.get("attempt") or 0) > attempt and status.get("phase") in ("Running", "Succeeded"):
+                return status
+            return None
+
+        try:
+            status = wait_for(
+                outcome, NODE_LOSS_BOUND_SECONDS, "a new gang on real-1, or a failure naming real-2"
+            )
+        except Exception as error:
+            raise AssertionError(f"{error}\n{diagnostics(cluster, namespace, name)}") from error
+        seconds = time.monotonic() - lost_at
+        print(f"\n[e2e] node loss -> {status['phase']} (attempt {status.get('attempt')}) in {seconds:.0f} s")
+        if status["phase"] == "Failed":
+            assert "real-2" in str(status.get("message", "")) + str(status.get("lastFailure")), status
+        else:
+            live = [
+                p
+                for n, p in pod_recorder.pods.items()
+                if n.startswith(f"{name}-")
+                and p.metadata.deletion_timestamp is None
+                and p.status.phase == "Running"
+            ]
+            assert live and all(p.spec.node_name == "real-1" for p in live), {
+                p.metadata.name: p.spec.node_name for p in live
+            }
+    finally:
+        node.start()
+        cluster.wait_for_real_nodes_ready(["real-2"], timeout=180)
