@@ -26,7 +26,9 @@ from pydantic import BaseModel, TypeAdapter
 from kubetune.spec.models import (
     API_GROUP,
     API_VERSION,
+    JOB_NAME_PATTERN,
     KIND,
+    MAX_JOB_NAME_LENGTH,
     PLURAL,
     RESERVED_MOUNT_PATHS,
     RESERVED_VOLUME_NAMES,
@@ -42,9 +44,6 @@ from kubetune.spec.status import ACTIVE_PHASES, FineTuneJobStatus
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_FILE = f"{CRD_NAME}.yaml"
-# Worker hostnames are "<job>-worker-<index>" (index < 1024) and must be DNS labels (≤ 63 characters);
-# the headless Service is named after the job and Service names must start with a letter.
-MAX_JOB_NAME_LENGTH = 51
 
 # Keys of a JSON schema that survive into the structural schema (everything else, e.g. title, is dropped).
 _KEPT_KEYS = {
@@ -158,6 +157,18 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "training.metrics do not apply to task sequence-classification: use accuracy, f1, precision, recall",
             field_path=".training.metrics",
         ),
+        _rule(
+            # (a nullable field set to null is absent to CEL: has() is false)
+            "self.model.task != 'sequence-classification' || has(self.dataset.labelField)",
+            "model.task is sequence-classification but dataset.labelField is unset: name the column that "
+            "holds the class, e.g. labelField: label",
+            field_path=".dataset.labelField",
+        ),
+        _rule(
+            "self.model.task == 'causal-lm' || !has(self.dataset.packing) || !self.dataset.packing",
+            "dataset.packing applies to causal-lm only: set packing: false",
+            field_path=".dataset.packing",
+        ),
     ],
 }
 
@@ -186,9 +197,10 @@ def _unchanged_spec_expression() -> str:
 
 ROOT_RULES: list[dict[str, str]] = [
     _rule(
-        f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && self.metadata.name.matches('^[a-z]')",
-        f"metadata.name must start with a letter and be at most {MAX_JOB_NAME_LENGTH} characters: it names "
-        "the headless Service and the worker hostnames <name>-worker-<index>",
+        f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && self.metadata.name.matches('{JOB_NAME_PATTERN}')",
+        f"metadata.name must be a DNS label (lowercase letters, digits and '-') that starts with a letter, at "
+        f"most {MAX_JOB_NAME_LENGTH} characters: it names the headless Service and the worker hostnames "
+        "<name>-worker-<index>",
         reason="FieldValueInvalid",
     ),
     {

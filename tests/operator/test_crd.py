@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubetune.cli import main
 from kubetune.crd import CEL_RULES, PRINTER_COLUMNS, build_crd, render_crd
-from kubetune.spec.models import FineTuneJobSpec, RunPolicy, TrainingSpec
+from kubetune.spec.models import FineTuneJobSpec, RunPolicy, SpecModel, TrainingSpec
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
@@ -109,7 +109,10 @@ def test_every_cross_field_validator_has_a_cel_rule() -> None:
     validated = {
         cls
         for cls in [FineTuneJobSpec, *{c for c in CEL_RULES}]
-        if any(name.startswith("_") for name in cls.__pydantic_decorators__.model_validators)
+        if any(
+            name.startswith("_") and name not in SpecModel.__pydantic_decorators__.model_validators
+            for name in cls.__pydantic_decorators__.model_validators
+        )
     }
     assert validated <= set(CEL_RULES), (
         f"models with validators but no CEL rule: {validated - set(CEL_RULES)}"

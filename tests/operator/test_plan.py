@@ -299,3 +299,16 @@ def test_the_scheduling_clock_starts_even_when_the_pods_were_created_by_a_failed
     assert first.create_workers == [] and first.status.attempt_start_time == "2026-01-01T12:00:00Z"
     body = written(body, first)
     assert decide(body, stuck, 61).status.phase == Phase.FAILED
+
+
+def test_deadlines_and_ttls_of_centuries_do_not_overflow_the_planner() -> None:
+    """Found by the spec fuzz: activeDeadlineSeconds/ttlSecondsAfterFinished near int64 crashed plan()."""
+    huge = 2**62
+    result = decide(job_body(runPolicy={"activeDeadlineSeconds": huge}), [], 0)
+    assert result.status.phase == Phase.PENDING and result.requeue_after is not None
+    body = job_body(
+        runPolicy={"ttlSecondsAfterFinished": huge},
+        status={"phase": "Succeeded", "completionTime": "2026-01-01T12:00:00Z"},
+    )
+    result = decide(body, [], 10)
+    assert not result.delete_job and result.requeue_after is not None

@@ -265,11 +265,12 @@ class _Planner:
             ttl = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
         if completed is None or ttl is None:
             return
-        expires = completed + timedelta(seconds=ttl)
-        if self.now >= expires:
+        # (in seconds, not datetimes: a TTL of centuries is valid and must not overflow the date)
+        left = ttl - (self.now - completed).total_seconds()
+        if left <= 0:
             self.plan.delete_job = True
         else:
-            self.plan.requeue((expires - self.now).total_seconds())
+            self.plan.requeue(left)
 
     def close_attempt(self, reason: str, failure: Failure | None, counted: bool) -> None:
         close_attempt(self.status, self.plan.spec, self.now, reason, failure, counted)
@@ -400,9 +401,9 @@ class _Planner:
         started = parse_time(self.status.start_time)
         if limit is None or started is None:
             return None
-        ends = started + timedelta(seconds=limit)
-        if self.now < ends:
-            self.plan.requeue((ends - self.now).total_seconds())
+        left = limit - (self.now - started).total_seconds()  # (a deadline of centuries overflows a datetime)
+        if left > 0:
+            self.plan.requeue(left)
             return None
         message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({limit}s)"
         self.plan.events.append(JobEvent("Warning", FailureReason.DEADLINE, message))
@@ -548,10 +549,10 @@ class _Planner:
             return None
         pod = sorted(stuck, key=lambda p: p.index)[0]
         started = parse_time(self.status.attempt_start_time) or self.now
-        timeout = timedelta(seconds=spec.run_policy.scheduling_timeout_seconds)
+        left = spec.run_policy.scheduling_timeout_seconds - (self.now - started).total_seconds()
         permanent = pod.stuck_reason == FailureReason.INVALID_IMAGE
-        if not permanent and self.now - started < timeout:
-            self.plan.requeue((started + timeout - self.now).total_seconds())
+        if not permanent and left > 0:
+            self.plan.requeue(left)
             return None
         reason = str(pod.stuck_reason)
         waited = int((self.now - started).total_seconds())

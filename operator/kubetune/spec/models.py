@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
@@ -18,6 +18,12 @@ KIND: Final = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
+# Worker hostnames are "<job>-worker-<index>" (index < 1024) and must be DNS labels (≤ 63 characters);
+# the headless Service is named after the job and Service names must start with a letter.
+MAX_JOB_NAME_LENGTH = 51
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Integers the API server can store (int64): a larger one is refused there, so it is refused here too.
+INT64_MAX = 2**63 - 1
 
 
 class SpecModel(BaseModel):
@@ -29,7 +35,51 @@ class SpecModel(BaseModel):
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
+        # JSON types, as the API server checks them: no "3" for 3, no 0 for false (enum fields, which
+        # take their values as strings, opt out of strictness one by one).
+        strict=True,
+        allow_inf_nan=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        """An explicit null on a field that cannot be null means "unset", as on the API server (which prunes
+        such nulls before defaulting): `torchCompile: null` is the default, a required field set to null is
+        missing."""
+        if not isinstance(data, dict):
+            return data
+        fields = _field_keys(cls)
+        keep = {k: v for k, v in data.items() if v is not None or k not in fields or k in _nullable_keys(cls)}
+        return keep if len(keep) != len(data) else data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not -INT64_MAX - 1 <= value <= INT64_MAX
+        ):
+            raise ValueError(
+                f"{value} does not fit in 64 bits (the API server's integers): use a smaller number"
+            )
+        return value
+
+
+def _field_keys(model: type[BaseModel]) -> frozenset[str]:
+    """Names and aliases of `model`'s fields (a null on any other key is an unknown field, refused)."""
+    return frozenset(k for name, f in model.model_fields.items() for k in (name, f.alias or name))
+
+
+def _nullable_keys(model: type[BaseModel]) -> frozenset[str]:
+    """Names and aliases of `model`'s fields that accept None."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        args = getattr(field.annotation, "__args__", ()) or ()
+        if field.annotation is None or type(None) in args or field.annotation is Any:
+            keys.update({name, field.alias or name})
+    return frozenset(keys)
 
 
 # --- model ---------------------------------------------------------------------------------------------------
@@ -51,7 +101,9 @@ class ModelSpec(SpecModel):
     revision: str = Field(
         default="main", min_length=1, description="Hub revision (branch, tag or commit) to download."
     )
-    task: Task = Field(default=Task.SEQUENCE_CLASSIFICATION, description="What the model is fine-tuned for.")
+    task: Task = Field(
+        strict=False, default=Task.SEQUENCE_CLASSIFICATION, description="What the model is fine-tuned for."
+    )
     num_labels: int | None = Field(
         default=None,
         ge=2,
@@ -91,13 +143,17 @@ class DataFiles(SpecModel):
     train: str = Field(min_length=1, description="Path or glob of the training file(s).")
     eval: str | None = Field(default=None, description="Path or glob of the evaluation file(s).")
     format: DataFormat | None = Field(
-        default=None, description="File format; inferred from the train file's extension when unset."
+        strict=False,
+        default=None,
+        description="File format; inferred from the train file's extension when unset.",
     )
 
 
 class DatasetSpec(SpecModel):
     name: str | None = Field(
-        default=None, description="Hugging Face hub dataset name (e.g. glue); leave unset when using files."
+        default=None,
+        min_length=1,
+        description="Hugging Face hub dataset name (e.g. glue); leave unset when using files.",
     )
     config: str | None = Field(default=None, description="Hub dataset configuration (e.g. mrpc).")
     revision: str | None = Field(default=None, description="Hub dataset revision (branch, tag or commit).")
@@ -113,7 +169,9 @@ class DatasetSpec(SpecModel):
         description="Column(s) holding the text; two columns are encoded as a sentence pair.",
     )
     label_field: str | None = Field(
-        default="label", description="Column holding the class label (sequence classification only)."
+        default="label",
+        min_length=1,
+        description="Column holding the class label (sequence classification only).",
     )
     max_length: int = Field(default=128, ge=8, le=131072, description="Tokens per example after truncation.")
     max_train_samples: int | None = Field(
@@ -214,25 +272,29 @@ class TrainingSpec(SpecModel):
     adam_beta2: float = Field(default=0.999, gt=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(default=1e-8, gt=0, le=1e-3, description="AdamW epsilon.")
     lr_scheduler: Scheduler = Field(
-        default=Scheduler.LINEAR, description="Learning-rate schedule after warmup."
+        strict=False, default=Scheduler.LINEAR, description="Learning-rate schedule after warmup."
     )
     max_grad_norm: float | None = Field(
         default=1.0, gt=0, description="Clip gradients to this global norm; null disables clipping."
     )
     mixed_precision: MixedPrecision = Field(
-        default=MixedPrecision.NO, description="no, fp16 or bf16 (bf16 needs Ampere GPUs or newer, or CPU)."
+        strict=False,
+        default=MixedPrecision.NO,
+        description="no, fp16 or bf16 (bf16 needs Ampere GPUs or newer, or CPU).",
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for data order and initialisation.")
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass to save memory."
     )
-    metrics: list[Metric] = Field(
+    metrics: list[Annotated[Metric, Strict(False)]] = Field(
         default_factory=lambda: [Metric.ACCURACY],
         min_length=1,
         description="Evaluation metrics; the first is the primary one shown in kubectl get.",
     )
     eval_strategy: EvalStrategy = Field(
-        default=EvalStrategy.EPOCH, description="When to evaluate: no, every evalSteps, or each epoch."
+        strict=False,
+        default=EvalStrategy.EPOCH,
+        description="When to evaluate: no, every evalSteps, or each epoch.",
     )
     eval_steps: int | None = Field(
         default=None, ge=1, description="Evaluate every N steps (evalStrategy: steps)."
@@ -278,10 +340,14 @@ class DeepSpeedSpec(SpecModel):
         description="ZeRO stage: 0 disables DeepSpeed (plain DDP), 1-3 shard optimizer/grads/params.",
     )
     offload_optimizer: OffloadDevice = Field(
-        default=OffloadDevice.NONE, description="Offload optimizer state to cpu or nvme (ZeRO ≥ 1)."
+        strict=False,
+        default=OffloadDevice.NONE,
+        description="Offload optimizer state to cpu or nvme (ZeRO ≥ 1).",
     )
     offload_parameters: OffloadDevice = Field(
-        default=OffloadDevice.NONE, description="Offload parameters to cpu or nvme (ZeRO 3 only)."
+        strict=False,
+        default=OffloadDevice.NONE,
+        description="Offload parameters to cpu or nvme (ZeRO 3 only).",
     )
     nvme_path: str | None = Field(default=None, description="Folder for nvme offload (required with nvme).")
     config: dict[str, Any] | None = Field(
@@ -621,9 +687,10 @@ class ObjectMeta(BaseModel):
     name: str = Field(
         default="finetune",
         min_length=1,
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Job name (a DNS label: lowercase letters, digits and '-').",
+        max_length=MAX_JOB_NAME_LENGTH,
+        pattern=JOB_NAME_PATTERN,
+        description=f"Job name: a DNS label (lowercase letters, digits and '-') that starts with a letter, at "
+        f"most {MAX_JOB_NAME_LENGTH} characters (it names the Service and the worker hostnames).",
     )
     namespace: str | None = Field(default=None, description="Namespace of the job.")
 
