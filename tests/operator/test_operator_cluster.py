@@ -270,17 +270,22 @@ def test_invalid_specs_are_refused_at_apply_or_fail_with_the_field_named(
             "bad-metric", model={"name": "gpt2", "task": "causal-lm"}, dataset={"name": "wikitext"}
         ),
         'unknown field "spec.trainig"': job_manifest("bad-field", trainig={"epochs": 1}),
-        "must start with a letter": job_manifest("1bad"),
+        "must be a DNS label (lowercase letters, digits and '-') that starts with a letter": job_manifest(
+            "1bad"
+        ),
+        "dataset.labelField": job_manifest("no-labels", dataset={"name": "glue", "labelField": ""}),
     }
     for expected, manifest in cases.items():
         refused = kubectl("apply", "-f", "-", input=manifest, check=False)
         assert refused.returncode != 0, expected
         assert expected in refused.stderr, refused.stderr
 
-    # A spec the schema accepts but pydantic does not ends Failed, naming the field; nothing is created
-    kubectl("apply", "-f", "-", input=job_manifest("no-labels", dataset={"name": "glue", "labelField": ""}))
+    # A spec the API server accepts but the operator cannot launch (a raw DeepSpeed key contradicting the
+    # spec) ends Failed, naming the field; nothing is created
+    contradicting = {"nodes": 1, "deepspeed": {"config": {"train_micro_batch_size_per_gpu": 999}}}
+    kubectl("apply", "-f", "-", input=job_manifest("no-labels", distribution=contradicting))
     failed = wait_phase(kube_cluster, kube_namespace, "no-labels", "Failed")
-    assert "dataset.labelField" in failed["message"]
+    assert "spec.distribution.deepspeed.config" in failed["message"]
     found = wait_event_reasons(kube_cluster, kube_namespace, "no-labels", "InvalidSpec")
     assert [(t, r) for t, r, _ in found] == [("Warning", "InvalidSpec")]
     assert workers(kube_cluster, kube_namespace, "no-labels") == []

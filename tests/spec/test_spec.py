@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from kubetune.contract import ContractError, NodeContext
-from kubetune.spec import FineTuneJob, SpecError, dump_job, load_job, parse_job, parse_spec
+from kubetune.spec import FineTuneJob, SpecError, dump_job, load_job, load_jobs, parse_job, parse_spec
 from kubetune.spec.models import Metric, Task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,3 +201,14 @@ def test_contract_round_trips_and_names_bad_variables() -> None:
         NodeContext.from_env(env)
     with pytest.raises(ContractError, match="not a whole number"):
         NodeContext.from_env(context.to_env() | {"KUBETUNE_MAIN_PORT": "http"})
+
+
+def test_exponent_floats_without_a_dot_are_numbers_as_for_kubectl(tmp_path: Path) -> None:
+    """PyYAML reads `5e-5` as a string (YAML 1.1); kubectl reads a number. The strict spec must see a number."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: lr}\n"
+        "spec:\n  model: {name: m}\n  dataset: {name: glue}\n  training: {learningRate: 5e-5, adamEpsilon: 1E-8}\n"
+    )
+    job = load_jobs(path)[0]
+    assert job.spec.training.learning_rate == 5e-5 and job.spec.training.adam_epsilon == 1e-8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,19 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kubetune.spec.models import KIND, FineTuneJob, FineTuneJobSpec
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `5e-5` is a float (as for YAML 1.2 and kubectl's go-yaml), not the string
+    PyYAML's YAML 1.1 rules make it: the spec's numbers are strict, so a string would be refused here while
+    `kubectl apply` accepts the same file."""
+
+
+_JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass(frozen=True)
@@ -147,7 +161,7 @@ def load_jobs(path: str | Path) -> list[FineTuneJob]:
     except OSError as error:
         raise SpecError([Problem("", f"cannot read the file: {error.strerror}")], source) from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=_JobLoader) if d is not None]
     except yaml.YAMLError as error:
         raise SpecError([Problem("", f"not valid YAML: {error}")], source) from None
     jobs_docs = [d for d in documents if not isinstance(d, dict) or d.get("kind", KIND) == KIND]
