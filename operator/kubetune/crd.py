@@ -79,6 +79,7 @@ def _rule(
     return entry
 
 
+# (Optional lists and maps are guarded with has(): the API server does not fill in every empty default.)
 # CEL rules mirroring each model's @model_validator (keep them side by side with the pydantic versions;
 # tests/operator/test_crd.py checks both refuse the same documents). Values are checked after the API
 # server applied defaults, so defaulted fields are always present.
@@ -122,24 +123,25 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     ],
     PodOverlay: [
         _rule(
-            "self.volumes.all(v, !(v.name in " + _RESERVED_VOLUMES + "))",
+            "!has(self.volumes) || self.volumes.all(v, !(v.name in " + _RESERVED_VOLUMES + "))",
             "kubernetes.podOverlay.volumes: "
             + _RESERVED_VOLUMES
             + " are kubetune's own volume names: pick others",
             field_path=".volumes",
         ),
         _rule(
-            "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
+            "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+            "self.volumes.exists(v, v.name == m.name))",
             "kubernetes.podOverlay.volumeMounts must name volumes of podOverlay.volumes",
             field_path=".volumeMounts",
         ),
         _rule(
-            "self.volumeMounts.all(m, !(m.mountPath in " + _RESERVED_PATHS + "))",
+            "!has(self.volumeMounts) || self.volumeMounts.all(m, !(m.mountPath in " + _RESERVED_PATHS + "))",
             "kubernetes.podOverlay.volumeMounts: " + _RESERVED_PATHS + " are kubetune's own mount paths",
             field_path=".volumeMounts",
         ),
         _rule(
-            "self.extraResources.all(k, k.contains('/'))",
+            "!has(self.extraResources) || self.extraResources.all(k, k.contains('/'))",
             "kubernetes.podOverlay.extraResources must be extended resources (domain/name): set cpu and "
             "memory in kubernetes.resources",
             field_path=".extraResources",

@@ -265,3 +265,93 @@ def test_resuming_while_the_suspended_workers_still_terminate_is_not_a_gang_rest
     core.patch_namespaced_pod("nap-worker-1", kube_namespace, {"metadata": {"finalizers": None}})
     running_workers(kube_cluster, kube_namespace, "nap", 2)
     assert wait_phase(kube_cluster, kube_namespace, "nap", "Running")["restarts"] == 0
+
+
+def test_secret_env_the_pod_overlay_and_default_requests_reach_the_real_pods_and_bad_overlays_are_refused(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    # A bad overlay is refused by the API server at apply, naming the field (the CRD's CEL rules)
+    bad = job_manifest(
+        "clash",
+        nodes=1,
+        kubernetes={
+            "nodeSelector": {"kubetune.test/pool": "operator"},
+            "podOverlay": {"volumes": [{"name": "dshm", "source": {"emptyDir": {}}}]},
+        },
+    )
+    refused = kubectl("apply", "-f", "-", input=bad, check=False)
+    assert refused.returncode != 0 and "podOverlay.volumes" in refused.stderr, refused.stderr
+    unknown_mount = job_manifest(
+        "clash",
+        nodes=1,
+        kubernetes={"podOverlay": {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}},
+    )
+    refused = kubectl("apply", "-f", "-", input=unknown_mount, check=False)
+    assert refused.returncode != 0 and "podOverlay.volumeMounts" in refused.stderr, refused.stderr
+
+    # A good one, with Secret-sourced env, reaches the pods the API server admits
+    manifest = job_manifest(
+        "rdma",
+        nodes=1,
+        kubernetes={
+            "nodeSelector": {"kubetune.test/pool": "operator"},
+            "secretEnv": {"WANDB_API_KEY": {"name": "wandb", "key": "api-key"}},
+            "envFromSecrets": ["shared-keys"],
+            "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-net"},
+            "podOverlay": {
+                "volumes": [{"name": "ib", "source": {"emptyDir": {"medium": "Memory"}}}],
+                "volumeMounts": [{"name": "ib", "mountPath": "/dev/infiniband"}],
+                "addCapabilities": ["IPC_LOCK"],
+            },
+        },
+    )
+    kubectl("apply", "-f", "-", input=manifest)
+    (pod,) = running_workers(kube_cluster, kube_namespace, "rdma", 1)
+    (container,) = pod.spec.containers
+    key = next(e for e in container.env if e.name == "WANDB_API_KEY")
+    assert (key.value, key.value_from.secret_key_ref.name) == (None, "wandb")
+    assert [s.secret_ref.name for s in container.env_from] == ["shared-keys"]
+    assert container.security_context.capabilities.add == ["IPC_LOCK"]
+    assert {m.name: m.mount_path for m in container.volume_mounts}["ib"] == "/dev/infiniband"
+    assert pod.metadata.annotations["k8s.v1.cni.cncf.io/networks"] == "ib-net"
+    # and a worker asking only for GPUs is not BestEffort
+    assert pod.status.qos_class == "Burstable"
+    assert container.resources.requests["cpu"] == "1" and container.resources.requests["memory"] == "2Gi"
+
+
+def test_an_eviction_seen_together_with_a_peer_crash_is_blamed_on_the_evicted_rank_and_not_counted(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kubectl("apply", "-f", "-", input=job_manifest("drained", nodes=2, runPolicy={"backoffLimit": 0}))
+    running_workers(kube_cluster, kube_namespace, "drained", 2)
+    wait_phase(kube_cluster, kube_namespace, "drained", "Running")
+    # Given the operator does not look while (as in a drain) rank 1 is evicted through the Eviction API, its
+    # grace period still running (a finalizer stands in for it), and rank 0 crashes because its peer left
+    operator.kill()
+    core.patch_namespaced_pod(
+        "drained-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/grace"]}}
+    )
+    core.create_namespaced_pod_eviction(
+        "drained-worker-1",
+        kube_namespace,
+        {"metadata": {"name": "drained-worker-1", "namespace": kube_namespace}},
+    )
+    kube_cluster.complete_pod(
+        kube_namespace, "drained-worker-0", exit_code=1, message="NCCL error: peer gone"
+    )
+
+    # When the operator sees both at once
+    operator.start()
+
+    # Then the eviction is blamed, and backoffLimit 0 is not used up: the gang restarts
+    def restarted() -> dict[str, Any] | None:
+        current = status(kube_cluster, kube_namespace, "drained")
+        return current if current.get("restarts") == 1 else None
+
+    current = wait_for(restarted, 30, "the gang restart")
+    assert current["phase"] != "Failed", current
+    assert (current["failedAttempts"], current["disruptions"]) == (0, 1)
+    assert current["lastFailure"]["pod"] == "drained-worker-1"
+    assert current["lastFailure"]["reason"] == "Evicted"
+    core.patch_namespaced_pod("drained-worker-1", kube_namespace, {"metadata": {"finalizers": None}})

@@ -5,6 +5,7 @@ alone and reported, and every ended attempt kept in the status for diagnosis."""
 
 from __future__ import annotations
 
+from kubetune.controller.child_report import report_children
 from kubetune.controller.observe import observe_pod
 from kubetune.controller.ownership import (
     ChildProblem,
@@ -13,7 +14,6 @@ from kubetune.controller.ownership import (
     control_of,
     not_controlled,
 )
-from kubetune.controller.plan import report_children
 from kubetune.spec.status import Phase
 
 from tests.operator.factories import at, job_body, pod
@@ -192,3 +192,16 @@ def test_a_refused_child_does_not_stop_the_deadline() -> None:
     assert result.status.phase == Phase.FAILED
     assert condition(result, "Failed")["reason"] == "DeadlineExceeded"
     assert condition(result, "ChildrenReady")["status"] == "False"
+
+
+def test_a_worker_evicted_or_gone_while_a_peer_crashes_is_blamed_and_not_counted() -> None:
+    body, _ = running_job(runPolicy={"backoffLimit": 0})
+    evicted = pod(1, deleting=True, disrupted=True, disruption_reason="EvictionByEvictionAPI")
+    crashed = pod(0, phase="Failed", exit_code=1, message="NCCL error")
+    result = decide(body, [crashed, evicted], 10)
+    assert result.status.phase == Phase.RESTARTING
+    failure = result.status.last_failure
+    assert failure is not None and (failure.pod, failure.reason) == ("demo-worker-1", "Evicted")
+    assert (result.status.failed_attempts, result.status.disruptions) == (0, 1)
+    gone = decide(body, [crashed], 10)  # rank 1 already removed: the crash is still not counted
+    assert gone.status.phase == Phase.RESTARTING and gone.status.failed_attempts == 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import pytest
 from kubetune.controller import workqueue
 from kubetune.controller.kube import Kube
 from kubetune.controller.reconciler import Reconciler
+from kubetune.controller.wiring import PeeringPauseFollower
 
 
 def test_a_running_jobs_reconcile_yields_to_new_jobs_but_only_for_a_while(
@@ -56,5 +58,30 @@ def test_a_paused_replica_arms_no_timer_and_reconciles_nothing_until_it_resumes(
         await asyncio.sleep(0.1)
         assert sorted(asked) == [("ns", "a"), ("ns", "b"), ("ns", "c")]
         reconciler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_the_reconciler_pauses_and_resumes_with_kopfs_peering_log_records() -> None:
+    """kopf has no public pause hook; the follower reads the two records its peering engine writes (the
+    same records test_two_replicas_share_the_work_through_kopf_peering waits for in real replicas)."""
+
+    async def scenario() -> None:
+        reconciler = Reconciler(cast(Kube, object()))
+        follower = PeeringPauseFollower(reconciler, asyncio.get_running_loop())
+        follower.install()
+        peering = logging.getLogger(PeeringPauseFollower.LOGGER)
+        try:
+            peering.info("Pausing operations in favour of [Peer(identity='other', priority=1)].")
+            await asyncio.sleep(0.01)
+            assert reconciler.queue.paused
+            peering.info(
+                "Resuming operations after the pause. Conflicting operators with the same priority are gone."
+            )
+            await asyncio.sleep(0.01)
+            assert not reconciler.queue.paused
+        finally:
+            follower.remove()
+            reconciler.shutdown()
 
     asyncio.run(scenario())

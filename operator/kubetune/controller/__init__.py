@@ -5,6 +5,8 @@ Modules, in the order a reconcile uses them:
 - `names`     deterministic names and labels of every child (so a restarted operator adopts, never duplicates);
 - `observe`   worker pods (API JSON) → the few facts the planner decides on (phase, exit code, stuck reason);
 - `plan`      the pure decision: job + pods + time → status, pods to create/delete, Events, when to look again;
+- `failures`  pure: the Failure of an ended attempt, its history record, exhausted limits, stuck pods;
+- `child_report` pure: children's problems folded into the plan (condition, Events, holding the job);
 - `children`  pure builders of the Service, ConfigMap, progress RBAC and worker pods (one plugin per concern);
 - (the status models live beside the spec: `kubetune.spec.status`);
 - `kube`      the handful of REST calls (fresh GET/LIST, create, server-side apply, status merge patch);

@@ -27,8 +27,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.controller.children import DEFAULT_IMAGE
+from kubetune.controller.failures import (
+    close_attempt,
+    deleted_failure,
+    exhausted_limit,
+    failure_of,
+    stuck_terminating,
+    terminating_summary,
+)
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
-from kubetune.controller.ownership import ChildProblem, ChildProblemReason
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
 from kubetune.launch import LaunchConfigError, deepspeed_config
@@ -36,8 +43,6 @@ from kubetune.spec.loading import SpecError, parse_spec
 from kubetune.spec.models import FineTuneJobSpec
 from kubetune.spec.status import (
     FINAL_PHASES,
-    MAX_ATTEMPT_HISTORY,
-    AttemptRecord,
     Condition,
     ConditionType,
     Failure,
@@ -267,47 +272,11 @@ class _Planner:
             self.plan.requeue((expires - self.now).total_seconds())
 
     def close_attempt(self, reason: str, failure: Failure | None, counted: bool) -> None:
-        """Append the attempt that ends now to status.attempts (kept to the last MAX_ATTEMPT_HISTORY)."""
-        started = parse_time(self.status.attempt_start_time)
-        history = self.status.attempts
-        if started is None or (history and history[-1].attempt == self.status.attempt):
-            return  # never started (invalid spec, suspended), or already recorded
-        gpus = 0
-        if self.plan.spec is not None:
-            per_node = self.plan.spec.kubernetes.resources.gpus_per_node
-            if per_node is None:
-                per_node = self.plan.spec.distribution.processes_per_node
-            gpus = per_node * self.plan.spec.distribution.nodes
-        record = AttemptRecord(
-            attempt=self.status.attempt,
-            start_time=self.status.attempt_start_time,
-            end_time=format_time(self.now),
-            reason=str(failure.reason) if failure is not None else reason,
-            pod=failure.pod if failure is not None else "",
-            exit_code=failure.exit_code if failure is not None else None,
-            message=tail(failure.message if failure is not None else "", 300),
-            counted=counted,
-            gpu_seconds=round(gpus * max(0.0, (self.now - started).total_seconds()), 1),
-        )
-        self.status.attempts = [*history, record][-MAX_ATTEMPT_HISTORY:]
+        close_attempt(self.status, self.plan.spec, self.now, reason, failure, counted)
 
     def record_failure(self, pod: WorkerPod) -> Failure:
-        termination = pod.termination
-        message = tail(termination.message if termination else "")
-        summary = JobSummary.from_termination_message(message) if message else None
-        if summary is not None and summary.message:
-            message = tail(summary.message)
-        failure = Failure(
-            pod=pod.name,
-            container="trainer",
-            exit_code=termination.exit_code if termination else None,
-            reason=str(pod.failure_reason()),
-            message=message,
-            attempt=pod.attempt,
-            time=format_time(self.now),
-        )
-        self.status.last_failure = failure
-        return failure
+        self.status.last_failure = failure_of(pod, self.now)
+        return self.status.last_failure
 
     # --- the decision -------------------------------------------------------------------------------------------
 
@@ -464,38 +433,15 @@ class _Planner:
         return True
 
     def force_delete_stuck(self) -> None:
-        """Force-delete (grace 0) every worker still Terminating terminatingTimeout past its deletion time:
-        a pod on a lost node never finishes its graceful deletion, and its name blocks the next attempt."""
-        bound = timedelta(seconds=self.options.terminating_timeout_seconds)
-        for pod in self.pods:
-            if not pod.deleting or pod.deletion_time is None:
-                continue
-            due = pod.deletion_time + bound
-            if self.now >= due:
-                self.plan.force_delete_workers.append(pod.name)
-            else:
-                self.plan.requeue((due - self.now).total_seconds())
+        """Force-delete (grace 0) every worker still Terminating terminatingTimeout past its deletion time."""
+        stuck, next_due = stuck_terminating(self.pods, self.now, self.options.terminating_timeout_seconds)
+        self.plan.force_delete_workers.extend(stuck)
+        if next_due is not None:
+            self.plan.requeue(next_due)
 
     def terminating_summary(self, pods: list[WorkerPod]) -> str:
-        """'1 pod of earlier attempts to go: demo-worker-1 Terminating (due …), held by finalizers …': what
-        the job waits on, for a status message that tells the truth."""
-        parts = []
-        for pod in sorted(pods, key=lambda p: p.name)[:3]:
-            if not pod.deleting:
-                parts.append(f"{pod.name} (being deleted)")
-                continue
-            due = format_time(pod.deletion_time) if pod.deletion_time else "?"
-            text = f"{pod.name} Terminating (due {due})"
-            if pod.name in self.plan.force_delete_workers:
-                text += f", force-deleted {self.options.terminating_timeout_seconds:.0f}s after that"
-            if pod.finalizers:
-                text += (
-                    f", held by finalizers {', '.join(pod.finalizers)}: whoever added them must remove them"
-                )
-            parts.append(text)
-        more = f" and {len(pods) - 3} more" if len(pods) > 3 else ""
-        noun = "pod" if len(pods) == 1 else "pods"
-        return f"{len(pods)} {noun} of earlier attempts to go: {'; '.join(parts)}{more}"
+        forced = self.plan.force_delete_workers
+        return terminating_summary(pods, forced, self.options.terminating_timeout_seconds)
 
     def check_outcome(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Succeeded, a gang restart, or Failed; None while the attempt is still going."""
@@ -527,7 +473,7 @@ class _Planner:
         vanished = self.status.workers.created > len(current) and self.previous.phase != Phase.RESTARTING
         disrupted = [p for p in current if p.deleting and not p.finished]
         if broken or disrupted or vanished:
-            return self.gang_restart(spec, current, broken, disrupted)
+            return self.gang_restart(spec, current, broken, disrupted, vanished)
         return self.check_stuck(spec, current)
 
     def gang_restart(
@@ -536,6 +482,7 @@ class _Planner:
         current: list[WorkerPod],
         broken: list[WorkerPod],
         disrupted: list[WorkerPod],
+        vanished: bool = False,
     ) -> Plan:
         preempted = [p for p in broken if p.preempted]
         if preempted:
@@ -543,8 +490,9 @@ class _Planner:
             # rank fails in its next collective), so the disrupted rank is blamed, and it is not counted.
             failure = self.record_failure(sorted(preempted, key=lambda p: p.index)[0])
             counts = False
-        elif disrupted and broken:
-            # A worker deleted from outside (drain, kubectl delete) while others crashed: the same.
+        elif (disrupted or vanished) and broken:
+            # A worker deleted or evicted from outside (drain, kubectl delete), or gone, while others
+            # crashed: the same.
             failure = self.deleted_failure(disrupted)
             counts = False
         elif broken:
@@ -557,7 +505,7 @@ class _Planner:
             self.status.failed_attempts += 1
         else:
             self.status.disruptions += 1
-        limit = self.exhausted_limit(spec, failure, counts)
+        limit = exhausted_limit(spec.run_policy, self.status, failure, counts)
         if limit is not None:
             reason, message = limit
             self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
@@ -590,33 +538,8 @@ class _Planner:
         return self.plan
 
     def deleted_failure(self, disrupted: list[WorkerPod]) -> Failure:
-        failure = Failure(
-            pod=disrupted[0].name if disrupted else "",
-            reason=FailureReason.POD_DELETED,
-            message="a worker pod was deleted while the gang was running",
-            attempt=self.status.attempt,
-            time=format_time(self.now),
-        )
-        self.status.last_failure = failure
-        return failure
-
-    def exhausted_limit(
-        self, spec: FineTuneJobSpec, failure: Failure, counts: bool
-    ) -> tuple[str, str] | None:
-        """(reason, message) when this restart exceeds backoffLimit or disruptionLimit, else None."""
-        policy = spec.run_policy
-        what = f"{failure.pod or 'a worker'} failed ({failure.reason}, exit code {failure.exit_code})"
-        if counts and self.status.failed_attempts > policy.backoff_limit:
-            return FailureReason.BACKOFF_LIMIT, (
-                f"{what} and the gang has failed {self.status.failed_attempts} times, more than "
-                f"runPolicy.backoffLimit ({policy.backoff_limit}): {failure.message}"
-            )
-        if not counts and self.status.disruptions > policy.disruption_limit:
-            return FailureReason.DISRUPTION_LIMIT, (
-                f"{what} and the gang has been disrupted {self.status.disruptions} times, more than "
-                f"runPolicy.disruptionLimit ({policy.disruption_limit}): {failure.message}"
-            )
-        return None
+        self.status.last_failure = deleted_failure(disrupted, self.status.attempt, self.now)
+        return self.status.last_failure
 
     def check_stuck(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Fail when a worker cannot be scheduled or its image pulled for schedulingTimeoutSeconds."""
@@ -722,55 +645,3 @@ def status_patch(old: dict[str, Any], new: FineTuneJobStatus) -> dict[str, Any]:
         if key not in wanted and key in owned:
             patch[key] = None
     return patch
-
-
-def report_children(
-    result: Plan,
-    problems: list[ChildProblem],
-    pods: list[WorkerPod],
-    now: datetime,
-    generation: int,
-    options: PlanOptions,
-    workers_created: bool = False,
-) -> None:
-    """Fold the children's problems (see `ownership`) into the plan, so that the status is written with them.
-
-    Sets condition ChildrenReady (False with every problem named; back to True once they are gone), one
-    Warning Event per problem when it first appears (not one per retry), and a retry after
-    child_retry_seconds. A blocking problem (a missing child, or someone else's object under a child's
-    name) holds the job Pending: no workers are created, and the workers of this attempt, which would use
-    that object, are removed under a fresh attempt number (not counted as a restart). Failure handling,
-    deadlines and the TTL have already been decided by `plan` and are kept. With `workers_created` (the
-    problems were found after this reconcile created its workers) only the condition and Events change:
-    the next reconcile (a pod event brings it soon), which ensures the children first, holds the job.
-    """
-    status = result.status
-    existing = next((c for c in status.conditions if c.type == ConditionType.CHILDREN_READY), None)
-    if not problems:
-        if existing is not None and existing.status != "True":
-            message = "every child exists and is controlled by the job"
-            set_condition(status, ConditionType.CHILDREN_READY, True, "Created", message, now, generation)
-        return
-    message = tail("; ".join(p.describe() for p in problems), 900)
-    if existing is None or existing.status != "False" or existing.message != message:
-        result.events.extend(JobEvent("Warning", p.reason, tail(p.describe(), 900)) for p in problems)
-    set_condition(status, ConditionType.CHILDREN_READY, False, problems[0].reason, message, now, generation)
-    result.requeue(options.child_retry_seconds)
-    if workers_created:
-        return
-    if status.phase in FINAL_PHASES or status.phase in (Phase.RESTARTING, Phase.SUSPENDED):
-        return
-    if not any(p.blocking for p in problems):
-        return
-    status.workers.created -= len(result.create_workers)
-    result.create_workers = []
-    if status.phase in (None, Phase.PENDING, Phase.STARTING):
-        status.phase = Phase.PENDING
-        status.message = tail(f"waiting for the job's children: {message}", 600)
-    foreign = any(p.reason == ChildProblemReason.NOT_CONTROLLED for p in problems)
-    current = [p for p in pods if p.attempt == status.attempt and not p.deleting]
-    if foreign and current:
-        result.delete_workers.extend(p.name for p in current if p.name not in result.delete_workers)
-        status.attempt += 1
-        status.attempt_start_time = None
-        status.workers.created = 0

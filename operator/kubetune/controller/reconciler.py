@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.controller import names
+from kubetune.controller.child_report import report_children
 from kubetune.controller.child_sync import ChildWriter
 from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
 from kubetune.controller.event_recorder import EventRecorder
@@ -33,7 +34,6 @@ from kubetune.controller.plan import (
     Plan,
     PlanOptions,
     plan,
-    report_children,
     status_patch,
 )
 from kubetune.controller.workqueue import JobKey, WorkQueue

@@ -134,6 +134,16 @@ class PeeringPauseFollower(logging.Handler):
         self.reconciler = reconciler
         self.loop = loop
 
+    def install(self) -> None:
+        """Listen to kopf's peering logger (whose INFO records must then be created at all)."""
+        peering = logging.getLogger(self.LOGGER)
+        if not peering.isEnabledFor(logging.INFO):
+            peering.setLevel(logging.INFO)
+        peering.addHandler(self)
+
+    def remove(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("Pausing"):
@@ -156,8 +166,7 @@ def run_operator(
     if on_loop is not None:
         on_loop(loop)
     follower = PeeringPauseFollower(reconciler, loop)
-    peering_logger = logging.getLogger(PeeringPauseFollower.LOGGER)
-    peering_logger.addHandler(follower)
+    follower.install()
     namespaces = list(settings.namespaces)
     kwargs: dict[str, Any] = {"clusterwide": not namespaces, "namespaces": namespaces}
     try:
@@ -171,5 +180,5 @@ def run_operator(
             **kwargs,
         )
     finally:
-        peering_logger.removeHandler(follower)
+        follower.remove()
         loop.close()
