@@ -36,6 +36,25 @@ def test_the_cluster_example_is_bert_on_mrpc_across_two_nodes() -> None:
     assert spec.checkpointing.every_steps
 
 
+def test_the_readme_headline_is_the_cluster_example_and_reaches_the_mrpc_recipe() -> None:
+    """The README's first spec is finetune.yaml in short, and its global batch is the reference recipe's 32."""
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    headline = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])["spec"]
+    example = load_job(EXAMPLES / "finetune.yaml").spec
+    for block in ("training", "distribution"):
+        written = example.model_dump(by_alias=True, mode="json")[block]
+        for key, value in headline[block].items():
+            expected = written[key] if not isinstance(value, dict) else {k: written[key][k] for k in value}
+            assert value == expected, f"README spec.{block}.{key} is {value!r}, finetune.yaml {expected!r}"
+    training, distribution = example.training, example.distribution
+    global_batch = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    global_batch *= distribution.world_size
+    assert global_batch == 32 and training.learning_rate == 2e-5 and training.epochs == 3
+    assert training.warmup_ratio > 0
+
+
 def test_the_offline_data_is_what_the_generator_writes(tmp_path: Path) -> None:
     import importlib.util
 

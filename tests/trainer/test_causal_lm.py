@@ -3,13 +3,15 @@ that is a training target, only padding is masked, and packing fills blocks with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kubetune.spec import parse_spec
 from kubetune_trainer.data import build_collator, prepare_data
-from kubetune_trainer.synthetic import build_tiny_model, read_texts
+from kubetune_trainer.synthetic import build_tiny_model, read_texts, write_job_file
 from transformers import AutoTokenizer
 
-from tests.trainer.helpers import Assets
+from tests.trainer.helpers import Assets, explain, train_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,3 +85,53 @@ def test_packing_is_refused_for_classification() -> None:
 
     with pytest.raises((SpecError, ValueError), match="packing applies to causal-lm only"):
         parse_spec({"model": {"name": "m"}, "dataset": {"name": "glue", "packing": True}})
+
+
+def test_accumulating_two_micro_batches_of_8_equals_one_batch_of_16_per_token(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
+) -> None:
+    """The loss of a causal LM is the mean over the step's target tokens (transformers' num_items_in_batch),
+    not the mean of per-micro-batch means: texts of different lengths weigh by their tokens either way."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    source = build_tiny_model(tmp_path / "gpt", read_texts(assets.train), task="causal-lm")
+    model = AutoModelForCausalLM.from_pretrained(source)
+    model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = (
+        0.0  # same masks either way
+    )
+    model.save_pretrained(tmp_path / "gpt-no-dropout")
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "gpt-no-dropout")
+
+    def run(name: str, batch: int, accumulation: int) -> dict[str, torch.Tensor]:
+        job = write_job_file(
+            tmp_path / f"{name}.yaml",
+            model=str(tmp_path / "gpt-no-dropout"),
+            train=str(assets.train),
+            output=str(tmp_path / name),
+            overrides={
+                "model": {"task": "causal-lm"},
+                "dataset": {"labelField": None},
+                "training": {
+                    "metrics": ["perplexity"],
+                    "maxSteps": 4,
+                    "learningRate": 1e-3,
+                    "warmupSteps": 0,
+                    "perDeviceTrainBatchSize": batch,
+                    "gradientAccumulationSteps": accumulation,
+                },
+            },
+        )
+        result = train_in_process(job, in_process_env)
+        assert result.returncode == 0, explain(result)
+        return load_file(tmp_path / name / "model" / "model.safetensors")
+
+    accumulated = run("accumulated", 8, 2)
+    whole = run("whole", 16, 1)
+    initial = load_file(tmp_path / "gpt-no-dropout" / "model.safetensors")
+    moved = max((whole[k] - initial[k]).abs().max().item() for k in whole)
+    apart = max((accumulated[k] - whole[k]).abs().max().item() for k in whole)
+    print(f"4 steps moved weights by up to {moved:.2e}; 2 x 8 vs 16: {apart:.2e}")
+    assert moved > 1e-3
+    assert apart < 1e-5

@@ -196,3 +196,19 @@ def test_one_node_one_process_is_a_plain_single_process_launch() -> None:
     assert accelerate_launch_args(zero, one, "/c/accelerate.yaml")[0] == "--use_deepspeed"
     # One process per node, but two nodes: still a gang (DDP over torchrun).
     assert accelerate_config(spec, context(nodes=2, procs=1))["distributed_type"] == "MULTI_GPU"
+
+
+def test_torchrun_launches_wait_the_spec_rendezvous_timeout_and_zero2_overlaps_communication() -> None:
+    spec = spec_with(distribution={**TWO_BY_TWO, "rendezvousTimeoutSeconds": 3600})
+    args = accelerate_launch_args(spec, context(), "/c/accelerate.yaml")
+    assert args[args.index("--rdzv_conf") + 1] == "timeout=3600"
+    assert args[-2:] == ["--module", WORKER_MODULE]
+    single = accelerate_launch_args(spec_with(), context(nodes=1, procs=1), "/c/accelerate.yaml")
+    assert "--rdzv_conf" not in single  # one plain process: no rendezvous
+    assert spec_with().distribution.rendezvous_timeout_seconds == 1800  # torch's own default is 600
+
+    for stage, overlaps in ((1, None), (2, True), (3, True)):
+        zero = deepspeed_config(spec_with(distribution={"deepspeed": {"zeroStage": stage}}))[
+            "zero_optimization"
+        ]
+        assert zero.get("overlap_comm") is overlaps

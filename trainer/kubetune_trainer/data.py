@@ -190,6 +190,8 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     max_length = dataset_spec.max_length
 
     eos_id = tokenizer.eos_token_id
+    # Other ranks wait (in a barrier) while the node's first process tokenizes: use the node's cores.
+    processes = dataset_spec.tokenization_processes
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         if task == Task.CAUSAL_LM:
@@ -215,10 +217,16 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     tokenized: dict[str, Any] = {}
     for split, dataset in splits.items():
         mapped = dataset.map(
-            encode, batched=True, remove_columns=list(dataset.column_names), desc=f"tokenizing {split}"
+            encode,
+            batched=True,
+            num_proc=processes,
+            remove_columns=list(dataset.column_names),
+            desc=f"tokenizing {split}",
         )
         if task == Task.CAUSAL_LM:
-            mapped = mapped.filter(lambda row: row["length"] > 1, desc=f"dropping empty {split} texts")
+            mapped = mapped.filter(
+                lambda row: row["length"] > 1, num_proc=processes, desc=f"dropping empty {split} texts"
+            )
             if dataset_spec.packing:
                 mapped = mapped.map(
                     lambda batch: pack_blocks(batch["input_ids"], max_length),

@@ -8,13 +8,14 @@ checkpoint, exact batch), `_after_step` (logging, evaluation, checkpoints, agree
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -77,16 +78,64 @@ def build_accelerator(spec: FineTuneJobSpec) -> Any:
     if launched_world_size() > 1:
         # Without an explicit backend Accelerate on CPU would not join the group DeepSpeed expects (gloo).
         backend = resolve_backend(spec.distribution.backend)
-        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30)))
+        handlers.append(
+            InitProcessGroupKwargs(
+                backend=backend, timeout=timedelta(seconds=spec.distribution.rendezvous_timeout_seconds)
+            )
+        )
     return Accelerator(
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        # The loop accumulates itself (Trainer._train); accelerate must not divide the loss again.
+        gradient_accumulation_steps=1,
         mixed_precision=str(training.mixed_precision),
         deepspeed_plugin=plugin,
         # We step the scheduler once per optimizer step ourselves; Accelerate's default would step it once per
         # process per step (and DeepSpeed once per step), so the schedule would differ between the two.
         step_scheduler_with_optimizer=False,
         kwargs_handlers=handlers,
+        # Off by default: compiling costs minutes up front and recompiles on every new padded length.
+        dynamo_backend="inductor" if training.torch_compile else "no",
     )
+
+
+# Below this many optimizer steps a fine-tuning run rarely reaches its reference quality (MRPC with
+# bert-base: 345 steps at batch 32); the trainer says so, with the numbers that produced the count.
+FEW_STEPS = 100
+
+
+def warn_about_few_steps(spec: FineTuneJobSpec, num_samples: int, num_processes: int, plan: Plan) -> None:
+    """Log a warning naming the global batch when the run has fewer than FEW_STEPS optimizer steps."""
+    training = spec.training
+    if plan.total_steps >= FEW_STEPS or training.max_steps:
+        return
+    global_batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * num_processes
+    log.warning(
+        "only %d optimizer steps: %d examples / global batch %d (perDeviceTrainBatchSize %d x "
+        "gradientAccumulationSteps %d x %d processes) x %s epochs. Fine-tuning recipes usually take hundreds of "
+        "steps (with warmupRatio ~0.1); consider a smaller per-device batch or more epochs, and scale "
+        "learningRate with the global batch.",
+        plan.total_steps,
+        num_samples,
+        global_batch,
+        training.per_device_train_batch_size,
+        training.gradient_accumulation_steps,
+        num_processes,
+        training.epochs,
+    )
+
+
+def fill_deepspeed_buckets(config: dict[str, Any], model_config: Any) -> None:
+    """Size DeepSpeed's communication buckets in `config` (in place) from the model's hidden size, as
+    transformers.Trainer fills in its "auto" values (reduce bucket h^2, ZeRO-3 prefetch 0.9 h^2, parameter
+    persistence 10 h). Keys the raw spec.distribution.deepspeed.config sets are kept. The trainer calls it on
+    the plugin's config before accelerator.prepare(), which hands that config to deepspeed.initialize."""
+    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", None)
+    if not hidden:
+        return
+    zero = config.setdefault("zero_optimization", {})
+    zero.setdefault("reduce_bucket_size", hidden * hidden)
+    if zero.get("stage") == 3:
+        zero.setdefault("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+        zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
 
 
 @dataclass(frozen=True)
@@ -120,11 +169,29 @@ class _Window:
 
     started: float = field(default_factory=time.time)
     loss_sum: Any = 0.0  # becomes a tensor on the training device
-    micro_batches: int = 0
+    loss_weight: Any = 0.0  # micro-batches (classification) or target tokens (causal LM) behind loss_sum
     samples: int = 0
 
     def reset(self) -> None:
-        self.started, self.loss_sum, self.micro_batches, self.samples = time.time(), 0.0, 0, 0
+        self.started, self.loss_sum, self.loss_weight, self.samples = time.time(), 0.0, 0.0, 0
+
+
+def optimizer_windows(loader: Iterable[Any], accumulation: int) -> Iterator[list[Any]]:
+    """The loader's micro-batches grouped into optimizer steps: `accumulation` at a time, the last group of an
+    epoch possibly shorter (as accelerate's accumulate() ends a step at the end of the data)."""
+    window: list[Any] = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == accumulation:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def target_tokens(batch: dict[str, Any]) -> Any:
+    """Next-token targets in a causal-LM batch (labels shifted by one, -100 ignored), as a tensor."""
+    return (batch["labels"][:, 1:] != -100).sum()
 
 
 class Trainer:
@@ -224,7 +291,9 @@ class Trainer:
 
     def _build(self) -> None:
         accelerator, spec, training = self.accelerator, self.spec, self.spec.training
-        collator = build_collator(spec.model.task, self.tokenizer)
+        on_gpu = accelerator.device.type == "cuda"
+        # Tensor cores work on multiples of 8 (as transformers' examples pad on GPU).
+        collator = build_collator(spec.model.task, self.tokenizer, pad_to_multiple_of=8 if on_gpu else None)
         self.sampler = EpochSampler(
             len(self.data.train),
             seed=training.seed,
@@ -238,12 +307,16 @@ class Trainer:
             sampler=self.sampler,
             collate_fn=collator,
             num_workers=training.dataloader_workers,
+            pin_memory=training.dataloader_pin_memory and on_gpu,
             # Starting an iterator draws a seed from this generator; from the global RNG that draw would shift the
             # dropout masks whenever a run resumes mid-epoch (or evaluates), breaking exact resume.
             generator=torch.Generator().manual_seed(training.seed),
         )
         self.plan = Plan.for_spec(spec, len(self.data.train), accelerator.num_processes)
         self.state.total_steps = self.plan.total_steps
+        warn_about_few_steps(spec, len(self.data.train), accelerator.num_processes, self.plan)
+        if spec.distribution.deepspeed.enabled:
+            fill_deepspeed_buckets(accelerator.state.deepspeed_plugin.deepspeed_config, self.model.config)
         self.state.fingerprint = checkpoints.resume_fingerprint(spec, accelerator.num_processes)
         optimizer = build_optimizer(self.model, training, spec.distribution.deepspeed)
         scheduler = build_scheduler(optimizer, training, self.plan.total_steps)
@@ -319,6 +392,9 @@ class Trainer:
         from accelerate.utils import set_seed
 
         set_seed(self.spec.training.seed)
+        # TF32 for the fp32 matmuls that autocast leaves (and for fp32 training) on Ampere or newer.
+        torch.backends.cuda.matmul.allow_tf32 = self.spec.training.tf32
+        torch.backends.cudnn.allow_tf32 = self.spec.training.tf32
         self._load()
         self._build()
         self._resume()
@@ -348,11 +424,22 @@ class Trainer:
         return self._finish()
 
     def _train(self) -> bool:
-        """The epoch/batch loop. Returns True when stopped early by an agreed stop request."""
+        """The epoch/batch loop. Returns True when stopped early by an agreed stop request.
+
+        Gradient accumulation is done here rather than by accelerate's accumulate(), as transformers.Trainer
+        does: each optimizer step's micro-batches are read first, so that a causal LM's loss can be divided by
+        the step's target tokens over all micro-batches and ranks (`num_items_in_batch`), which makes a step
+        of 2 x 8 sequences the same as one of 16, whatever their lengths. Reading ahead would let accelerate
+        see the end of the data early, so synchronisation is set per micro-batch instead.
+        """
         accelerator, model, training = self.accelerator, self.model, self.spec.training
         window = _Window()
         model.train()
         world = accelerator.num_processes
+        deepspeed = self.spec.distribution.deepspeed.enabled
+        causal = self.spec.model.task == Task.CAUSAL_LM
+        # DeepSpeed would divide each micro-batch's loss by its configured accumulation; we scale ourselves.
+        backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if deepspeed else {}
         while self.state.step < self.state.total_steps:
             loader = self.train_loader
             if self.state.batches_in_epoch:
@@ -364,21 +451,36 @@ class Trainer:
             # deep (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> ours), where accelerate's set_epoch
             # does not reach, so a resumed epoch >= 1 would replay epoch 0's order.
             self.sampler.set_epoch(self.state.epoch)
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and training.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad()
-                window.loss_sum = window.loss_sum + loss.detach().float()  # a tensor: no device sync per step
-                window.micro_batches += 1
-                window.samples += int(batch["input_ids"].shape[0]) * world
-                self.state.samples_seen += int(batch["input_ids"].shape[0]) * world
-                self.state.batches_in_epoch += 1
-                if not accelerator.sync_gradients:
-                    continue
+            for micro_batches in optimizer_windows(loader, training.gradient_accumulation_steps):
+                step_tokens = None
+                if causal:
+                    local = torch.stack([target_tokens(batch) for batch in micro_batches]).sum()
+                    step_tokens = accelerator.reduce(local, reduction="sum") if world > 1 else local
+                for index, batch in enumerate(micro_batches):
+                    last = index == len(micro_batches) - 1
+                    accelerator.gradient_state._set_sync_gradients(last)
+                    # DDP all-reduces only on the step's last micro-batch (DeepSpeed decides by itself).
+                    no_sync = not last and not deepspeed
+                    with accelerator.no_sync(model) if no_sync else contextlib.nullcontext():
+                        if step_tokens is not None:
+                            # Summed over this batch's tokens / the step's tokens on all ranks; DDP and DeepSpeed
+                            # average the ranks' gradients, so x world size gives the per-token mean.
+                            loss = model(**batch, num_items_in_batch=step_tokens).loss
+                            accelerator.backward(loss * world, **backward_kwargs)
+                            window.loss_sum = window.loss_sum + loss.detach().float() * step_tokens
+                            window.loss_weight = window.loss_weight + target_tokens(batch)
+                        else:
+                            loss = model(**batch).loss
+                            accelerator.backward(loss / len(micro_batches), **backward_kwargs)
+                            window.loss_sum = window.loss_sum + loss.detach().float()
+                            window.loss_weight = window.loss_weight + 1.0
+                    window.samples += int(batch["input_ids"].shape[0]) * world
+                    self.state.samples_seen += int(batch["input_ids"].shape[0]) * world
+                    self.state.batches_in_epoch += 1
+                if training.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
                 if not accelerator.optimizer_step_was_skipped:
                     self.scheduler.step()
                 self.state.step += 1
@@ -419,7 +521,7 @@ class Trainer:
         mean = torch.stack(
             [
                 torch.as_tensor(window.loss_sum, dtype=torch.float32, device=device).reshape(()),
-                torch.tensor(float(window.micro_batches), device=device),
+                torch.as_tensor(window.loss_weight, dtype=torch.float32, device=device).reshape(()),
             ]
         )
         mean = self.accelerator.reduce(mean, reduction="sum")

@@ -130,6 +130,8 @@ def load_model(
         "trust_remote_code": spec.trust_remote_code,
         "dtype": torch.float32,
     }
+    if spec.attn_implementation != "auto":
+        common["attn_implementation"] = str(spec.attn_implementation)
     if spec.task == Task.CAUSAL_LM:
         model = AutoModelForCausalLM.from_pretrained(location, **common)
     else:

@@ -103,12 +103,25 @@ def child_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")
     # DeepSpeed JIT-compiles small ops on first use (~30 s); keep them between runs.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR))
-    if not job.spec.distribution.deepspeed.enabled and not _cuda_available():
+    deepspeed = job.spec.distribution.deepspeed
+    if deepspeed.enabled and deepspeed.offload_optimizer != "none":
+        # DeepSpeed's CPU Adam steps the offloaded optimizer with OpenMP threads; the image's OMP_NUM_THREADS=1
+        # (right for GPU training) would make it single-threaded. Give each process its share of the cores.
+        env["OMP_NUM_THREADS"] = str(max(1, _cores() // job.spec.distribution.processes_per_node))
+    if not deepspeed.enabled and not _cuda_available():
         # DDP on CPU: keeps the torchrun launch of --multi_gpu but trains on CPU over gloo. (With DeepSpeed this
         # variable would silently turn DeepSpeed off, so DeepSpeed runs on its own CPU accelerator instead. The
         # simple launcher of a 1 x 1 job sets it from the config file itself; without CUDA it trains on CPU.)
         env["ACCELERATE_USE_CPU"] = "1"
     return env
+
+
+def _cores() -> int:
+    """Cores this process may run on (the affinity mask, which container CPU limits narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _die_with_parent() -> None:

@@ -104,6 +104,9 @@ def accelerate_launch_args(spec: FineTuneJobSpec, context: NodeContext, config_p
         WORKER_MODULE,
     ]
     kind = distributed_type(spec, context.world_size)
+    if kind != "NO":
+        # torchrun's static rendezvous waits 600 s by default for the other nodes to join.
+        args[-2:-2] = ["--rdzv_conf", f"timeout={spec.distribution.rendezvous_timeout_seconds}"]
     if kind == "DEEPSPEED":
         args[0:0] = ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
     elif kind == "MULTI_GPU":

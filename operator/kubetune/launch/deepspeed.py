@@ -45,6 +45,10 @@ def _zero_section(spec: FineTuneJobSpec) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": deepspeed.zero_stage}
     if deepspeed.zero_stage >= 1:
         zero["contiguous_gradients"] = True
+    if deepspeed.zero_stage >= 2:
+        # Overlap the gradient reduction with the backward pass (as transformers' ZeRO-2/3 example configs do).
+        # The bucket sizes depend on the model's hidden size; the trainer fills them in once it has the model.
+        zero["overlap_comm"] = True
     if deepspeed.offload_optimizer != OffloadDevice.NONE:
         zero["offload_optimizer"] = _offload(deepspeed.offload_optimizer, deepspeed.nvme_path)
     if deepspeed.zero_stage == 3:

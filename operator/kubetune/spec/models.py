@@ -67,6 +67,14 @@ class ModelSpec(SpecModel):
         default=False,
         description="Allow model code from the hub repository to run (only for trusted models).",
     )
+    # --- trainer fields added for issue 10 (GPU knobs) ---
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        default="auto",
+        description=(
+            "Attention kernel: auto lets transformers choose (SDPA where the model supports it); "
+            "flash_attention_2 needs the flash-attn package and bf16/fp16."
+        ),
+    )
 
 
 # --- dataset -------------------------------------------------------------------------------------------------
@@ -116,6 +124,12 @@ class DatasetSpec(SpecModel):
     )
     group_by_length: bool = Field(
         default=False, description="Batch examples of similar length together to reduce padding."
+    )
+    tokenization_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Processes that tokenize the data (datasets' num_proc); unset: one.",
     )
     # --- trainer fields added for issue 10 (causal LM data) ---
     packing: bool = Field(
@@ -227,6 +241,18 @@ class TrainingSpec(SpecModel):
     dataloader_workers: int = Field(
         default=0, ge=0, le=64, description="Data-loading worker processes per rank."
     )
+    # --- trainer fields added for issue 10 (GPU knobs) ---
+    dataloader_pin_memory: bool = Field(
+        default=True, description="Pin data-loader memory for faster host-to-GPU copies (GPU runs only)."
+    )
+    tf32: bool = Field(
+        default=True,
+        description="Allow TF32 for fp32 matmuls and convolutions on Ampere or newer GPUs (no effect on CPU).",
+    )
+    torch_compile: bool = Field(
+        default=False,
+        description="Compile the model with torch.compile (first steps slower; not with DeepSpeed ZeRO-3).",
+    )
 
     @model_validator(mode="after")
     def _eval_cadence(self) -> TrainingSpec:
@@ -296,6 +322,16 @@ class DistributionSpec(SpecModel):
     )
     main_port: int = Field(default=29500, ge=1024, le=65535, description="Rendezvous port on worker 0.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
+    # --- trainer fields added for issue 10 ---
+    rendezvous_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description=(
+            "How long nodes wait for each other to join and for every collective (torch's default 600 s is "
+            "short when one node still pulls a large image)."
+        ),
+    )
 
     @property
     def world_size(self) -> int:
@@ -485,6 +521,16 @@ class KubernetesSpec(SpecModel):
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on worker pods.")
+    # --- trainer field added for issue 10 (the operator writes it into the pods) ---
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86400,
+        description=(
+            "Seconds a worker has after SIGTERM to write its checkpoint (the pods' "
+            "terminationGracePeriodSeconds); unset: 120. Raise it for large ZeRO-3 checkpoints."
+        ),
+    )
 
 
 class RunPolicy(SpecModel):
