@@ -29,6 +29,7 @@
 #   KUBETUNE_TORCH_INDEX_URL  the Dockerfile's TORCH_INDEX_URL (default empty: PyPI; "auto" for PyTorch's CPU
 #                             index, which is the Dockerfile's own default but unreachable on some machines)
 #   KUBETUNE_IMAGE_BASES      debian (default) or upstream (the Dockerfile's default bases, pulled by Docker)
+#   KUBETUNE_IMAGE_TARS_KEPT  tars kept per image, the most recently used (default 2: checkouts share a cache)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -59,7 +60,10 @@ sha() { sha256sum | cut -c1-16; }
 
 mkdir -p "$images_dir/bases" "$images_dir/logs"
 exec 9>"$images_dir/build.lock"
-flock 9
+if ! flock --nonblock 9; then
+  log "another build of this cache is running: waiting for it ($images_dir/build.lock)"
+  flock 9
+fi
 
 # --- the keys ------------------------------------------------------------------------------------------------
 base_key() { # NAME PACKAGES -> key of that base's recipe
@@ -114,6 +118,15 @@ images_key() { # -> key of both images' inputs, given the bases' ids
 
 tar_path() { echo "$images_dir/$1-$2.tar"; } # NAME KEY
 
+# Tars of other keys take disk space (the trainer's: several GB), but other checkouts sharing this cache may
+# be using theirs: keep the $keep_tars most recently used of each image (a use touches the tar). A reader
+# that must not lose a tar while it reads it holds a hard link to it.
+keep_tars="${KUBETUNE_IMAGE_TARS_KEPT:-2}"
+prune_tars() { # NAME
+  find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%T@ %p\n' | sort -rn | tail -n +"$((keep_tars + 1))" \
+    | cut -d' ' -f2- | xargs -r rm -f
+}
+
 report() { # KEY: prints the two result lines
   echo "operator=$(tar_path operator "$1") $operator_ref"
   echo "trainer=$(tar_path "trainer-$variant" "$1") $trainer_ref"
@@ -125,12 +138,14 @@ if bases_known; then
   key=$(images_key)
   if [[ -f "$(tar_path operator "$key")" && -f "$(tar_path "trainer-$variant" "$key")" ]]; then
     log "images up to date (key $key): nothing to build"
+    touch "$(tar_path operator "$key")" "$(tar_path "trainer-$variant" "$key")"
     report "$key"
     exit 0
   fi
 fi
 
 # --- a private Docker daemon ---------------------------------------------------------------------------------
+log "building (the images of this tree are not in $images_dir yet); starting dockerd"
 bash "$here/ensure-tools.sh"
 daemon_dir=$(mktemp -d /tmp/kt-dockerd.XXXXXX)
 docker_host=$(bash "$here/dockerd.sh" start "$daemon_dir")
@@ -179,6 +194,7 @@ build() { # NAME TARGET REF
   tar=$(tar_path "$name" "$key")
   if [[ -f "$tar" ]]; then
     log "$name: $tar is up to date"
+    touch "$tar"
     return
   fi
   local build_log="$images_dir/logs/$name.log"
@@ -193,8 +209,7 @@ build() { # NAME TARGET REF
   started=$SECONDS
   docker save --output "$tar.partial" "$ref"
   mv "$tar.partial" "$tar"
-  # Older tars of this image (other keys) only take disk space.
-  find "$images_dir" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$tar")" -delete
+  prune_tars "$name"
   log "$name: saved $tar in $((SECONDS - started)) s: image $(docker image inspect --format '{{.Size}}' "$ref" \
     | numfmt --to=iec), tar $(stat -c %s "$tar" | numfmt --to=iec)"
 }

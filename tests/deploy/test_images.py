@@ -224,7 +224,7 @@ def tiny_job() -> Iterator[Path]:
 
     folder = Path(tempfile.mkdtemp(prefix="kt-image-job."))
     try:
-        train, evaluation = write_sentiment_dataset(folder / "data", n_train=600, n_eval=200, seed=0)
+        train, evaluation = write_sentiment_dataset(folder / "data", n_train=400, n_eval=200, seed=0)
         build_tiny_model(folder / "model", corpus=read_texts(train), num_labels=2)
         write_job_file(
             folder / "job.yaml",
@@ -234,7 +234,7 @@ def tiny_job() -> Iterator[Path]:
             output="/output",
             name="image-smoke",
             overrides={
-                "training": {"epochs": 3, "loggingSteps": 5, "learningRate": 2e-3, "warmupRatio": 0.1},
+                "training": {"epochs": 2, "loggingSteps": 5, "learningRate": 2e-3, "warmupRatio": 0.1},
                 "distribution": {"nodes": 1, "processesPerNode": 2},
                 "checkpointing": {"everySteps": 1000, "keepLast": 1},
             },
