@@ -64,6 +64,10 @@ def test_a_lost_node_does_not_hang_the_job(
             "training": {"evalStrategy": "no"},
             # Both workers on distinct nodes, so that losing one node hits the gang.
             "kubernetes": {
+                # Half a CPU each (the default request is 1): after the loss, the whole gang fits on the one
+                # node left (2 CPUs, the operator's 0.1 among them), so "restart on the remaining capacity"
+                # is possible at all.
+                "resources": {"cpu": "500m"},
                 "affinity": {
                     "podAntiAffinity": {
                         "preferredDuringSchedulingIgnoredDuringExecution": [
@@ -76,7 +80,7 @@ def test_a_lost_node_does_not_hang_the_job(
                             }
                         ]
                     }
-                }
+                },
             },
             "runPolicy": {"backoffLimit": 2},
         },
