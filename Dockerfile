@@ -159,11 +159,15 @@ ENV DS_BUILD_OPS=0 \
     TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX" \
     MAX_JOBS=4
 
-# cpu: CPU Adam only (ZeRO offload to CPU memory). AIO serves offload to NVMe, of no use to CPU-only clusters,
-# and compiling its dozen sources would add minutes to every cold build.
+# cpu: built for DeepSpeed's CPU accelerator (the one it picks at run time without a GPU, whatever torch wheel):
+# CPU Adam (ZeRO offload to CPU memory) and the shared-memory collectives op, which every DeepSpeed job on CPU
+# loads at start (without it the worker tries to compile it and fails: no compiler in the runtime image). AIO
+# serves offload to NVMe, of no use to CPU-only clusters, and would add minutes to every cold build.
 FROM trainer-torch AS trainer-ops-cpu
-ENV DS_BUILD_OPS=0 \
+ENV DS_ACCELERATOR=cpu \
+    DS_BUILD_OPS=0 \
     DS_BUILD_CPU_ADAM=1 \
+    DS_BUILD_SHM_COMM=1 \
     MAX_JOBS=4
 
 # DeepSpeed, then the rest of kubetune[train] and the package that ships the offline example's model
