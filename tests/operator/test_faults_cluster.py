@@ -77,8 +77,19 @@ def test_a_users_objects_under_child_names_are_never_adopted_or_changed_but_repo
     assert reported["reason"] == "ChildNotControlled"
     assert "ConfigMap mine-config" in reported["message"] and "Service mine" in reported["message"]
     assert "delete or rename" in reported["message"]
-    found = wait_event_reasons(kube_cluster, kube_namespace, "mine", "ChildNotControlled")
-    assert any("mine-config" in message for _, reason, message in found if reason == "ChildNotControlled")
+    # One Warning Event per object, posted in the background: wait for both, not the first.
+    wait_for(
+        lambda: (
+            {"ConfigMap mine-config", "Service mine"}
+            <= {
+                message.split(":", 1)[0]
+                for _, reason, message in events(kube_cluster, kube_namespace, "mine")
+                if reason == "ChildNotControlled"
+            }
+        ),
+        10,
+        "a ChildNotControlled Event for each of the user's objects",
+    )
     assert status(kube_cluster, kube_namespace, "mine")["phase"] == "Pending"
     # and neither object was adopted or changed, and no worker runs with them
     time.sleep(2)
