@@ -93,6 +93,8 @@ def operator_release(e2e_cluster: LocalCluster, images: Images) -> dict[str, Any
         "trainer": {"image": {"repository": trainer_repo, "tag": trainer_tag}},
         "nodeSelector": {"type": "real"},
         "logFormat": "plain",
+        # Force-delete a worker left Terminating on a lost node 30 s after its grace period (default 300 s).
+        "recovery": {"terminatingTimeoutSeconds": 30},
     }
     values_file = e2e_cluster.workdir / "e2e-values.yaml"
     values_file.write_text(yaml.safe_dump(values))

@@ -39,7 +39,8 @@ def test_a_pod_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_the_m
     waiting = decide(body, stuck, 60)
     # Then the status says what it waits on, not "restarting in 1s"
     assert waiting.status.phase == Phase.RESTARTING and waiting.create_workers == []
-    assert "demo-worker-1 Terminating" in waiting.status.message
+    # (naming its node: a worker on a lost node is what usually hangs there)
+    assert "demo-worker-1 on node node-1 Terminating" in waiting.status.message
     assert "example.com/hold" in waiting.status.message and "in 1s" not in waiting.status.message
     assert waiting.force_delete_workers == []
     assert waiting.requeue_after is not None and waiting.requeue_after <= OPTIONS.terminating_timeout_seconds

@@ -128,7 +128,7 @@ def stuck_terminating(
 
 
 def terminating_summary(pods: list[WorkerPod], forced: list[str], timeout_seconds: float) -> str:
-    """'1 pod of earlier attempts to go: demo-worker-1 Terminating (due …), held by finalizers …': what a
+    """'1 pod of earlier attempts to go: demo-worker-1 on node n1 Terminating (due …), held by finalizers …': what a
     restart waits on, for a status message that tells the truth."""
     parts = []
     for pod in sorted(pods, key=lambda p: p.name)[:3]:
@@ -136,7 +136,8 @@ def terminating_summary(pods: list[WorkerPod], forced: list[str], timeout_second
             parts.append(f"{pod.name} (being deleted)")
             continue
         due = format_time(pod.deletion_time) if pod.deletion_time else "?"
-        text = f"{pod.name} Terminating (due {due})"
+        where = f" on node {pod.node}" if pod.node else ""
+        text = f"{pod.name}{where} Terminating (due {due})"
         if pod.name in forced:
             text += f", force-deleted {timeout_seconds:.0f}s after that"
         if pod.finalizers:

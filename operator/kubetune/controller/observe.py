@@ -76,6 +76,7 @@ class WorkerPod:
     finalizers: tuple[str, ...] = ()
     disruption_reason: str = ""  # the DisruptionTarget condition's reason
     pod_message: str = ""
+    node: str = ""  # spec.nodeName: named when a pod hangs on its node (a lost node never ends it)
 
     @property
     def pressure_evicted(self) -> bool:
@@ -202,4 +203,5 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         finalizers=tuple(metadata.get("finalizers") or ()),
         disruption_reason=(disruption.get("reason") or "") if disrupted and disruption else "",
         pod_message=tail(status.get("message") or "", 300),
+        node=pod.get("spec", {}).get("nodeName") or "",
     )
