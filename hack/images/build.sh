@@ -206,6 +206,9 @@ build() { # NAME TARGET REF
     exit 1
   fi
   log "$name: built in $((SECONDS - started)) s ($(grep -c ' ---> Using cache' "$build_log") steps from cache)"
+  # The legacy builder's cache is the image chain itself: what the tag no longer names (the previous build's
+  # top layers, each a few GB for the trainer) only fills the disk. The current chain stays as the cache.
+  docker image prune --force >/dev/null
   started=$SECONDS
   docker save --output "$tar.partial" "$ref"
   mv "$tar.partial" "$tar"

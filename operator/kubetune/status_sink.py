@@ -26,6 +26,7 @@ from typing import Any
 
 from kubetune.contract import NodeContext
 from kubetune.events import EventKind, JobSummary, ProgressEvent
+from kubetune.mappings import deep_merge
 from kubetune.spec.models import FineTuneJob
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,6 @@ def status_patch_for_summary(summary: JobSummary, primary_metric: str) -> dict[s
     return patch
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 class StatusSink:
     """A progress sink (`emit`, `close`) that merge-patches its FineTuneJob's status in the background."""
 
@@ -159,7 +150,7 @@ class StatusSink:
         with self._condition:
             if self._closed:
                 return
-            self._pending = patch if self._pending is None else _merge(self._pending, patch)
+            self._pending = patch if self._pending is None else deep_merge(self._pending, patch)
             self._urgent = self._urgent or urgent
             self._condition.notify_all()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubetune.mappings import deep_merge
 
 from tests.deploy.chart import CHART, NAMESPACE, REPO, Helm, find_tool
 
@@ -117,17 +118,10 @@ KIND_HEADER = """\
 """
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = _merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
-    return merged
-
-
 def render_kind_job() -> str:
     """The text of manifests/kind/offline.yaml: the offline example with KIND_OVERRIDES deep-merged."""
     job = yaml.safe_load(OFFLINE_EXAMPLE.read_text())
-    job["spec"] = _merge(job["spec"], KIND_OVERRIDES)
+    job["spec"] = deep_merge(job["spec"], KIND_OVERRIDES)
     return KIND_HEADER + yaml.safe_dump(job, sort_keys=False)
 
 

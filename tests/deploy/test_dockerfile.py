@@ -519,8 +519,6 @@ def test_the_offline_example_runs_from_the_trainer_image_without_any_hub(dockerf
     from kubetune.spec import load_job
 
     example = REPO / "manifests" / "examples" / "offline.yaml"
-    if not example.exists():
-        pytest.skip("manifests/examples/offline.yaml has not landed")
     job = load_job(example)
     package = job.spec.model.name.removeprefix("pkg://").split("/")[0]
     assert job.spec.model.name.startswith("pkg://")

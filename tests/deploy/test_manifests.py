@@ -56,8 +56,6 @@ def test_the_kind_job_is_the_offline_example_on_cpus_on_the_kind_workers() -> No
     no GPUs, a node selector that the kind workers carry, one worker node per job node."""
     from tests.deploy.manifests import KIND_JOB, OFFLINE_EXAMPLE, render_kind_job
 
-    if not OFFLINE_EXAMPLE.exists():
-        pytest.skip("manifests/examples/offline.yaml has not landed")
     assert KIND_JOB.read_text() == render_kind_job(), "stale: run python -m tests.deploy.manifests"
     (kind_job,) = load_jobs(KIND_JOB)
     (example,) = load_jobs(OFFLINE_EXAMPLE)

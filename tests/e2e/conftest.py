@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, watch
+from kubetune.mappings import deep_merge
 
 from tests.e2e.images import ImageBuildFailed, Images, build_images, load_into_nodes
 from tests.kube.harness import LocalCluster, wait_for
@@ -205,18 +206,8 @@ def tiny_job(
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
-        "spec": _merge(spec, extra_spec or {}),
+        "spec": deep_merge(spec, extra_spec or {}),
     }
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 @dataclass

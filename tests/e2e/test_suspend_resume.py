@@ -70,6 +70,12 @@ def test_a_suspended_job_checkpoints_on_sigterm_exits_75_and_resumes_from_that_s
             (get_job(cluster, namespace, name).get("status") or {}).get("progress", {}).get("step") or 0
         )
 
+    def set_suspend(suspend: bool) -> None:
+        patch = {"spec": {"runPolicy": {"suspend": suspend}}}
+        cluster.kubectl(
+            "patch", "finetunejob", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+        )
+
     try:
         wait_for(lambda: step() >= 20, 420, "20 steps of live progress")
     except Exception as error:
@@ -77,16 +83,7 @@ def test_a_suspended_job_checkpoints_on_sigterm_exits_75_and_resumes_from_that_s
 
     # When the job is suspended, the operator deletes the worker: the kubelet sends SIGTERM.
     suspended_at = time.monotonic()
-    cluster.kubectl(
-        "patch",
-        "finetunejob",
-        name,
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec":{"runPolicy":{"suspend":true}}}',
-    )
+    set_suspend(True)
     worker = f"{name}-worker-0"
     ended = wait_for(lambda: pod_recorder.terminated.get(worker), 120, f"{worker} terminated")
     grace = time.monotonic() - suspended_at
@@ -100,16 +97,7 @@ def test_a_suspended_job_checkpoints_on_sigterm_exits_75_and_resumes_from_that_s
     assert 20 <= saved < 1000
 
     # Resuming continues from that step, on the same volume.
-    cluster.kubectl(
-        "patch",
-        "finetunejob",
-        name,
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec":{"runPolicy":{"suspend":false}}}',
-    )
+    set_suspend(False)
 
     def resumed_from() -> int | None:
         pods = core.list_namespaced_pod(namespace, label_selector=f"kubetune.io/job-name={name}").items

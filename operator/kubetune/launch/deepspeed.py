@@ -8,10 +8,9 @@ accumulation or clipping: the trainer's data loader uses the spec's numbers, so 
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from typing import Any
 
+from kubetune.mappings import deep_merge
 from kubetune.spec.models import FineTuneJobSpec, MixedPrecision, OffloadDevice
 
 # DeepSpeed prints its own throughput line every `steps_per_print` steps; our progress events replace it.
@@ -20,17 +19,6 @@ _QUIET_STEPS_PER_PRINT = 1_000_000_000
 
 class LaunchConfigError(ValueError):
     """The spec asks for a launch configuration that cannot work; the message names the field and the fix."""
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of `base` with `override` merged in recursively; `override`'s values win (mappings merge)."""
-    merged: dict[str, Any] = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
