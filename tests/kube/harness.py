@@ -26,7 +26,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -709,20 +708,29 @@ class LocalCluster:
                 return node
         raise KeyError(f"no real node {name!r}; the cluster has {[n.name for n in self.real_nodes]}")
 
-    def load_image(self, archive: Path, ref: str | None = None) -> None:
-        """Imports an image archive (docker-archive or OCI tar) into every running real node's runtime.
+    def load_image(self, archive: Path, ref: str | None = None) -> dict[str, float]:
+        """Imports an image archive (docker-archive or OCI tar) into every running real node's runtime; returns
+        the seconds each node took (0 where it already had this archive, see `RealNode.load_image`).
 
-        With `ref` (the image's `name:tag`), nodes that already hold it (cached containerd roots, see
-        `cache_node_images`) skip the import. Raises ClusterError without real nodes, ContainerdError
-        when an import fails.
+        Nodes import one after the other: a node holds the layer blobs and their unpacked snapshots at once
+        only until it discards the blobs, so the disk peak is one image more than the result, not one per node.
+        A hard link holds the archive meanwhile: a build of other sources (another checkout sharing the cache)
+        deletes the tars of older keys. Raises ClusterError without real nodes, ContainerdError when an
+        import fails.
         """
         if not self.real_nodes:
             raise ClusterError("load_image needs real nodes: LocalCluster(real_nodes=N)")
-        running = [node for node in self.real_nodes if node.running]
-        # Side by side: an import is mostly hashing and disk writes (minutes for a multi-GB trainer image).
-        with ThreadPoolExecutor(max_workers=len(running) or 1) as pool:
-            for future in [pool.submit(node.load_image, archive, ref) for node in running]:
-                future.result()
+        held_dir = self.workdir / "held-images"
+        held_dir.mkdir(exist_ok=True)
+        held = held_dir / archive.name
+        if not held.exists():
+            os.link(archive, held)
+        try:
+            return {
+                node.name: round(node.load_image(held, ref), 1) for node in self.real_nodes if node.running
+            }
+        finally:
+            held.unlink(missing_ok=True)
 
     def add_local_persistent_volume(
         self, name: str, node: str, *, capacity: str = "1Gi", storage_class: str = "local"
