@@ -189,8 +189,8 @@ if [[ -n "$cert" && -f "$cert" ]]; then
 fi
 
 # --- build and export ----------------------------------------------------------------------------------------
-build() { # NAME TARGET REF
-  local name=$1 target=$2 ref=$3 tar started=$SECONDS
+build() { # NAME TARGET REF DEPS_TARGET
+  local name=$1 target=$2 ref=$3 deps=$4 tar started=$SECONDS
   tar=$(tar_path "$name" "$key")
   if [[ -f "$tar" ]]; then
     log "$name: $tar is up to date"
@@ -199,8 +199,12 @@ build() { # NAME TARGET REF
   fi
   local build_log="$images_dir/logs/$name.log"
   log "$name: building $ref (target $target; full log $build_log)"
-  if ! docker build --network host --target "$target" --tag "$ref" "${build_args[@]}" "$context" \
-    >"$build_log" 2>&1; then
+  # The dependency stage gets a tag of its own, so that the prune below keeps it (and the stages under it)
+  # as the next build's cache: a multi-stage build's other stages are untagged, "dangling", once it ends.
+  if ! docker build --network host --target "$deps" --tag "kubetune.local/cache:$name-deps" "${build_args[@]}" \
+    "$context" >"$build_log" 2>&1 ||
+    ! docker build --network host --target "$target" --tag "$ref" "${build_args[@]}" "$context" \
+    >>"$build_log" 2>&1; then
     log "$name: the build failed; the end of its log:"
     tail -n 40 "$build_log" >&2
     exit 1
@@ -216,7 +220,7 @@ build() { # NAME TARGET REF
   log "$name: saved $tar in $((SECONDS - started)) s: image $(docker image inspect --format '{{.Size}}' "$ref" \
     | numfmt --to=iec), tar $(stat -c %s "$tar" | numfmt --to=iec)"
 }
-build operator operator "$operator_ref"
-build "trainer-$variant" trainer "$trainer_ref"
+build operator operator "$operator_ref" operator-deps
+build "trainer-$variant" trainer "$trainer_ref" trainer-deps
 log "docker data root: $(du -sh "${KUBETUNE_DOCKER_DATA:-$cache/docker/data}" 2>/dev/null | cut -f1)"
 report "$key"
