@@ -131,7 +131,7 @@ def draw_operator_kills(rng: random.Random) -> list[tuple[float, float]]:
     """(uptime, downtime) of each of 4-6 operator kills: it is killed `uptime` seconds after it last became
     healthy (a restart takes seconds on a busy machine: counting from it leaves the operator time to work
     between kills), and started again `downtime` seconds after."""
-    return [(rng.uniform(2.0, 10.0), rng.uniform(0.0, 3.0)) for _ in range(rng.randint(4, 6))]
+    return [(rng.uniform(1.0, 6.0), rng.uniform(0.0, 3.0)) for _ in range(rng.randint(4, 6))]
 
 
 @dataclass
