@@ -98,11 +98,19 @@ def fail_worker(
     """End a Running worker with `exit_code` as its kubelet would (KWOK stage), without waiting for the
     Failed phase: the operator may delete the pod for the gang restart right after."""
     cluster.wait_for_pod_phase(namespace, name, ["Running"])
+    end_worker(cluster, namespace, name, exit_code, message, reason)
+
+
+def end_worker(
+    cluster: LocalCluster, namespace: str, name: str, exit_code: int, message: str = "", reason: str = "Error"
+) -> None:
+    """Ask KWOK to end worker `name` (it must be Running) with `exit_code`: Succeeded for 0 (reason
+    Completed), else Failed with `reason`. Returns at once, without waiting for the phase."""
     prefix = COMPLETE_ANNOTATION_PREFIX
     annotations = {
-        f"{prefix}phase": "Failed",
+        f"{prefix}phase": "Succeeded" if exit_code == 0 else "Failed",
         f"{prefix}exit-code": str(exit_code),
-        f"{prefix}reason": reason,
+        f"{prefix}reason": "Completed" if exit_code == 0 else reason,
         f"{prefix}message": message,
     }
     client.CoreV1Api(cluster.api_client()).patch_namespaced_pod(

@@ -206,3 +206,25 @@ def test_a_worker_evicted_or_gone_while_a_peer_crashes_is_blamed_and_not_counted
     assert (result.status.failed_attempts, result.status.disruptions) == (0, 1)
     gone = decide(body, [crashed], 10)  # rank 1 already removed: the crash is still not counted
     assert gone.status.phase == Phase.RESTARTING and gone.status.failed_attempts == 0
+
+
+def test_a_new_gang_created_by_an_operator_that_died_before_writing_the_status_is_kept_not_recreated() -> (
+    None
+):
+    # Found by the soak (test_soak_cluster.py): an operator killed between creating attempt 1's pods and
+    # writing "Pending" left the status at Restarting; the next process took the new gang for old pods,
+    # deleted it and created attempt 1 again: two pods for one worker of one attempt.
+    body, _ = restarting_job()
+    assert body["status"]["attempt"] == 1
+    # Given the old gang gone and attempt 1's pods created (running), the status still Restarting
+    new_gang = [pod(0, attempt=1), pod(1, attempt=1)]
+    result = decide(body, new_gang, 15)
+    # Then they are the attempt's gang: nothing deleted, nothing created, and the job runs
+    assert result.delete_workers == [] and result.force_delete_workers == [] and result.create_workers == []
+    assert result.status.phase == Phase.RUNNING and result.status.attempt == 1
+    assert (result.status.restarts, result.status.failed_attempts) == (1, 1)
+    # And with a pod of the old gang still terminating beside them, only that one is waited for
+    mixed = [pod(1, attempt=0, deleting=True), pod(0, attempt=1)]
+    waiting = decide(body, mixed, 15)
+    assert waiting.delete_workers == [] and waiting.create_workers == []
+    assert waiting.status.phase == Phase.RESTARTING and "demo-worker-1 Terminating" in waiting.status.message

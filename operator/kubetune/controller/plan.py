@@ -410,19 +410,21 @@ class _Planner:
         return self.finish(Phase.FAILED, FailureReason.DEADLINE, message)
 
     def restart_due(self, spec: FineTuneJobSpec) -> bool:
-        """While Restarting: True once the old gang is gone and the backoff has passed."""
-        if self.pods:
-            self.delete_live_workers(keep_finished=False)
+        """While Restarting: True once the old gang is gone and the backoff has passed, or once pods of the
+        new attempt exist (a process that created them died before it could write so: they are the new
+        gang, not old pods to delete)."""
+        old = [p for p in self.pods if p.attempt != self.status.attempt]
+        if old:
+            # (run() has asked to delete them)
             self.status.workers.created = 0
             self.status.message = tail(
-                f"restarting as attempt {self.status.attempt}: waiting for "
-                f"{self.terminating_summary(self.pods)}",
+                f"restarting as attempt {self.status.attempt}: waiting for {self.terminating_summary(old)}",
                 600,
             )
             self.plan.requeue(POLL_SECONDS)
             return False
         due = parse_time(self.status.next_attempt_time)
-        if due is not None and self.now < due:
+        if due is not None and self.now < due and not self.pods:
             self.plan.requeue((due - self.now).total_seconds())
             return False
         self.status.next_attempt_time = None
