@@ -227,4 +227,7 @@ def test_a_new_gang_created_by_an_operator_that_died_before_writing_the_status_i
     mixed = [pod(1, attempt=0, deleting=True), pod(0, attempt=1)]
     waiting = decide(body, mixed, 15)
     assert waiting.delete_workers == [] and waiting.create_workers == []
-    assert waiting.status.phase == Phase.RESTARTING and "demo-worker-1 Terminating" in waiting.status.message
+    assert (
+        waiting.status.phase == Phase.RESTARTING
+        and "demo-worker-1 on node node-1 Terminating" in waiting.status.message
+    )
