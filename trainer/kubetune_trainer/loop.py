@@ -220,6 +220,7 @@ class Trainer:
         self.samples_at_start = 0
         self.step_at_start = 0
         self.loop_started = time.time()
+        self.use_cache: bool | None = None  # the causal LM's config.use_cache, off while training
 
     # --- reporting ---------------------------------------------------------------------------------------
 
@@ -286,8 +287,11 @@ class Trainer:
                 self.model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-            if spec.model.task == Task.CAUSAL_LM:
-                self.model.config.use_cache = False
+        if spec.model.task == Task.CAUSAL_LM:
+            # Training never reads a KV cache, and transformers keeps packed texts apart (by their position ids)
+            # only without one. `_save_model` restores the setting for generation.
+            self.use_cache = getattr(self.model.config, "use_cache", None)
+            self.model.config.use_cache = False
 
     def _build(self) -> None:
         accelerator, spec, training = self.accelerator, self.spec, self.spec.training
@@ -595,6 +599,8 @@ class Trainer:
             folder = self.settings.model_dir
             folder.mkdir(parents=True, exist_ok=True)
             unwrapped = accelerator.unwrap_model(self.model)
+            if self.use_cache is not None:
+                unwrapped.config.use_cache = self.use_cache
             unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(folder)
             card = render_model_card(

@@ -194,10 +194,39 @@ class DatasetSpec(SpecModel):
         default=False,
         description=(
             "causal-lm only: concatenate the tokenized texts (each ending in EOS) and cut them into blocks of "
-            "maxLength tokens, so no step is spent on padding; attention spans text boundaries (as in "
-            "transformers' run_clm example). The last partial block of every 1000 texts is dropped."
+            "maxLength tokens, so no step is spent on padding. Position ids restart at every text and no "
+            "attention mask is passed, so transformers' packed-sequence masking keeps attention within each "
+            "text (as with its DataCollatorWithFlattening; models whose attention does not use transformers' "
+            "masking utilities, e.g. old remote code, would attend across texts). The last partial block of "
+            "every 1000 texts is dropped; a text cut by a block boundary continues in the next block."
         ),
     )
+    # --- trainer fields added for issue 10 (prompt masking) ---
+    prompt_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "causal-lm only: column holding the prompt of a prompt/completion pair (set with completionField; "
+            "textFields is then not used). Prompt tokens are context, never targets: the loss is on the "
+            "completion and the EOS appended after it. A pair longer than maxLength loses the start of its "
+            "prompt first, then the end of its completion."
+        ),
+    )
+    completion_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="causal-lm only: column holding the completion the model learns to write after the prompt.",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_and_completion(self) -> DatasetSpec:
+        if (self.prompt_field is None) != (self.completion_field is None):
+            missing = "completionField" if self.completion_field is None else "promptField"
+            raise ValueError(
+                f"dataset.{missing} is unset but its partner is set: prompt/completion data needs both "
+                "dataset.promptField and dataset.completionField (or neither, to train on textFields)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -669,6 +698,11 @@ class FineTuneJobSpec(SpecModel):
             raise ValueError(
                 f"dataset.packing is true but model.task is {task}: packing applies to causal-lm only; "
                 "set packing: false"
+            )
+        if self.dataset.prompt_field is not None and task != Task.CAUSAL_LM:
+            raise ValueError(
+                f"dataset.promptField is '{self.dataset.prompt_field}' but model.task is {task}: "
+                "prompt/completion pairs apply to causal-lm only; unset promptField and completionField"
             )
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
