@@ -102,7 +102,10 @@ def test_prompt_and_completion_come_together_and_only_for_causal_lm() -> None:
     causal = {"model": {"name": "gpt2", "task": "causal-lm"}, "training": {"metrics": ["perplexity"]}}
     pair = {"name": "alpaca", "labelField": None, "promptField": "instruction", "completionField": "output"}
     parsed = parse_job(job(**causal, dataset=pair))
-    assert (parsed.spec.dataset.prompt_field, parsed.spec.dataset.completion_field) == ("instruction", "output")
+    assert (parsed.spec.dataset.prompt_field, parsed.spec.dataset.completion_field) == (
+        "instruction",
+        "output",
+    )
     (found,) = problems(job(**causal, dataset={"name": "alpaca", "promptField": "instruction"}))
     assert "dataset.completionField is unset" in found and "promptField" in found
     (found,) = problems(job(dataset={"name": "glue", "promptField": "a", "completionField": "b"}))
