@@ -447,9 +447,22 @@ class CheckpointSpec(SpecModel):
 
 class OutputSpec(SpecModel):
     path: str = Field(
-        default="/output", min_length=1, description="Folder for checkpoints, the saved model and reports."
+        default="/output",
+        min_length=1,
+        max_length=1024,  # bounded, so that the CRD's rule comparing it with mount paths has a bounded cost
+        description="Folder for checkpoints, the saved model and reports.",
     )
     save_model: bool = Field(default=True, description="Save the fine-tuned model and tokenizer at the end.")
+    # --- trainer field added for issue 10 (multi-node output) ---
+    ephemeral: bool = Field(
+        default=False,
+        description=(
+            "Accept that output.path is each worker's own emptyDir on a job of several nodes: every node then "
+            "keeps its own part of each checkpoint, nothing can resume after a restart, and the model is lost "
+            "with the pods. Without it such a job is refused: put output.path on a shared volume instead "
+            "(kubernetes.outputVolume.claimName, a ReadWriteMany claim, or a podOverlay volume mounted there)."
+        ),
+    )
 
 
 # --- Kubernetes placement (read by the operator only) --------------------------------------------------------
@@ -459,7 +472,9 @@ class VolumeSource(SpecModel):
     claim_name: str | None = Field(
         default=None, description="Name of a PersistentVolumeClaim to mount; unset uses an emptyDir."
     )
-    mount_path: str = Field(min_length=1, description="Where the volume is mounted in the worker container.")
+    mount_path: str = Field(
+        min_length=1, max_length=1024, description="Where the volume is mounted in the worker container."
+    )
     size_limit: str | None = Field(
         default=None, description="emptyDir size limit, e.g. 20Gi (no claim only)."
     )
@@ -503,13 +518,37 @@ RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache", "tmp")
 RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm", "/tmp")
 
 
+# Volume sources that one directory can come from on every node at once (a claim is assumed ReadWriteMany: a
+# ReadWriteOnce claim cannot attach to pods on several nodes, which the pods' events say loudly).
+SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "cephfs", "glusterfs", "azureFile")
+
+
 class ExtraVolume(SpecModel):
     name: str = Field(min_length=1, max_length=63, description="Volume name (not one of kubetune's own).")
     source: dict[str, Any] = Field(
         description="The core/v1 volume source, e.g. {hostPath: {path: /dev/infiniband}} or "
         "{csi: {...}}, as it would appear in a pod's volume next to its name.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            # Named, so that the CRD's rule on shared output can ask whether a volume is one of them.
+            "properties": {
+                kind: {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                for kind in SHARED_VOLUME_SOURCES
+            },
+        },
     )
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _known_sources_are_objects(cls, source: dict[str, Any]) -> dict[str, Any]:
+        """As the CRD's schema has them: a null is unset (the API server prunes it), anything else an object."""
+        kept = {key: value for key, value in source.items() if value is not None}
+        wrong = sorted(
+            key for key in SHARED_VOLUME_SOURCES if key in kept and not isinstance(kept[key], dict)
+        )
+        if wrong:
+            raise ValueError(f"volume sources {wrong} must be objects, e.g. nfs: {{server: ..., path: ...}}")
+        return kept
 
 
 class ExtraVolumeMount(SpecModel):
@@ -711,6 +750,39 @@ class FineTuneJobSpec(SpecModel):
     @property
     def primary_metric(self) -> str:
         return str(self.training.metrics[0])
+
+
+def covers(mount_path: str, path: str) -> bool:
+    """True when `path` is `mount_path` or lies under it."""
+    return path == mount_path or path.startswith(mount_path if mount_path.endswith("/") else mount_path + "/")
+
+
+def unshared_output_problem(spec: FineTuneJobSpec) -> str | None:
+    """Why the job's output would land on each node's own ephemeral disk (a job of several nodes whose
+    output.path is on no shared volume, and output.ephemeral is not set), or None when it does not.
+
+    A cluster rule only: `kubetune run` starts every node on one machine, where all share one folder.
+    """
+    if spec.distribution.nodes <= 1 or spec.output.ephemeral:
+        return None
+    path = spec.output.path
+    kube = spec.kubernetes
+    if (
+        kube.output_volume is not None
+        and kube.output_volume.claim_name
+        and covers(kube.output_volume.mount_path, path)
+    ):
+        return None
+    shared = {v.name for v in kube.pod_overlay.volumes if set(v.source) & set(SHARED_VOLUME_SOURCES)}
+    if any(m.name in shared and covers(m.mount_path, path) for m in kube.pod_overlay.volume_mounts):
+        return None
+    return (
+        f"output.path '{path}' is on no shared volume, and this job has {spec.distribution.nodes} nodes: each "
+        "would keep its own part of every checkpoint on its pod's emptyDir (lost with the pod, so nothing "
+        "resumes), and the model would be lost too. Set kubernetes.outputVolume: {claimName: <a ReadWriteMany "
+        f"claim>, mountPath: {path}}}, or mount a shared volume (nfs, csi, a claim) at {path} with "
+        "kubernetes.podOverlay, or set output.ephemeral: true to accept it"
+    )
 
 
 class ObjectMeta(BaseModel):
