@@ -34,7 +34,7 @@ from kubetune_trainer.evaluation import evaluate_model, load_metric
 from kubetune_trainer.model_card import render_model_card
 from kubetune_trainer.modelio import load_model, load_tokenizer, resolve_model_location, verify_weights
 from kubetune_trainer.optim import build_optimizer, build_scheduler, describe_optimizer
-from kubetune_trainer.preemption import StopRequest, agree_to_stop
+from kubetune_trainer.preemption import StopAgreement, StopRequest
 from kubetune_trainer.reporting import Reporter, Sink, default_sinks
 from kubetune_trainer.sampling import EpochSampler
 from kubetune_trainer.settings import RunSettings
@@ -438,6 +438,7 @@ class Trainer:
         """
         accelerator, model, training = self.accelerator, self.model, self.spec.training
         window = _Window()
+        self.stop_agreement = StopAgreement(accelerator)
         model.train()
         world = accelerator.num_processes
         deepspeed = self.spec.distribution.deepspeed.enabled
@@ -502,7 +503,7 @@ class Trainer:
         """Logging, evaluation and checkpoints after an optimizer step. Returns True to stop (preemption)."""
         spec, state = self.spec, self.state
         training, checkpointing = spec.training, spec.checkpointing
-        stop = agree_to_stop(self.accelerator, self.stop.requested)
+        stop = self.stop_agreement.poll(self.stop.requested)
         last = state.step >= state.total_steps
         if state.step % training.logging_steps == 0 or last or stop:
             self._log_step(window)
