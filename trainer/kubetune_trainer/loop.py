@@ -564,11 +564,21 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self.state.last_metrics = self.last_metrics or None
+        started = time.monotonic()
         folder = checkpoints.save_checkpoint(
             self.accelerator, self.settings.checkpoints_dir, self.state, self.spec.checkpointing.keep_last
         )
+        # Reported, so that the operator gives deleted workers long enough to write the next one.
+        seconds = time.monotonic() - started
+        size = checkpoints.folder_bytes(folder) if self.accelerator.is_main_process else None
         self.last_checkpoint_step = self.state.step
-        self._event(EventKind.CHECKPOINT, checkpoint=str(folder))
+        log.info("checkpoint of step %d: %s bytes in %.1f s", self.state.step, size, seconds)
+        self._event(
+            EventKind.CHECKPOINT,
+            checkpoint=str(folder),
+            checkpoint_seconds=round(seconds, 3),
+            checkpoint_bytes=size,
+        )
 
     # --- the end -----------------------------------------------------------------------------------------
 

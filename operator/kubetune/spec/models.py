@@ -662,7 +662,10 @@ class KubernetesSpec(SpecModel):
         le=86400,
         description=(
             "Seconds a worker has after SIGTERM to write its checkpoint (the pods' "
-            "terminationGracePeriodSeconds); unset: 120. Raise it for large ZeRO-3 checkpoints."
+            "terminationGracePeriodSeconds); unset: 120. When the operator deletes workers itself (suspend, "
+            "gang restart) it gives them the longer of this and 3 x the last checkpoint's measured save time "
+            "(status.lastCheckpoint.saveSeconds). Raise it for large ZeRO-3 checkpoints: evictions, node "
+            "drains and a job's first save get this value only."
         ),
     )
 
