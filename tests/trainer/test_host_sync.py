@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubetune_trainer
 import pytest
 import torch
 import torch.distributed as dist
@@ -25,7 +26,7 @@ from tests.trainer.helpers import Assets, explain, make_job, train_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
-TRAINER_PACKAGE = str(Path(__import__("kubetune_trainer").__file__).parent)
+TRAINER_PACKAGE = str(Path(kubetune_trainer.__file__ or "").parent)
 READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 
 
