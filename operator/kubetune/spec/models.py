@@ -542,7 +542,7 @@ class ExtraVolume(SpecModel):
     @classmethod
     def _known_sources_are_objects(cls, source: dict[str, Any]) -> dict[str, Any]:
         """As the CRD's schema has them: a null is unset (the API server prunes it), anything else an object."""
-        kept = {key: value for key, value in source.items() if value is not None}
+        kept = {k: v for k, v in source.items() if v is not None or k not in SHARED_VOLUME_SOURCES}
         wrong = sorted(
             key for key in SHARED_VOLUME_SOURCES if key in kept and not isinstance(kept[key], dict)
         )
