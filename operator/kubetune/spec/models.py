@@ -197,8 +197,10 @@ class DatasetSpec(SpecModel):
             "maxLength tokens, so no step is spent on padding. Position ids restart at every text and no "
             "attention mask is passed, so transformers' packed-sequence masking keeps attention within each "
             "text (as with its DataCollatorWithFlattening; models whose attention does not use transformers' "
-            "masking utilities, e.g. old remote code, would attend across texts). The last partial block of "
-            "every 1000 texts is dropped; a text cut by a block boundary continues in the next block."
+            "masking utilities, e.g. old remote code, would attend across texts). With sdpa that mask is "
+            "explicit, slower on GPUs than plain causal attention; flash_attention_2 runs variable-length "
+            "kernels instead. The last partial block of every 1000 texts is dropped; a text cut by a block "
+            "boundary continues in the next block."
         ),
     )
     # --- trainer fields added for issue 10 (prompt masking) ---
