@@ -32,6 +32,7 @@ from kubetune.spec.models import (
     PLURAL,
     RESERVED_MOUNT_PATHS,
     RESERVED_VOLUME_NAMES,
+    SHARED_VOLUME_SOURCES,
     SHORT_NAMES,
     SINGULAR,
     DatasetSpec,
@@ -82,10 +83,24 @@ def _rule(
 # CEL rules mirroring each model's @model_validator (keep them side by side with the pydantic versions;
 # tests/operator/test_crd.py checks both refuse the same documents). Values are checked after the API
 # server applied defaults, so defaulted fields are always present.
+
+
+def _covers_output(mount_path: str) -> str:
+    """CEL: self.output.path is the folder `mount_path` (a CEL expression) or lies under it (as `covers`)."""
+    base = f"({mount_path}.endsWith('/') ? {mount_path} : {mount_path} + '/')"
+    return f"(self.output.path == {mount_path} || self.output.path.startsWith({base}))"
+
+
 _RESERVED_VOLUMES = "[" + ", ".join(f"'{name}'" for name in RESERVED_VOLUME_NAMES) + "]"
 _RESERVED_PATHS = "[" + ", ".join(f"'{path}'" for path in RESERVED_MOUNT_PATHS) + "]"
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     DatasetSpec: [
+        _rule(
+            "has(self.promptField) == has(self.completionField)",
+            "prompt/completion data needs both dataset.promptField and dataset.completionField (or neither, to "
+            "train on textFields)",
+            field_path=".promptField",
+        ),
         _rule(
             "!(has(self.name) && has(self.files))",
             "set either dataset.name (a hub dataset) or dataset.files (local files), not both",
@@ -168,6 +183,29 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "self.model.task == 'causal-lm' || !has(self.dataset.packing) || !self.dataset.packing",
             "dataset.packing applies to causal-lm only: set packing: false",
             field_path=".dataset.packing",
+        ),
+        _rule(
+            "self.model.task == 'causal-lm' || !has(self.dataset.promptField)",
+            "dataset.promptField and completionField apply to causal-lm only: unset them",
+            field_path=".dataset.promptField",
+        ),
+        # (kubetune validate and `kubectl apply` only: `kubetune run`'s nodes share one disk; see cluster_problems)
+        _rule(
+            "self.distribution.nodes <= 1 || (has(self.output.ephemeral) && self.output.ephemeral) || "
+            "(has(self.kubernetes) && has(self.kubernetes.outputVolume) && "
+            "has(self.kubernetes.outputVolume.claimName) && self.kubernetes.outputVolume.claimName != '' && "
+            + _covers_output("self.kubernetes.outputVolume.mountPath")
+            + ") || (has(self.kubernetes) && has(self.kubernetes.podOverlay) && has(self.kubernetes.podOverlay.volumeMounts) && "
+            "has(self.kubernetes.podOverlay.volumes) && self.kubernetes.podOverlay.volumeMounts.exists(m, "
+            + _covers_output("m.mountPath")
+            + " && self.kubernetes.podOverlay.volumes.exists(v, v.name == m.name && ("
+            + " || ".join(f"has(v.source.{kind})" for kind in SHARED_VOLUME_SOURCES)
+            + "))))",
+            "output.path is on no shared volume and the job has several nodes: each node would keep its own part "
+            "of every checkpoint on its pod's emptyDir, and the model would be lost with the pods. Set "
+            "kubernetes.outputVolume.claimName (a ReadWriteMany claim mounted at output.path), or mount a shared "
+            "volume at output.path with kubernetes.podOverlay, or set output.ephemeral: true to accept it",
+            field_path=".output.path",
         ),
     ],
 }

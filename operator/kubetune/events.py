@@ -44,6 +44,10 @@ class ProgressEvent(BaseModel):
     eta_seconds: float | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="eval_* metrics of the last eval.")
     checkpoint: str | None = None
+    checkpoint_seconds: float | None = Field(
+        default=None, description="How long writing the checkpoint took."
+    )
+    checkpoint_bytes: int | None = Field(default=None, description="Size of the checkpoint's folder.")
     resumed_from_step: int | None = None
     world_size: int | None = None
     message: str | None = None

@@ -89,6 +89,13 @@ def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[st
     metrics = _metrics(event.loss, event.samples_per_second, event.metrics, primary_metric)
     if metrics:
         patch["metrics"] = metrics
+    if event.event == EventKind.CHECKPOINT and _finite(event.checkpoint_seconds) is not None:
+        patch["lastCheckpoint"] = {
+            "step": event.step,
+            "saveSeconds": round(float(event.checkpoint_seconds or 0.0), 3),
+            "time": _now(),
+            **({"sizeBytes": event.checkpoint_bytes} if event.checkpoint_bytes is not None else {}),
+        }
     return patch
 
 

@@ -69,6 +69,8 @@ def _job(name: str, nodes: int = 2) -> str:
             "model": {"name": "prajjwal1/bert-tiny"},
             "dataset": {"name": "glue", "config": "sst2", "textFields": ["sentence"]},
             "distribution": {"nodes": nodes},
+            # Workers on KWOK nodes run nothing and write no output: their emptyDirs are accepted knowingly.
+            "output": {"ephemeral": True},
             "kubernetes": {"nodeSelector": {POOL_LABEL: POOL}},
         },
     }

@@ -202,6 +202,10 @@ def tiny_job(
         "kubernetes": {"resources": {"gpusPerNode": 0, "shmSize": "256Mi"}, "podOverlay": overlay},
         "runPolicy": {"backoffLimit": 0},
     }
+    if nodes > 1:
+        # Each node's output is its pod's own emptyDir (the tests read results from the status and the logs);
+        # a job that resumes across nodes sets kubernetes.outputVolume in extra_spec instead.
+        spec["output"] = {"ephemeral": True}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",

@@ -183,6 +183,8 @@ def job_manifest(name: str, nodes: int = 2, processes: int = 1, **spec: Any) -> 
             "model": {"name": "prajjwal1/bert-tiny"},
             "dataset": {"name": "glue", "config": "sst2", "textFields": ["sentence"]},
             "distribution": {"nodes": nodes, "processesPerNode": processes},
+            # Workers on KWOK nodes run nothing and write no output: their emptyDirs are accepted knowingly.
+            "output": {"ephemeral": True},
             "kubernetes": {"nodeSelector": {POOL_LABEL: POOL}},
         },
     }

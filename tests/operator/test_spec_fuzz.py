@@ -334,7 +334,7 @@ def validate(document: dict[str, Any]) -> list[str] | None:
     """`kubetune validate`'s verdict (the parser it calls): None when valid, else the problems' fields."""
     with bounded("kubetune validate"):
         try:
-            parse_job(document)  # (reads the document, never changes it)
+            parse_job(document, for_cluster=True)  # (reads the document, never changes it)
         except SpecError as error:
             return [p.field for p in error.problems]
     return None

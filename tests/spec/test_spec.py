@@ -98,6 +98,20 @@ def test_metrics_must_fit_the_task() -> None:
     assert "do not apply to task causal-lm" in found and "perplexity" in found
 
 
+def test_prompt_and_completion_come_together_and_only_for_causal_lm() -> None:
+    causal = {"model": {"name": "gpt2", "task": "causal-lm"}, "training": {"metrics": ["perplexity"]}}
+    pair = {"name": "alpaca", "labelField": None, "promptField": "instruction", "completionField": "output"}
+    parsed = parse_job(job(**causal, dataset=pair))
+    assert (parsed.spec.dataset.prompt_field, parsed.spec.dataset.completion_field) == (
+        "instruction",
+        "output",
+    )
+    (found,) = problems(job(**causal, dataset={"name": "alpaca", "promptField": "instruction"}))
+    assert "dataset.completionField is unset" in found and "promptField" in found
+    (found,) = problems(job(dataset={"name": "glue", "promptField": "a", "completionField": "b"}))
+    assert "dataset.promptField is 'a'" in found and "causal-lm only" in found
+
+
 def test_dataset_needs_exactly_one_source() -> None:
     assert any("not both" in p for p in problems(job(dataset={"name": "glue", "files": {"train": "a.csv"}})))
     assert any("dataset.files.train" in p for p in problems(job(dataset={"textFields": ["a"]})))

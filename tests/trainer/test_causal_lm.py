@@ -1,5 +1,6 @@
 """Causal-LM data on a tiny GPT-2 built locally (pad = eos, as in most causal LMs): every text ends with an EOS
-that is a training target, only padding is masked, and packing fills blocks without padding."""
+that is a training target, only padding is masked, and packing fills blocks without padding (see also
+test_prompt_masking.py for prompt/completion pairs and attention within packed texts)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,11 @@ def test_packing_fills_blocks_of_max_length_with_eos_between_texts(
     assert first.count(eos) >= 2, "several texts per block, each closed by EOS"
     batch = build_collator("causal-lm", tokenizer)([packed.train[i] for i in range(4)])
     assert batch["input_ids"].shape == (4, 32)
-    assert (batch["labels"] != -100).all(), "no padding: every position is a target"
+    assert "attention_mask" not in batch, "no padding; position ids delimit the texts"
+    starts = batch["position_ids"] == 0
+    assert starts.sum() >= 8, "several texts per block, positions restarting at each"
+    assert (batch["labels"][starts] == -100).all(), "a text's first token has nothing before it to predict it"
+    assert (batch["labels"][~starts] == batch["input_ids"][~starts]).all(), "every other token is a target"
 
 
 def test_packing_is_refused_for_classification() -> None:

@@ -134,6 +134,11 @@ def save_checkpoint(accelerator: Any, root: Path, state: TrainerState, keep_last
     return folder
 
 
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files under `folder` (every rank's shards, where output.path is shared)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
 def prune(root: Path, keep_last: int, keep: Path | None = None) -> None:
     """Delete all but the newest `keep_last` complete checkpoints, and incomplete ones except `keep`."""
     complete = complete_steps(root)

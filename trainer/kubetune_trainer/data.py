@@ -102,6 +102,17 @@ def load_raw(spec: DatasetSpec, token: str | None) -> dict[str, Any]:
 def check_columns(dataset: Any, spec: DatasetSpec, task: str, split: str) -> None:
     """Raise DataError naming the spec field when a text or label column is missing from `dataset`."""
     available = list(dataset.column_names)
+    if spec.prompt_field is not None and spec.completion_field is not None:
+        for field_name, name in (
+            ("promptField", spec.prompt_field),
+            ("completionField", spec.completion_field),
+        ):
+            if name not in available:
+                raise DataError(
+                    f"spec.dataset.{field_name} is '{name}' but the {split} data has columns {available}: "
+                    f"set {field_name} to the column holding the {field_name.removesuffix('Field')}"
+                )
+        return
     for name in spec.text_fields:
         if name not in available:
             raise DataError(
@@ -190,11 +201,26 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     max_length = dataset_spec.max_length
 
     eos_id = tokenizer.eos_token_id
+    prompt_field, completion_field = dataset_spec.prompt_field, dataset_spec.completion_field
     # Other ranks wait (in a barrier) while the node's first process tokenizes: use the node's cores.
     processes = dataset_spec.tokenization_processes
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        if task == Task.CAUSAL_LM:
+        encoded: Any  # a tokenizer's BatchEncoding, or the same columns built by hand
+        if task == Task.CAUSAL_LM and prompt_field is not None and completion_field is not None:
+            # Apart, so that the prompt ends on a token boundary: generation starts from the prompt's tokens.
+            prompts = tokenizer([str(t) for t in batch[prompt_field]])["input_ids"]
+            completions = tokenizer([str(t) for t in batch[completion_field]], add_special_tokens=False)
+            pairs = [
+                prompt_completion_example(prompt, completion, eos_id, max_length)
+                for prompt, completion in zip(prompts, completions["input_ids"], strict=True)
+            ]
+            encoded = {
+                "input_ids": [ids for ids, _ in pairs],
+                "attention_mask": [[1] * len(ids) for ids, _ in pairs],
+                "labels": [labels for _, labels in pairs],
+            }
+        elif task == Task.CAUSAL_LM:
             texts = [
                 "\n".join(str(t) for t in parts)
                 for parts in zip(*(batch[f] for f in text_fields), strict=True)
@@ -206,6 +232,8 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
                     if not ids or ids[-1] != eos_id:
                         ids.append(eos_id)
                         mask.append(1)
+            # Every token of a plain text is a target (the collator masks the padding).
+            encoded["labels"] = [list(ids) for ids in encoded["input_ids"]]
         else:
             columns = [[str(t) for t in batch[f]] for f in text_fields]
             encoded = tokenizer(*columns, truncation=True, max_length=max_length)
@@ -229,7 +257,7 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
             )
             if dataset_spec.packing:
                 mapped = mapped.map(
-                    lambda batch: pack_blocks(batch["input_ids"], max_length),
+                    lambda batch: pack_blocks(batch["input_ids"], batch["labels"], max_length),
                     batched=True,
                     batch_size=PACKING_GROUP,
                     remove_columns=list(mapped.column_names),
@@ -254,25 +282,56 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
 PACKING_GROUP = 1000  # texts concatenated at a time when packing (datasets' map batch size, as in run_clm)
 
 
-def pack_blocks(texts: list[list[int]], block_size: int) -> dict[str, list[Any]]:
-    """Concatenate token lists and cut them into full blocks of `block_size` (the remainder is dropped)."""
-    stream = [token for ids in texts for token in ids]
-    usable = len(stream) // block_size * block_size
-    blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
+def prompt_completion_example(
+    prompt: list[int], completion: list[int], eos_id: int | None, max_length: int
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one prompt/completion pair: prompt + completion + EOS, labels -100 on the prompt.
+
+    The EOS is a target, so the model learns to stop after the completion. A pair longer than `max_length`
+    loses the start of its prompt first (the end is what the completion follows), then the end of its
+    completion (which still closes with EOS, as a truncated text does).
+    """
+    closing = [eos_id] if eos_id is not None else []
+    target = completion[: max_length - len(closing)] + closing
+    room = max_length - len(target)
+    context = prompt[max(0, len(prompt) - room) :]
+    return context + target, [-100] * len(context) + target
+
+
+def pack_blocks(texts: list[list[int]], labels: list[list[int]], block_size: int) -> dict[str, list[Any]]:
+    """Concatenate tokenized texts and cut them into full blocks of `block_size` (the remainder is dropped).
+
+    Returns input_ids, labels and position_ids per block. The labels keep each text's own masking (prompt tokens
+    stay -100), and the first token of every text is not a target: attention does not cross texts, so nothing
+    before it predicts it (as transformers' DataCollatorWithFlattening marks it). Position ids count from 0 in
+    every text, which is what makes transformers keep attention within a text (`find_packed_sequence_indices`)
+    when the batch has no attention mask.
+    """
+    ids_stream: list[int] = []
+    label_stream: list[int] = []
+    position_stream: list[int] = []
+    for ids, text_labels in zip(texts, labels, strict=True):
+        ids_stream += ids
+        label_stream += [-100, *text_labels[1:]]
+        position_stream += range(len(ids))
+    usable = len(ids_stream) // block_size * block_size
+    starts = range(0, usable, block_size)
     return {
-        "input_ids": blocks,
-        "attention_mask": [[1] * block_size for _ in blocks],
-        "length": [block_size] * len(blocks),
+        "input_ids": [ids_stream[start : start + block_size] for start in starts],
+        "labels": [label_stream[start : start + block_size] for start in starts],
+        "position_ids": [position_stream[start : start + block_size] for start in starts],
+        "length": [block_size] * len(starts),
     }
 
 
 @dataclass
 class CausalLMCollator:
-    """Right-pads a batch and sets labels = input ids at real tokens, -100 at padding only.
+    """Right-pads a batch of causal-LM examples; labels come from the examples and are -100 at padding.
 
-    Padding is told apart by the attention mask, not by the token id: with pad = eos (most causal LMs), masking
-    every pad-id position would also mask the EOS that ends each text, and the model would never learn to stop.
-    The model shifts the labels itself.
+    Padding is told apart by length, not by the token id: with pad = eos (most causal LMs), masking every pad-id
+    position would also mask the EOS that ends each text, and the model would never learn to stop. The model
+    shifts the labels itself. Packed blocks carry position ids instead of an attention mask (see `pack_blocks`);
+    padding those, each pad token gets position 0, so it forms a sequence of its own that no text attends to.
     """
 
     pad_token_id: int
@@ -284,15 +343,23 @@ class CausalLMCollator:
         longest = max(len(feature["input_ids"]) for feature in features)
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        packed = "position_ids" in features[0]
+        shape = (len(features), longest)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
         for row, feature in enumerate(features):
-            ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
-            mask = torch.as_tensor(feature.get("attention_mask", [1] * len(ids)), dtype=torch.long)
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = mask
-            labels[row, : len(ids)] = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :length] = torch.as_tensor(
+                feature.get("labels", feature["input_ids"]), dtype=torch.long
+            )
+            attention_mask[row, :length] = 1
+            if packed:
+                position_ids[row, :length] = torch.as_tensor(feature["position_ids"], dtype=torch.long)
+        if packed:
+            return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -34,7 +34,7 @@ from kubetune_trainer.evaluation import evaluate_model, load_metric
 from kubetune_trainer.model_card import render_model_card
 from kubetune_trainer.modelio import load_model, load_tokenizer, resolve_model_location, verify_weights
 from kubetune_trainer.optim import build_optimizer, build_scheduler, describe_optimizer
-from kubetune_trainer.preemption import StopRequest, agree_to_stop
+from kubetune_trainer.preemption import StopAgreement, StopRequest
 from kubetune_trainer.reporting import Reporter, Sink, default_sinks
 from kubetune_trainer.sampling import EpochSampler
 from kubetune_trainer.settings import RunSettings
@@ -220,6 +220,7 @@ class Trainer:
         self.samples_at_start = 0
         self.step_at_start = 0
         self.loop_started = time.time()
+        self.use_cache: bool | None = None  # the causal LM's config.use_cache, off while training
 
     # --- reporting ---------------------------------------------------------------------------------------
 
@@ -286,8 +287,11 @@ class Trainer:
                 self.model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-            if spec.model.task == Task.CAUSAL_LM:
-                self.model.config.use_cache = False
+        if spec.model.task == Task.CAUSAL_LM:
+            # Training never reads a KV cache, and transformers keeps packed texts apart (by their position ids)
+            # only without one. `_save_model` restores the setting for generation.
+            self.use_cache = getattr(self.model.config, "use_cache", None)
+            self.model.config.use_cache = False
 
     def _build(self) -> None:
         accelerator, spec, training = self.accelerator, self.spec, self.spec.training
@@ -434,6 +438,7 @@ class Trainer:
         """
         accelerator, model, training = self.accelerator, self.model, self.spec.training
         window = _Window()
+        self.stop_agreement = StopAgreement(accelerator)
         model.train()
         world = accelerator.num_processes
         deepspeed = self.spec.distribution.deepspeed.enabled
@@ -498,7 +503,7 @@ class Trainer:
         """Logging, evaluation and checkpoints after an optimizer step. Returns True to stop (preemption)."""
         spec, state = self.spec, self.state
         training, checkpointing = spec.training, spec.checkpointing
-        stop = agree_to_stop(self.accelerator, self.stop.requested)
+        stop = self.stop_agreement.poll(self.stop.requested)
         last = state.step >= state.total_steps
         if state.step % training.logging_steps == 0 or last or stop:
             self._log_step(window)
@@ -559,11 +564,21 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self.state.last_metrics = self.last_metrics or None
+        started = time.monotonic()
         folder = checkpoints.save_checkpoint(
             self.accelerator, self.settings.checkpoints_dir, self.state, self.spec.checkpointing.keep_last
         )
+        # Reported, so that the operator gives deleted workers long enough to write the next one.
+        seconds = time.monotonic() - started
+        size = checkpoints.folder_bytes(folder) if self.accelerator.is_main_process else None
         self.last_checkpoint_step = self.state.step
-        self._event(EventKind.CHECKPOINT, checkpoint=str(folder))
+        log.info("checkpoint of step %d: %s bytes in %.1f s", self.state.step, size, seconds)
+        self._event(
+            EventKind.CHECKPOINT,
+            checkpoint=str(folder),
+            checkpoint_seconds=round(seconds, 3),
+            checkpoint_bytes=size,
+        )
 
     # --- the end -----------------------------------------------------------------------------------------
 
@@ -595,6 +610,8 @@ class Trainer:
             folder = self.settings.model_dir
             folder.mkdir(parents=True, exist_ok=True)
             unwrapped = accelerator.unwrap_model(self.model)
+            if self.use_cache is not None:
+                unwrapped.config.use_cache = self.use_cache
             unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(folder)
             card = render_model_card(

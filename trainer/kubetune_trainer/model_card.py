@@ -51,6 +51,13 @@ def render_model_card(
     if id2label:
         labels = "\n\nLabels: " + ", ".join(f"{index} = {name}" for index, name in sorted(id2label.items()))
     train_loss = f"{summary.train_loss:.4f}" if summary.train_loss is not None else "-"
+    data = spec.dataset
+    columns = (
+        f"prompt {data.prompt_field}, completion {data.completion_field} (loss on the completion only)"
+        if data.prompt_field
+        else f"text fields {', '.join(data.text_fields)}"
+    )
+    packing = ", packed" if data.packing else ""
     return f"""---
 base_model: {spec.model.name}
 library_name: transformers
@@ -65,7 +72,7 @@ Fine-tuned from `{spec.model.name}` (revision `{spec.model.revision}`) for {spec
 
 ## Data
 
-{data_source} ({sizes}); text fields {", ".join(spec.dataset.text_fields)}, max length {spec.dataset.max_length} tokens.{labels}
+{data_source} ({sizes}); {columns}, max length {data.max_length} tokens{packing}.{labels}
 
 ## Evaluation
 

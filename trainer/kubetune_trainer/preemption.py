@@ -5,8 +5,9 @@ process group) a signal keeps its default effect and ends the process, since the
 A second signal while stopping ends the process at once.
 
 A signal may reach one pod (a node drain) or every process (Ctrl-C); either way all ranks must stop after the
-same step, or the checkpoint would mix steps and the collectives would hang. `agree_to_stop` all-reduces the
-local flag once per optimizer step, so one rank's signal stops the whole gang at the same step.
+same step, or the checkpoint would mix steps and the collectives would hang. `StopAgreement` all-reduces the
+local flag once per optimizer step, so one rank's signal stops the whole gang at the same step, and reads the
+result one step late, so that the host never waits for the device in the middle of training.
 """
 
 from __future__ import annotations
@@ -54,12 +55,43 @@ class StopRequest:
         return self._event.is_set()
 
 
-def agree_to_stop(accelerator: Any, local_request: bool) -> bool:
-    """True on every rank when any rank asked to stop (one scalar all-reduce; no-op for one process)."""
-    if accelerator.num_processes == 1:
-        return local_request
-    import torch
+class StopAgreement:
+    """Whether any rank asked to stop, agreed by all ranks after the same optimizer step.
 
-    flag = torch.tensor([1.0 if local_request else 0.0], device=accelerator.device)
-    total = accelerator.reduce(flag, reduction="sum")
-    return bool(total.item() > 0)
+    Each `poll` posts this rank's flag in a sum all-reduce and returns the sum posted by the previous `poll`.
+    Reading the current step's sum at once (`.item()`) would make the host wait for the whole step's kernels
+    before it could queue the next step's: a host sync every optimizer step. One step later that sum is long
+    computed: on a GPU it is copied into pinned host memory asynchronously, and the host waits only on an event
+    recorded right after that copy, never on later kernels. The price: a stop is acted on one step after it was
+    requested, on every rank alike. One process needs no agreement and answers at once.
+    """
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        self._posted: tuple[Any, Any] | None = (
+            None  # (the sum on the host once `event` is done, event or None)
+        )
+
+    def poll(self, local_request: bool) -> bool:
+        """Post this rank's flag; True on every rank alike when some rank had asked by the previous poll."""
+        if self.accelerator.num_processes == 1:
+            return local_request
+        import torch
+
+        device = self.accelerator.device
+        # torch.full, not torch.tensor([...]): a copy from pageable host memory would synchronise the stream.
+        flag = torch.full((1,), 1.0 if local_request else 0.0, device=device)
+        total = self.accelerator.reduce(flag, reduction="sum")
+        previous = self._posted
+        if device.type == "cuda":
+            event = torch.cuda.Event()
+            self._posted = (total.to("cpu", non_blocking=True), event)
+            event.record()
+        else:
+            self._posted = (total, None)
+        if previous is None:
+            return False
+        host, event = previous
+        if event is not None:
+            event.synchronize()
+        return bool(host.item() > 0)

@@ -8,6 +8,8 @@ Everything here is generated from a seed, so the same call always writes the sam
 - `write_paraphrase_dataset` — sentence pairs (`sentence1`, `sentence2`, `label`: 1 paraphrase, 0 not), in the
   spirit of MRPC: paraphrases by synonym swaps, reordering and active/passive voice; non-paraphrases share most
   words but change the meaning (swapped roles, an opposite verb, negation, another time or person).
+- `write_prompt_completion_dataset` — causal-LM prompt/completion pairs (`prompt`, `completion`): random chatter,
+  then "what does the <animal> say ?"; the completion is the animal's sound, twice.
 - `build_tiny_model` — trains a tokenizer on a corpus (WordPiece for BERT, byte-level BPE for GPT-2), and
   saves it with a config-initialised tiny model into a folder the Auto classes load.
 - `job_document` / `write_job_file` — a FineTuneJob for tests, with overrides deep-merged into `spec`.
@@ -193,6 +195,42 @@ def write_paraphrase_dataset(
     )
 
 
+# --- prompt -> completion ------------------------------------------------------------------------------------
+
+# animal -> the sound it makes: the completion is decided by one word somewhere in a long, random prompt.
+ANIMAL_SOUNDS = {
+    "dog": "woof", "cat": "meow", "cow": "moo", "duck": "quack", "sheep": "baa", "pig": "oink",
+    "owl": "hoot", "frog": "croak", "horse": "neigh", "lion": "roar", "mouse": "squeak", "bee": "buzz",
+}  # fmt: skip
+_CHATTER = [
+    "today", "we", "walked", "near", "the", "old", "farm", "and", "saw", "many", "things", "under", "a",
+    "bright", "sky", "while", "friends", "talked", "about", "music", "rain", "trains", "and", "bread",
+]  # fmt: skip
+
+
+def animal_sound_pair(rng: random.Random) -> dict[str, str]:
+    """One prompt/completion pair: random chatter (mostly tokens no completion depends on), then a question
+    about an animal; the completion is that animal's sound, twice. A model trained on the prompts as well would
+    spend most of its loss on the unpredictable chatter."""
+    animal = rng.choice(list(ANIMAL_SOUNDS))
+    chatter = " ".join(rng.choice(_CHATTER) for _ in range(rng.randint(6, 14)))
+    sound = ANIMAL_SOUNDS[animal]
+    return {"prompt": f"{chatter} . what does the {animal} say ?", "completion": f" {sound} {sound}"}
+
+
+def write_prompt_completion_dataset(
+    folder: str | Path, n_train: int = 600, n_eval: int = 100, seed: int = 0
+) -> tuple[Path, Path]:
+    """Write `train.jsonl` and `eval.jsonl` with `prompt` and `completion` (see `animal_sound_pair`) into
+    `folder`. Returns (train_path, eval_path)."""
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [animal_sound_pair(rng) for _ in range(n_train)]
+    evaluation = [animal_sound_pair(rng) for _ in range(n_eval)]
+    return _write_jsonl(folder / "train.jsonl", train), _write_jsonl(folder / "eval.jsonl", evaluation)
+
+
 # --- files ---------------------------------------------------------------------------------------------------
 
 
@@ -203,7 +241,10 @@ def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     return path
 
 
-def read_texts(path: str | Path, fields: Iterable[str] = ("text", "sentence1", "sentence2")) -> list[str]:
+def read_texts(
+    path: str | Path,
+    fields: Iterable[str] = ("text", "sentence1", "sentence2", "prompt", "completion"),
+) -> list[str]:
     """Every value of the given text fields in a JSON-lines file (a corpus for `build_tiny_model`)."""
     wanted = tuple(fields)
     texts: list[str] = []

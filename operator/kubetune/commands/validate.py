@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "validate",
         help="check FineTuneJob files",
-        description="Validate FineTuneJob YAML files (as you would kubectl apply them). Exit 2 when invalid.",
+        description="Validate FineTuneJob YAML files as kubectl apply would (the cluster's rules included: a "
+        "multi-node job needs output.path on a shared volume). Exit 2 when invalid.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="FineTuneJob YAML file(s)")
     parser.add_argument(
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            jobs = load_jobs(path)
+            jobs = load_jobs(path, for_cluster=True)
         except SpecError as error:
             failed = True
             print(f"✗ {error}", file=sys.stderr)

@@ -30,7 +30,15 @@ from kubetune.contract import DEFAULT_TERMINATION_LOG, NodeContext
 from kubetune.controller import names
 from kubetune.launch import accelerate_config, deepspeed_config
 from kubetune.spec.loading import dump_job, to_yaml
-from kubetune.spec.models import API_GROUP, API_VERSION, KIND, FineTuneJob, FineTuneJobSpec, ObjectMeta
+from kubetune.spec.models import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    FineTuneJob,
+    FineTuneJobSpec,
+    ObjectMeta,
+    covers,
+)
 
 DEFAULT_IMAGE = "ghcr.io/kubetune/trainer:latest"
 # Seconds a worker gets between SIGTERM and SIGKILL: enough for the trainer to write a checkpoint.
@@ -301,6 +309,10 @@ def volumes_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     output = ctx.spec.kubernetes.output_volume
     if output is not None:
         _add_volume(pod, _volume_source("output", output), {"name": "output", "mountPath": output.mount_path})
+    elif any(
+        covers(m.mount_path, ctx.spec.output.path) for m in ctx.spec.kubernetes.pod_overlay.volume_mounts
+    ):
+        pass  # output.path is on a volume of the user's podOverlay (a shared one, for several nodes)
     else:
         # The root filesystem is read-only: without a volume of the user's, the output lives (and dies) with
         # the pod, in an emptyDir at output.path.

@@ -24,6 +24,7 @@ from kubetune.controller.child_report import report_children
 from kubetune.controller.child_sync import ChildWriter
 from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
 from kubetune.controller.event_recorder import EventRecorder
+from kubetune.controller.grace import deletion_grace_seconds
 from kubetune.controller.kube import ApiError, Kube
 from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.observe import WorkerPod, observe_pod, tail
@@ -218,9 +219,10 @@ class Reconciler:
                     result.status.message,
                 )
         uids = {pod.name: pod.uid for pod in pods}
+        grace = deletion_grace_seconds(result.spec, result.status)
         for pod_name in result.delete_workers:
             if pod_name not in result.force_delete_workers:
-                self.kube.delete_pod(namespace, pod_name, uids.get(pod_name, ""))
+                self.kube.delete_pod(namespace, pod_name, uids.get(pod_name, ""), grace_seconds=grace)
         for pod_name in result.force_delete_workers:
             logger.warning("job %s/%s: force-deleting %s, stuck Terminating", namespace, name, pod_name)
             self.kube.delete_pod(namespace, pod_name, uids.get(pod_name, ""), grace_seconds=0)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kubetune.spec.models import KIND, FineTuneJob, FineTuneJobSpec
+from kubetune.spec.models import KIND, FineTuneJob, FineTuneJobSpec, unshared_output_problem
 
 
 class _JobLoader(yaml.SafeLoader):
@@ -120,8 +120,9 @@ def problems_from_validation_error(error: ValidationError, root: type[BaseModel]
     return [_describe(e, root) for e in error.errors()]
 
 
-def parse_job(document: dict[str, Any], source: str = "") -> FineTuneJob:
-    """Validate one FineTuneJob document (the dict `yaml.safe_load` gives).
+def parse_job(document: dict[str, Any], source: str = "", *, for_cluster: bool = False) -> FineTuneJob:
+    """Validate one FineTuneJob document (the dict `yaml.safe_load` gives). `for_cluster` adds the rules that
+    only hold on Kubernetes (as the CRD's own rules do at `kubectl apply`): see `cluster_problems`.
 
     Raises SpecError listing every problem.
     """
@@ -130,9 +131,20 @@ def parse_job(document: dict[str, Any], source: str = "") -> FineTuneJob:
     if document.get("kind") not in (None, KIND):
         raise SpecError([Problem("kind", f"got '{document.get('kind')}': use kind: {KIND}")], source)
     try:
-        return FineTuneJob.model_validate(document)
+        job = FineTuneJob.model_validate(document)
     except ValidationError as error:
         raise SpecError(problems_from_validation_error(error, FineTuneJob), source) from None
+    problems = cluster_problems(job.spec) if for_cluster else []
+    if problems:
+        raise SpecError(problems, source)
+    return job
+
+
+def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
+    """What a valid spec cannot do on Kubernetes, where every node has a disk of its own (the local runner's
+    nodes share one machine's): today, a multi-node output on no shared volume."""
+    problem = unshared_output_problem(spec)
+    return [Problem("spec.output.path", problem)] if problem else []
 
 
 def parse_spec(spec: dict[str, Any], source: str = "") -> FineTuneJobSpec:
@@ -150,8 +162,9 @@ def parse_spec(spec: dict[str, Any], source: str = "") -> FineTuneJobSpec:
         raise SpecError(problems, source) from None
 
 
-def load_jobs(path: str | Path) -> list[FineTuneJob]:
-    """Every FineTuneJob in a YAML file (other kinds in a multi-document file are skipped).
+def load_jobs(path: str | Path, *, for_cluster: bool = False) -> list[FineTuneJob]:
+    """Every FineTuneJob in a YAML file (other kinds in a multi-document file are skipped); `for_cluster` as
+    for `parse_job`.
 
     Raises SpecError when the file cannot be read, is not YAML, holds no FineTuneJob, or a job is invalid.
     """
@@ -171,7 +184,7 @@ def load_jobs(path: str | Path) -> list[FineTuneJob]:
     problems: list[Problem] = []
     for index, document in enumerate(jobs_docs):
         try:
-            jobs.append(parse_job(document, source))
+            jobs.append(parse_job(document, source, for_cluster=for_cluster))
         except SpecError as error:
             prefix = f"document {index + 1}: " if len(jobs_docs) > 1 else ""
             problems.extend(Problem(prefix + p.field, p.message) for p in error.problems)

@@ -194,10 +194,41 @@ class DatasetSpec(SpecModel):
         default=False,
         description=(
             "causal-lm only: concatenate the tokenized texts (each ending in EOS) and cut them into blocks of "
-            "maxLength tokens, so no step is spent on padding; attention spans text boundaries (as in "
-            "transformers' run_clm example). The last partial block of every 1000 texts is dropped."
+            "maxLength tokens, so no step is spent on padding. Position ids restart at every text and no "
+            "attention mask is passed, so transformers' packed-sequence masking keeps attention within each "
+            "text (as with its DataCollatorWithFlattening; models whose attention does not use transformers' "
+            "masking utilities, e.g. old remote code, would attend across texts). With sdpa that mask is "
+            "explicit, slower on GPUs than plain causal attention; flash_attention_2 runs variable-length "
+            "kernels instead. The last partial block of every 1000 texts is dropped; a text cut by a block "
+            "boundary continues in the next block."
         ),
     )
+    # --- trainer fields added for issue 10 (prompt masking) ---
+    prompt_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "causal-lm only: column holding the prompt of a prompt/completion pair (set with completionField; "
+            "textFields is then not used). Prompt tokens are context, never targets: the loss is on the "
+            "completion and the EOS appended after it. A pair longer than maxLength loses the start of its "
+            "prompt first, then the end of its completion."
+        ),
+    )
+    completion_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="causal-lm only: column holding the completion the model learns to write after the prompt.",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_and_completion(self) -> DatasetSpec:
+        if (self.prompt_field is None) != (self.completion_field is None):
+            missing = "completionField" if self.completion_field is None else "promptField"
+            raise ValueError(
+                f"dataset.{missing} is unset but its partner is set: prompt/completion data needs both "
+                "dataset.promptField and dataset.completionField (or neither, to train on textFields)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -418,9 +449,22 @@ class CheckpointSpec(SpecModel):
 
 class OutputSpec(SpecModel):
     path: str = Field(
-        default="/output", min_length=1, description="Folder for checkpoints, the saved model and reports."
+        default="/output",
+        min_length=1,
+        max_length=1024,  # bounded, so that the CRD's rule comparing it with mount paths has a bounded cost
+        description="Folder for checkpoints, the saved model and reports.",
     )
     save_model: bool = Field(default=True, description="Save the fine-tuned model and tokenizer at the end.")
+    # --- trainer field added for issue 10 (multi-node output) ---
+    ephemeral: bool = Field(
+        default=False,
+        description=(
+            "Accept that output.path is each worker's own emptyDir on a job of several nodes: every node then "
+            "keeps its own part of each checkpoint, nothing can resume after a restart, and the model is lost "
+            "with the pods. Without it such a job is refused: put output.path on a shared volume instead "
+            "(kubernetes.outputVolume.claimName, a ReadWriteMany claim, or a podOverlay volume mounted there)."
+        ),
+    )
 
 
 # --- Kubernetes placement (read by the operator only) --------------------------------------------------------
@@ -430,7 +474,9 @@ class VolumeSource(SpecModel):
     claim_name: str | None = Field(
         default=None, description="Name of a PersistentVolumeClaim to mount; unset uses an emptyDir."
     )
-    mount_path: str = Field(min_length=1, description="Where the volume is mounted in the worker container.")
+    mount_path: str = Field(
+        min_length=1, max_length=1024, description="Where the volume is mounted in the worker container."
+    )
     size_limit: str | None = Field(
         default=None, description="emptyDir size limit, e.g. 20Gi (no claim only)."
     )
@@ -474,13 +520,37 @@ RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache", "tmp")
 RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm", "/tmp")
 
 
+# Volume sources that one directory can come from on every node at once (a claim is assumed ReadWriteMany: a
+# ReadWriteOnce claim cannot attach to pods on several nodes, which the pods' events say loudly).
+SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "cephfs", "glusterfs", "azureFile")
+
+
 class ExtraVolume(SpecModel):
     name: str = Field(min_length=1, max_length=63, description="Volume name (not one of kubetune's own).")
     source: dict[str, Any] = Field(
         description="The core/v1 volume source, e.g. {hostPath: {path: /dev/infiniband}} or "
         "{csi: {...}}, as it would appear in a pod's volume next to its name.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            # Named, so that the CRD's rule on shared output can ask whether a volume is one of them.
+            "properties": {
+                kind: {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                for kind in SHARED_VOLUME_SOURCES
+            },
+        },
     )
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _known_sources_are_objects(cls, source: dict[str, Any]) -> dict[str, Any]:
+        """As the CRD's schema has them: a null is unset (the API server prunes it), anything else an object."""
+        kept = {k: v for k, v in source.items() if v is not None or k not in SHARED_VOLUME_SOURCES}
+        wrong = sorted(
+            key for key in SHARED_VOLUME_SOURCES if key in kept and not isinstance(kept[key], dict)
+        )
+        if wrong:
+            raise ValueError(f"volume sources {wrong} must be objects, e.g. nfs: {{server: ..., path: ...}}")
+        return kept
 
 
 class ExtraVolumeMount(SpecModel):
@@ -594,7 +664,10 @@ class KubernetesSpec(SpecModel):
         le=86400,
         description=(
             "Seconds a worker has after SIGTERM to write its checkpoint (the pods' "
-            "terminationGracePeriodSeconds); unset: 120. Raise it for large ZeRO-3 checkpoints."
+            "terminationGracePeriodSeconds); unset: 120. When the operator deletes workers itself (suspend, "
+            "gang restart) it gives them the longer of this and 3 x the last checkpoint's measured save time "
+            "(status.lastCheckpoint.saveSeconds). Raise it for large ZeRO-3 checkpoints: evictions, node "
+            "drains and a job's first save get this value only."
         ),
     )
 
@@ -670,6 +743,11 @@ class FineTuneJobSpec(SpecModel):
                 f"dataset.packing is true but model.task is {task}: packing applies to causal-lm only; "
                 "set packing: false"
             )
+        if self.dataset.prompt_field is not None and task != Task.CAUSAL_LM:
+            raise ValueError(
+                f"dataset.promptField is '{self.dataset.prompt_field}' but model.task is {task}: "
+                "prompt/completion pairs apply to causal-lm only; unset promptField and completionField"
+            )
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
         return self
@@ -677,6 +755,39 @@ class FineTuneJobSpec(SpecModel):
     @property
     def primary_metric(self) -> str:
         return str(self.training.metrics[0])
+
+
+def covers(mount_path: str, path: str) -> bool:
+    """True when `path` is `mount_path` or lies under it."""
+    return path == mount_path or path.startswith(mount_path if mount_path.endswith("/") else mount_path + "/")
+
+
+def unshared_output_problem(spec: FineTuneJobSpec) -> str | None:
+    """Why the job's output would land on each node's own ephemeral disk (a job of several nodes whose
+    output.path is on no shared volume, and output.ephemeral is not set), or None when it does not.
+
+    A cluster rule only: `kubetune run` starts every node on one machine, where all share one folder.
+    """
+    if spec.distribution.nodes <= 1 or spec.output.ephemeral:
+        return None
+    path = spec.output.path
+    kube = spec.kubernetes
+    if (
+        kube.output_volume is not None
+        and kube.output_volume.claim_name
+        and covers(kube.output_volume.mount_path, path)
+    ):
+        return None
+    shared = {v.name for v in kube.pod_overlay.volumes if set(v.source) & set(SHARED_VOLUME_SOURCES)}
+    if any(m.name in shared and covers(m.mount_path, path) for m in kube.pod_overlay.volume_mounts):
+        return None
+    return (
+        f"output.path '{path}' is on no shared volume, and this job has {spec.distribution.nodes} nodes: each "
+        "would keep its own part of every checkpoint on its pod's emptyDir (lost with the pod, so nothing "
+        "resumes), and the model would be lost too. Set kubernetes.outputVolume: {claimName: <a ReadWriteMany "
+        f"claim>, mountPath: {path}}}, or mount a shared volume (nfs, csi, a claim) at {path} with "
+        "kubernetes.podOverlay, or set output.ephemeral: true to accept it"
+    )
 
 
 class ObjectMeta(BaseModel):

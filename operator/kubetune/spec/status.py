@@ -84,6 +84,15 @@ class Metrics(StatusModel):
     model_path: str | None = Field(default=None, description="Where the fine-tuned model was saved.")
 
 
+class CheckpointReport(StatusModel):
+    step: int = Field(default=0, description="Optimizer step of the newest checkpoint.")
+    save_seconds: float | None = Field(
+        default=None, description="How long writing it took, all ranks together (sizes the deletion grace)."
+    )
+    size_bytes: int | None = Field(default=None, description="Size of its folder as rank 0 sees it.")
+    time: str | None = Field(default=None, description="When it was written.")
+
+
 class FailureReason(StrEnum):
     OOM_KILLED = "OOMKilled"
     ERROR = "Error"
@@ -154,4 +163,9 @@ class FineTuneJobStatus(StatusModel):
     progress: Progress | None = Field(default=None, description="Live progress reported by rank 0.")
     metrics: Metrics | None = Field(default=None, description="Latest training and eval metrics.")
     last_failure: Failure | None = Field(default=None, description="The most recent worker failure.")
+    last_checkpoint: CheckpointReport | None = Field(
+        default=None,
+        description="The newest checkpoint rank 0 reported; its save time sets how long deleted workers get to "
+        "write the next one (see kubernetes.terminationGracePeriodSeconds).",
+    )
     message: str = Field(default="", description="One line on the current phase.")

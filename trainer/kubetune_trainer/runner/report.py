@@ -102,8 +102,11 @@ def _data_description(job: FineTuneJob) -> str:
             source += f", eval `{data.files.eval}`"
     else:
         source = f"hub dataset `{data.name}`" + (f" (config `{data.config}`)" if data.config else "")
-    fields = ", ".join(data.text_fields)
-    return f"{source}; text {fields}; label {data.label_field}; max length {data.max_length} tokens"
+    if data.prompt_field:
+        fields = f"prompt {data.prompt_field}; completion {data.completion_field}"
+    else:
+        fields = f"text {', '.join(data.text_fields)}; label {data.label_field}"
+    return f"{source}; {fields}; max length {data.max_length} tokens"
 
 
 def _final_metrics(result: RunResult) -> dict[str, float]:
