@@ -624,7 +624,10 @@ class RunPolicy(SpecModel):
         "loss, a deleted worker) before the job fails; they do not count against backoffLimit. Evictions "
         "by the kubelet for node memory/disk pressure count as failures.",
     )
-    suspend: bool = Field(default=False, description="Remove the workers but keep the job; false resumes it.")
+    suspend: bool = Field(
+        default=False,
+        description="Deprecated: use spec.suspend (still honoured: the job is suspended when either is true).",
+    )
     report_progress: bool = Field(
         default=True,
         description="Let rank 0 patch live progress into the status (per-job least-privilege role).",
@@ -648,6 +651,11 @@ class FineTuneJobSpec(SpecModel):
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Restarts, deadlines and suspension."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Remove the workers (SIGTERM: they checkpoint) but keep the job; false resumes it from its "
+        "checkpoint. As on Job, JobSet and TrainJob.",
     )
 
     @model_validator(mode="after")
@@ -673,6 +681,11 @@ class FineTuneJobSpec(SpecModel):
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
         return self
+
+    @property
+    def suspended(self) -> bool:
+        """spec.suspend, or the older spec.runPolicy.suspend (kept working, not dropped)."""
+        return self.suspend or self.run_policy.suspend
 
     @property
     def primary_metric(self) -> str:
