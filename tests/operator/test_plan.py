@@ -242,7 +242,9 @@ def test_the_active_deadline_fails_a_job_that_runs_too_long() -> None:
     assert sorted(late.delete_workers) == ["demo-worker-0", "demo-worker-1"]
 
 
-def test_workers_stuck_unschedulable_or_pulling_fail_the_job_a_scheduling_timeout_after_they_got_stuck() -> None:
+def test_workers_stuck_unschedulable_or_pulling_fail_the_job_a_scheduling_timeout_after_they_got_stuck() -> (
+    None
+):
     body = job_body(runPolicy={"schedulingTimeoutSeconds": 60})
     body = written(body, decide(body, [], 0))
     stuck = [pod(0, phase="Pending", unschedulable=True), pod(1)]
