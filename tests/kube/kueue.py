@@ -8,7 +8,9 @@
 It runs as a process next to the API server, like the other control-plane parts: its webhook server listens
 on 127.0.0.1 with a serving certificate the cluster's CA signs here (Kueue's internal certificate management
 is off), and the API server reaches it through Mutating/ValidatingWebhookConfigurations that name it by
-`url` and `caBundle`. Only Kueue's own kinds (kueue.x-k8s.io) are registered: no job framework is enabled,
+`url` and `caBundle`. Kueue v0.17 reads its metrics certificate from the fixed path /etc/kueue/metrics/certs
+when its certificate management is off, so it runs in a mount namespace of its own whose /etc is an overlay
+holding that file: nothing on the host's /etc changes. Only Kueue's own kinds (kueue.x-k8s.io) are registered: no job framework is enabled,
 so Kueue's pod/Job/... webhooks (failurePolicy Fail) would only block every pod of the cluster.
 """
 
@@ -34,6 +36,9 @@ from tests.kube.processes import ManagedProcess, free_loopback_port, http_get_ok
 HACK_DIR = Path(__file__).resolve().parents[2] / "hack" / "kueue"
 KUEUE_ENV = "KUBETUNE_KUEUE_BIN"
 KUEUE_NAMESPACE = "kueue-system"
+METRICS_CERT_DIR = "kueue/metrics/certs"  # under /etc, hard-wired in Kueue's main.go
+# Runs argv[3:] with an overlay on /etc (upper directory $1, work directory $2) in a private mount namespace.
+OVERLAY_ETC = 'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"'
 WEBHOOK_CONFIGURATIONS = ("kubetune-test-kueue-mutating", "kubetune-test-kueue-validating")
 
 
@@ -151,14 +156,21 @@ class KueueManager:
             raise ClusterError("the cluster is not started")
         serving = create_serving_pair(certs, "serving", pki.ca, "kueue-webhook", ["localhost"], ["127.0.0.1"])
         # controller-runtime's webhook server reads tls.crt / tls.key from certDir.
-        (certs / "tls.crt").write_bytes(serving.cert.read_bytes())
-        (certs / "tls.key").write_bytes(serving.key.read_bytes())
+        upper, work = self.directory / "etc-upper", self.directory / "etc-work"
+        for target in (certs, upper / METRICS_CERT_DIR):
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "tls.crt").write_bytes(serving.cert.read_bytes())
+            (target / "tls.key").write_bytes(serving.key.read_bytes())
+        work.mkdir(exist_ok=True)
         webhook_port, self.health_port = free_loopback_port(), free_loopback_port()
         config_file = self.directory / "config.yaml"
         config_file.write_text(yaml.safe_dump(_configuration(webhook_port, self.health_port, certs)))
         self.process = ManagedProcess(
             "kueue",
             [
+                *("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", OVERLAY_ETC, "kueue"),
+                str(upper),
+                str(work),
                 str(self.build.binary),
                 f"--config={config_file}",
                 f"--kubeconfig={self.cluster.kubeconfig}",
