@@ -38,7 +38,9 @@ KUEUE_ENV = "KUBETUNE_KUEUE_BIN"
 KUEUE_NAMESPACE = "kueue-system"
 METRICS_CERT_DIR = "kueue/metrics/certs"  # under /etc, hard-wired in Kueue's main.go
 # Runs argv[3:] with an overlay on /etc (upper directory $1, work directory $2) in a private mount namespace.
-OVERLAY_ETC = 'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"'
+OVERLAY_ETC = (
+    'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"'
+)
 WEBHOOK_CONFIGURATIONS = ("kubetune-test-kueue-mutating", "kubetune-test-kueue-validating")
 
 
