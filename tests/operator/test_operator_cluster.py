@@ -306,16 +306,22 @@ def test_suspend_removes_the_workers_and_resume_brings_them_back(
     kubectl("apply", "-f", "-", input=job_manifest("pausable", nodes=2))
     running_workers(kube_cluster, kube_namespace, "pausable", 2)
 
-    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     suspended = wait_phase(kube_cluster, kube_namespace, "pausable", "Suspended")
+    assert "set spec.suspend to false" in suspended["message"]
     wait_for(lambda: workers(kube_cluster, kube_namespace, "pausable") == [], 30, "the workers to be removed")
     assert next(c for c in suspended["conditions"] if c["type"] == "Suspended")["status"] == "True"
 
-    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     running_workers(kube_cluster, kube_namespace, "pausable", 2)
     resumed = wait_phase(kube_cluster, kube_namespace, "pausable", "Running")
     assert resumed["restarts"] == 0
     wait_event_reasons(kube_cluster, kube_namespace, "pausable", "Suspended", "Resumed")
+
+    # The older runPolicy.suspend (PyTorchJob v1 style) is still honoured, and the status says which field.
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    legacy = wait_phase(kube_cluster, kube_namespace, "pausable", "Suspended")
+    assert "set spec.runPolicy.suspend to false" in legacy["message"]
 
 
 def test_deleting_a_job_leaves_no_children_behind(
