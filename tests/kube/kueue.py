@@ -20,6 +20,7 @@ import base64
 import contextlib
 import os
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +133,14 @@ class KueueManager:
         self.directory = cluster.workdir / "kueue"
         self.process: ManagedProcess | None = None
         self.health_port = 0
+        self.startup_seconds: float | None = None  # CRDs to webhooks answering
 
     def start(self, timeout: float = 120) -> None:
         """Installs the CRDs, starts the manager, registers its webhooks and waits until they answer.
 
         Raises ClusterError (or ProcessFailed with Kueue's log tail) when Kueue does not come up.
         """
+        began = time.monotonic()
         if getattr(self.cluster, "network", None) is not None:
             raise ClusterError(
                 "Kueue's webhooks listen on the host's loopback: use a cluster without real nodes"
@@ -188,6 +191,7 @@ class KueueManager:
         self.process.wait_until(lambda: http_get_ok(ready), timeout, "ready")
         self._register_webhooks(webhook_port, pki.ca)
         self._wait_for_webhooks(timeout)
+        self.startup_seconds = time.monotonic() - began
 
     def _register_webhooks(self, port: int, ca: KeyPair) -> None:
         admission: Any = client.AdmissionregistrationV1Api(self.cluster.api_client())

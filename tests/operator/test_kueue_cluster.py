@@ -19,11 +19,10 @@ import pytest
 import yaml
 from kubernetes import client
 from kubetune.controller.queueing import QUEUE_LABEL, workload_name
-from kubetune.controller.rbac import cluster_role
 
 from tests.kube.harness import LocalCluster, wait_for
-from tests.kube.kueue import KueueManager, KueueNotFound, find_kueue
-from tests.operator.conftest import OperatorProcess, job_manifest
+from tests.kube.kueue import KueueManager
+from tests.operator.conftest import OperatorProcess, job_manifest, operator_account
 from tests.operator.test_operator_cluster import (
     events,
     running_workers,
@@ -40,30 +39,9 @@ NODES = 4  # 16 GPUs, the ClusterQueue's quota
 KUEUE_POOL_LABEL = "kubetune.test/kueue-pool"
 
 
-@pytest.fixture(scope="module")
-def kueue(kube_cluster: Any, require_kube_nodes: None) -> Iterator[KueueManager]:
-    """The real Kueue manager; a cluster that cannot start it FAILS the tests with the reason."""
-    try:
-        build = find_kueue()
-    except KueueNotFound as error:
-        pytest.fail(str(error), pytrace=False)
-    manager = KueueManager(build, kube_cluster)
-    manager.start()
-    yield manager
-    manager.stop()
-
-
-@pytest.fixture(scope="module")
-def require_kube_nodes(kube_cluster: Any) -> None:  # (module scope: the kueue fixture is module-scoped)
-    if not kube_cluster.has_nodes:
-        pytest.fail(
-            "the Kueue tests need KWOK nodes and the controllers (hack/cluster/build.sh)", pytrace=False
-        )
-
-
 @pytest.fixture
 def gpu_queue(
-    kube_cluster: LocalCluster, kube_namespace: str, kueue: KueueManager
+    kube_cluster: LocalCluster, kube_namespace: str, kube_kueue: KueueManager
 ) -> Iterator[dict[str, str]]:
     """4 KWOK nodes x 4 GPUs of their own, a ResourceFlavor selecting them, a ClusterQueue with a 16-GPU quota
     (preempting lower priorities) and a LocalQueue `gpus` in the test's namespace."""
@@ -137,31 +115,16 @@ def kueue_operator(
     kube_cluster: LocalCluster, kube_namespace: str, finetunejob_crd: None, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     """`kubetune operator --kueue` as a ServiceAccount holding exactly OPERATOR_RULES + KUEUE_RULES."""
-    api = kube_cluster.api_client()
-    core: Any = client.CoreV1Api(api)
-    rbac: Any = client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(kube_namespace, {"metadata": {"name": "kubetune-operator"}})
-    role = f"kubetune-operator-kueue-{kube_namespace}"
-    rbac.create_cluster_role(cluster_role(role, kueue=True))
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": kube_namespace}
-            ],
-        }
-    )
-    kubeconfig = kube_cluster.kubeconfig_for_service_account(kube_namespace, "kubetune-operator")
-    process = OperatorProcess(kube_namespace, kubeconfig, tmp_path, extra_args=("--standalone", "--kueue"))
-    process.start()
-    yield process
-    process.stop()
-    log = process.log()
-    if "Traceback" in log:
-        print(f"--- operator log ---\n{log[-6000:]}")
-    rbac.delete_cluster_role_binding(role)
-    rbac.delete_cluster_role(role)
+    with operator_account(kube_cluster, kube_namespace, kueue=True) as kubeconfig:
+        process = OperatorProcess(
+            kube_namespace, kubeconfig, tmp_path, extra_args=("--standalone", "--kueue")
+        )
+        process.start()
+        yield process
+        process.stop()
+        log = process.log()
+        if "Traceback" in log:
+            print(f"--- operator log ---\n{log[-6000:]}")
 
 
 def queued_job(name: str, queue: str, nodes: int = 3, priority_class: str | None = None, **spec: Any) -> str:
@@ -202,7 +165,7 @@ def test_two_gangs_over_quota_one_runs_the_other_waits_queued_without_a_pod_and_
     kubectl: Any,
     gpu_queue: dict[str, str],
     kueue_operator: OperatorProcess,
-    kueue: KueueManager,
+    kube_kueue: KueueManager,
 ) -> None:
     began = time.monotonic()
     queue = gpu_queue["local_queue"]
@@ -225,7 +188,7 @@ def test_two_gangs_over_quota_one_runs_the_other_waits_queued_without_a_pod_and_
 
     finish(kube_cluster, kube_namespace, "first")
     wait_phase(kube_cluster, kube_namespace, "first", "Succeeded", timeout=30)
-    second = running_workers_within(kube_cluster, kube_namespace, "second", 3, timeout=60)
+    second = running_workers(kube_cluster, kube_namespace, "second", 3, timeout=60)
     assert {p.spec.node_selector[KUEUE_POOL_LABEL] for p in second} == {gpu_queue["pool"]}
     finish(kube_cluster, kube_namespace, "second")
     done = wait_phase(kube_cluster, kube_namespace, "second", "Succeeded", timeout=30)
@@ -233,17 +196,9 @@ def test_two_gangs_over_quota_one_runs_the_other_waits_queued_without_a_pod_and_
     assert ("Normal", "Queued") in {
         (kind, reason) for kind, reason, _ in events(kube_cluster, kube_namespace, "second")
     }
-    print(f"no-deadlock scenario: {time.monotonic() - began:.1f}s")
-
-
-def running_workers_within(
-    cluster: LocalCluster, namespace: str, name: str, count: int, timeout: float
-) -> list[Any]:
-    def all_running() -> list[Any] | None:
-        pods = [p for p in workers(cluster, namespace, name) if not p.metadata.deletion_timestamp]
-        return pods if len(pods) == count and all(p.status.phase == "Running" for p in pods) else None
-
-    return wait_for(all_running, timeout, f"{count} running workers of {name}")
+    print(
+        f"Kueue start {kube_kueue.startup_seconds:.1f}s; no-deadlock scenario {time.monotonic() - began:.1f}s"
+    )
 
 
 def test_a_high_priority_gang_preempts_a_low_one_which_requeues_uncounted_and_runs_again(
@@ -252,7 +207,7 @@ def test_a_high_priority_gang_preempts_a_low_one_which_requeues_uncounted_and_ru
     kubectl: Any,
     gpu_queue: dict[str, str],
     kueue_operator: OperatorProcess,
-    kueue: KueueManager,
+    kube_kueue: KueueManager,
 ) -> None:
     began = time.monotonic()
     queue = gpu_queue["local_queue"]
@@ -262,7 +217,7 @@ def test_a_high_priority_gang_preempts_a_low_one_which_requeues_uncounted_and_ru
         scheduling.create_priority_class({"metadata": {"name": name}, "value": value})
     try:
         kubectl("apply", "-f", "-", input=queued_job("batch", queue, priority_class=low))
-        before = running_workers_within(kube_cluster, kube_namespace, "batch", 3, timeout=60)
+        before = running_workers(kube_cluster, kube_namespace, "batch", 3, timeout=60)
         kubectl("apply", "-f", "-", input=queued_job("urgent", queue, priority_class=high))
 
         requeued = wait_phase(kube_cluster, kube_namespace, "batch", "Queued", timeout=60)
@@ -274,13 +229,13 @@ def test_a_high_priority_gang_preempts_a_low_one_which_requeues_uncounted_and_ru
             p.metadata.uid not in {q.metadata.uid for q in workers(kube_cluster, kube_namespace, "batch")}
             for p in before
         )
-        running_workers_within(kube_cluster, kube_namespace, "urgent", 3, timeout=60)
+        running_workers(kube_cluster, kube_namespace, "urgent", 3, timeout=60)
         reasons = {reason for _, reason, _ in events(kube_cluster, kube_namespace, "batch")}
         assert "Preempted" in reasons
 
         finish(kube_cluster, kube_namespace, "urgent")
         wait_phase(kube_cluster, kube_namespace, "urgent", "Succeeded", timeout=30)
-        again = running_workers_within(kube_cluster, kube_namespace, "batch", 3, timeout=120)
+        again = running_workers(kube_cluster, kube_namespace, "batch", 3, timeout=120)
         assert {p.metadata.labels["kubetune.io/attempt"] for p in again} == {"1"}  # resumes as a new attempt
         resumed = wait_phase(kube_cluster, kube_namespace, "batch", "Running", timeout=30)
         assert resumed["failedAttempts"] == 0
@@ -298,11 +253,11 @@ def test_spec_suspend_on_a_queued_job_releases_its_quota_and_resume_queues_it_ag
     kubectl: Any,
     gpu_queue: dict[str, str],
     kueue_operator: OperatorProcess,
-    kueue: KueueManager,
+    kube_kueue: KueueManager,
 ) -> None:
     queue = gpu_queue["local_queue"]
     kubectl("apply", "-f", "-", input=queued_job("pausable", queue))
-    running_workers_within(kube_cluster, kube_namespace, "pausable", 3, timeout=60)
+    running_workers(kube_cluster, kube_namespace, "pausable", 3, timeout=60)
     assert get_workload(kube_cluster, kube_namespace, "pausable") is not None
     kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     suspended = wait_phase(kube_cluster, kube_namespace, "pausable", "Suspended")
@@ -312,5 +267,15 @@ def test_spec_suspend_on_a_queued_job_releases_its_quota_and_resume_queues_it_ag
         lambda: get_workload(kube_cluster, kube_namespace, "pausable") is None, 30, "the Workload deleted"
     )
     kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    running_workers_within(kube_cluster, kube_namespace, "pausable", 3, timeout=60)
+    running_workers(kube_cluster, kube_namespace, "pausable", 3, timeout=60)
     assert status(kube_cluster, kube_namespace, "pausable")["failedAttempts"] == 0
+
+
+def test_without_the_integration_a_job_asking_for_a_queue_fails_at_once_naming_the_fix(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    """The operator without --kueue never runs a job unqueued that asked for a queue."""
+    kubectl("apply", "-f", "-", input=queued_job("unqueued", "gpus"))
+    failed = wait_phase(kube_cluster, kube_namespace, "unqueued", "Failed")
+    assert "kueue.enabled=true" in failed["message"]
+    assert workers(kube_cluster, kube_namespace, "unqueued") == []

@@ -60,13 +60,15 @@ def workers(cluster: LocalCluster, namespace: str, name: str) -> list[Any]:
     return sorted(pods.items, key=lambda p: p.metadata.name)
 
 
-def running_workers(cluster: LocalCluster, namespace: str, name: str, count: int) -> list[Any]:
+def running_workers(
+    cluster: LocalCluster, namespace: str, name: str, count: int, timeout: float = 30
+) -> list[Any]:
     def all_running() -> list[Any] | None:
         pods = [p for p in workers(cluster, namespace, name) if not p.metadata.deletion_timestamp]
         ok = len(pods) == count and all(p.status.phase == "Running" for p in pods)
         return pods if ok else None
 
-    return wait_for(all_running, 30, f"{count} running workers of {name}")
+    return wait_for(all_running, timeout, f"{count} running workers of {name}")
 
 
 def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
