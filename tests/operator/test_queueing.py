@@ -182,3 +182,17 @@ def test_a_finished_queued_job_releases_its_workload() -> None:
         observe_admission("team-a", ADMITTED),
     )
     assert done.status.phase == Phase.SUCCEEDED and done.delete_workload
+
+
+def test_a_gang_preempted_while_restarting_records_no_extra_attempt() -> None:
+    body = queued_body()
+    body = written(body, decide(body, [], 0, observe_admission("team-a", ADMITTED)))
+    body = written(body, decide(body, [pod(0), pod(1)], 5, observe_admission("team-a", ADMITTED)))
+    crashed = [pod(0), pod(1, phase="Failed", exit_code=1)]
+    restarting = decide(body, crashed, 10, observe_admission("team-a", ADMITTED))
+    assert restarting.status.phase == Phase.RESTARTING and restarting.status.attempt == 1
+    body = written(body, restarting)
+    queued = decide(body, crashed, 11, observe_admission("team-a", EVICTED))
+    assert queued.status.phase == Phase.QUEUED and queued.status.attempt == 1
+    assert [a.attempt for a in queued.status.attempts] == [0]
+    assert queued.status.failed_attempts == 1  # the crash counted; the preemption did not

@@ -647,22 +647,23 @@ class _Planner:
         had_attempt = self.previous.phase in (Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING)
         if had_attempt:
             message = f"preempted by Kueue ({admission.reason}): {admission.message}".strip()
-            self.status.last_failure = Failure(
-                reason=FailureReason.PREEMPTED,
-                message=tail(message),
-                attempt=self.status.attempt,
-                time=format_time(self.now),
-            )
-            self.close_attempt(FailureReason.PREEMPTED, self.status.last_failure, counted=False)
             self.plan.events.append(JobEvent("Warning", "Preempted", tail(message, 900)))
-            # A fresh attempt number: the old workers still terminating are then stale, waited for.
-            self.status.attempt += 1
+            if self.previous.phase != Phase.RESTARTING:  # (a restarting gang's attempt is closed already)
+                self.status.last_failure = Failure(
+                    reason=FailureReason.PREEMPTED,
+                    message=tail(message),
+                    attempt=self.status.attempt,
+                    time=format_time(self.now),
+                )
+                self.close_attempt(FailureReason.PREEMPTED, self.status.last_failure, counted=False)
+                # A fresh attempt number: the old workers still terminating are then stale, waited for.
+                self.status.attempt += 1
             self.status.start_time = None
             self.status.attempt_start_time = None
             self.status.next_attempt_time = None
             self.condition(ConditionType.RESTARTING, False, "Queued", "")
         self.delete_live_workers(keep_finished=False)
-        remaining = [p for p in self.pods]
+        remaining = list(self.pods)
         if admission.state == QueueState.EVICTED:
             if remaining:
                 self.plan.requeue(POLL_SECONDS)
@@ -749,7 +750,8 @@ def plan(
     result = _Planner(job, pods, now, options or PlanOptions(), admission).run()
     if result.status.phase != job.status.phase and result.status.phase is not None:
         kind = "Warning" if result.status.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
-        if not result.events:  # an explicit event (GangRestart, BackoffLimitExceeded, ...) says more
+        # An explicit event (GangRestart, BackoffLimitExceeded, ...) says more; WorkerWaiting is about a pod.
+        if all(event.reason == "WorkerWaiting" for event in result.events):
             result.events.append(JobEvent(kind, str(result.status.phase), result.status.message or ""))
     return result
 
