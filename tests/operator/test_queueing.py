@@ -196,3 +196,21 @@ def test_a_gang_preempted_while_restarting_records_no_extra_attempt() -> None:
     assert queued.status.phase == Phase.QUEUED and queued.status.attempt == 1
     assert [a.attempt for a in queued.status.attempts] == [0]
     assert queued.status.failed_attempts == 1  # the crash counted; the preemption did not
+
+
+def test_the_quota_goes_back_only_once_no_worker_holds_its_gpus() -> None:
+    """Worker 0 succeeded, worker 1 still terminates (its grace period): releasing the quota now would let the
+    next gang in while these GPUs are taken, and its pods would wait unschedulable."""
+    body = queued_body()
+    body = written(body, decide(body, [], 0, observe_admission("team-a", ADMITTED)))
+    body = written(body, decide(body, [pod(0), pod(1)], 5, observe_admission("team-a", ADMITTED)))
+    done = decide(
+        body, [pod(0, phase="Succeeded", exit_code=0), pod(1)], 9, observe_admission("team-a", ADMITTED)
+    )
+    assert done.status.phase == Phase.SUCCEEDED and done.delete_workers == ["demo-worker-1"]
+    assert not done.delete_workload and done.requeue_after is not None
+    body = written(body, done)
+    still = decide(body, [pod(0, phase="Succeeded", exit_code=0), pod(1, deleting=True)], 10, None)
+    assert not still.delete_workload
+    gone = decide(body, [pod(0, phase="Succeeded", exit_code=0)], 12, None)
+    assert gone.delete_workload

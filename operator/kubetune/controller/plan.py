@@ -278,9 +278,20 @@ class _Planner:
         self.condition(ConditionType.RESTARTING, False, reason, "")
         self.delete_live_workers()
         self.status.waiting = []
-        self.plan.delete_workload = queue_name(self.job.labels) is not None
+        self.release_quota()
         self._ttl()
         return self.plan
+
+    def release_quota(self) -> None:
+        """A job that is done with its Workload (finished, suspended) deletes it, which gives its quota back to
+        the queue, but only once no worker holds a node's resources any more: a worker still terminating (its
+        grace period: the checkpoint) keeps its GPUs, and the next admitted gang would find them taken."""
+        if self.queue is None:
+            return
+        if all(pod.finished for pod in self.pods):
+            self.plan.delete_workload = True
+        else:
+            self.plan.requeue(POLL_SECONDS)
 
     def _ttl(self) -> None:
         completed = parse_time(self.status.completion_time)
@@ -377,7 +388,7 @@ class _Planner:
         except SpecError:
             self.plan.spec = None
         self.delete_live_workers()
-        self.plan.delete_workload = self.queue is not None
+        self.release_quota()
         self._ttl()
         return self.plan
 
@@ -423,7 +434,7 @@ class _Planner:
         if self.previous.phase != Phase.SUSPENDED:
             self.plan.events.append(JobEvent("Normal", "Suspended", "spec.suspend is true: workers removed"))
         # A suspended job holds no quota: its Workload goes, and a new one queues when it resumes.
-        self.plan.delete_workload = self.queue is not None
+        self.release_quota()
         self.status.waiting = []
         self.status.phase = Phase.SUSPENDED
         field_name = "spec.suspend" if spec_suspend(self.job.spec) else "spec.runPolicy.suspend"
