@@ -54,7 +54,6 @@ class Admission:
     reason: str = ""
     message: str = ""
     placement: Placement = field(default_factory=Placement)
-    workload_exists: bool = False
 
 
 def queue_name(labels: dict[str, str] | None) -> str | None:
@@ -77,13 +76,9 @@ def build_workload(
     `priority` is the (PriorityClass name, value) of the workers, None without one.
     """
     pod_spec = worker_pod["spec"]
-    template: dict[str, Any] = {
-        "containers": [
-            {"name": c["name"], "image": c.get("image", ""), "resources": c.get("resources") or {}}
-            for c in pod_spec.get("containers", [])
-        ],
-    }
-    for key in ("initContainers",):
+    template: dict[str, Any] = {}
+    # Only what Kueue counts and matches flavors on: the containers' requests, placement, priority.
+    for key in ("containers", "initContainers"):
         if pod_spec.get(key):
             template[key] = [
                 {"name": c["name"], "image": c.get("image", ""), "resources": c.get("resources") or {}}
@@ -160,14 +155,12 @@ def observe_admission(
     admitted = _condition(workload, "Admitted")
     evicted = _condition(workload, "Evicted")
     has_admission = bool((workload.get("status") or {}).get("admission"))
-    if _true(evicted) and (_true(reserved) or has_admission):
-        assert evicted is not None
+    if evicted is not None and _true(evicted) and (_true(reserved) or has_admission):
         return Admission(
             queue,
             QueueState.EVICTED,
             str(evicted.get("reason") or "Evicted"),
             str(evicted.get("message") or ""),
-            workload_exists=True,
         )
     if _true(admitted) and has_admission:
         return Admission(
@@ -176,13 +169,12 @@ def observe_admission(
             "Admitted",
             f"admitted by ClusterQueue {workload['status']['admission'].get('clusterQueue', '')}",
             placement_of(flavors or []),
-            workload_exists=True,
         )
     # Kueue says why in QuotaReserved's message ("couldn't assign flavors to pod set workers: insufficient
     # quota for nvidia.com/gpu ...") once it has tried; before that, nothing.
     detail = (reserved or {}).get("message") or f"waiting in LocalQueue {queue}"
     reason = (reserved or {}).get("reason") or "Pending"
-    return Admission(queue, QueueState.QUEUED, str(reason), str(detail), workload_exists=True)
+    return Admission(queue, QueueState.QUEUED, str(reason), str(detail))
 
 
 def requeue_status(workload: dict[str, Any], now: datetime) -> dict[str, Any]:
