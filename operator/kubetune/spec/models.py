@@ -356,6 +356,14 @@ class DeepSpeedSpec(SpecModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
+    @field_validator("zero_stage", mode="before")
+    @classmethod
+    def _zero_stage_is_a_number(cls, value: Any) -> Any:
+        # (true == 1 for a Literal, even strict; the API server refuses a boolean here: so do we)
+        if isinstance(value, bool):
+            raise ValueError(f"deepspeed.zeroStage is {str(value).lower()}: use a number: 0, 1, 2 or 3")
+        return value
+
     @model_validator(mode="after")
     def _offload_rules(self) -> DeepSpeedSpec:
         if self.offload_optimizer != OffloadDevice.NONE and self.zero_stage == 0:
