@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck venv cluster-bin node-bin images gpu-check
+.PHONY: demo test lint typecheck venv cluster-bin node-bin kueue-bin images gpu-check
 # Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
@@ -25,6 +25,10 @@ demo:
 
 cluster-bin:
 	bash hack/cluster/build.sh
+
+# The Kueue manager of the test cluster (sigs.k8s.io/kueue from the Go module proxy) and its CRDs.
+kueue-bin:
+	bash hack/kueue/build.sh
 
 # The real test nodes' binaries (kubelet, kube-proxy, CoreDNS) and system packages (containerd, runc, CNI).
 node-bin:
@@ -50,16 +54,18 @@ gpu-check:
 	venv=$$(bash hack/setup-venv.sh)
 	"$$venv/bin/python" benchmarks/gpu_check.py
 
-# Everything is built or reused from $(KUBETUNE_CACHE): the venv, the control plane, the real nodes' binaries
-# and the two images (their tests need root: network namespaces, cgroups, a private dockerd).
+# Everything is built or reused from $(KUBETUNE_CACHE): the venv, the control plane, Kueue, the real nodes'
+# binaries and the two images (their tests need root: network namespaces, cgroups, a private dockerd).
 test:
 	bash hack/ensure-system-tools.sh
 	bash hack/nodes/install-packages.sh
 	venv=$$(bash hack/setup-venv.sh)
 	bin=$$(bash hack/cluster/build.sh | tail -n 1)
 	nodes_bin=$$(bash hack/nodes/build.sh | tail -n 1)
+	kueue_bin=$$(bash hack/kueue/build.sh | tail -n 1)
 	bash hack/images/build.sh >/dev/null
-	export KUBETUNE_CLUSTER_BIN="$$bin" KUBETUNE_NODES_BIN="$$nodes_bin" PATH="$$bin:$$venv/bin:$$PATH"
+	export KUBETUNE_CLUSTER_BIN="$$bin" KUBETUNE_NODES_BIN="$$nodes_bin" KUBETUNE_KUEUE_BIN="$$kueue_bin"
+	export PATH="$$bin:$$venv/bin:$$PATH"
 	export KUBETUNE_REQUIRE_CLUSTER=1
 	ruff check .
 	ruff format --check .

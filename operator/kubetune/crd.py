@@ -248,8 +248,8 @@ ROOT_RULES: list[dict[str, str]] = [
         ),
         "messageExpression": (
             "'spec cannot change while the job is ' + oldSelf.status.phase + "
-            "': only spec.runPolicy.suspend and spec.runPolicy.ttlSecondsAfterFinished may; "
-            "suspend the job first (runPolicy.suspend: true), or delete it and apply a new one'"
+            "': only spec.suspend and spec.runPolicy.ttlSecondsAfterFinished may; "
+            "suspend the job first (spec.suspend: true), or delete it and apply a new one'"
         ),
         "fieldPath": ".spec",
         "reason": "FieldValueForbidden",

@@ -66,3 +66,25 @@ def test_the_benchmark_prints_its_figures_for_a_small_round(kube_cluster: Any) -
     assert 0 < pods_p50 <= pods_p99 <= pods_max
     assert seen_p50 > 0
     assert "kube-apiserver" in completed.stdout  # the per-process CPU line
+
+
+@pytest.mark.cluster
+def test_the_queued_benchmark_drains_a_small_queue_without_a_failure(kube_cluster: Any) -> None:
+    """benchmarks/operator_queued.py end to end at a tiny size (its own cluster, a real Kueue)."""
+    from tests.kube.kueue import KueueNotFound, find_kueue
+
+    try:
+        find_kueue()
+    except KueueNotFound as error:
+        pytest.fail(str(error), pytrace=False)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.operator_queued", "--jobs", "3", "--fits", "1", "--dwell", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "failed: 0 []" in completed.stdout, completed.stdout
+    assert "admission -> 4 pods created (watch): p50" in completed.stdout
+    assert "over 3 jobs" in completed.stdout

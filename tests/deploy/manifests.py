@@ -25,7 +25,9 @@ MANIFESTS = REPO / "manifests"
 RULES_FILE = CHART / "files" / "operator-rules.yaml"
 # Resources of the operator's rules that are not namespaced (tests/deploy/test_install.py checks this against
 # the API server's discovery): in namespaced mode they cannot go into a Role.
-CLUSTER_SCOPED = frozenset({"customresourcedefinitions", "namespaces", "clusterkopfpeerings"})
+CLUSTER_SCOPED = frozenset(
+    {"customresourcedefinitions", "namespaces", "clusterkopfpeerings", "resourceflavors", "priorityclasses"}
+)
 # What kopf never touches in one of the two modes (kopf._core.engines.peering.guess_selectors and
 # kopf._core.reactor.observation.namespace_observer): cluster-wide it uses ClusterKopfPeerings and does not
 # observe namespaces; namespaced it uses a KopfPeering per namespace.
@@ -38,6 +40,7 @@ RULES_HEADER = """\
 # clusterMode: the ClusterRole when the operator watches every namespace.
 # namespacedMode.namespaced: the Role in each watched namespace (watch.namespaces).
 # namespacedMode.cluster: the only cluster-wide rights in namespaced mode (kopf's CRD and namespace scans).
+# kueue: KUEUE_RULES, added with the value kueue.enabled (namespaced: with the jobs; cluster: cluster-wide).
 # No Secret appears: workers get the Hugging Face token through a secretKeyRef that the kubelet resolves.
 """
 RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
@@ -63,10 +66,15 @@ def _restrict(rules: list[dict[str, Any]], keep: Any) -> list[dict[str, Any]]:
 
 def chart_rules() -> dict[str, Any]:
     """The chart's RBAC rules for both modes, derived from the operator's OPERATOR_RULES."""
-    from kubetune.controller.rbac import OPERATOR_RULES
+    from kubetune.controller.rbac import KUEUE_RULES, OPERATOR_RULES
 
     rules = [dict(rule) for rule in OPERATOR_RULES]
+    kueue = [dict(rule) for rule in KUEUE_RULES]
     return {
+        "kueue": {
+            "namespaced": _restrict(kueue, lambda r: r not in CLUSTER_SCOPED),
+            "cluster": _restrict(kueue, lambda r: r in CLUSTER_SCOPED),
+        },
         "clusterMode": _restrict(rules, lambda r: r not in UNUSED_CLUSTER_WIDE),
         "namespacedMode": {
             "namespaced": _restrict(rules, lambda r: r not in CLUSTER_SCOPED),

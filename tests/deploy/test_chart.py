@@ -22,6 +22,7 @@ NAMESPACED = {"watch": {"namespaces": ["team-a", "team-b"]}}
 EVERYTHING_ON = {
     "replicaCount": 2,
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "p"}}},
+    "kueue": {"enabled": True},
 }
 VALUE_SETS = {"defaults": None, "namespaced": NAMESPACED, "everything-on": EVERYTHING_ON}
 
@@ -42,6 +43,26 @@ def _all_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --- lint and schema validity ----------------------------------------------------------------------------------
+
+
+def test_the_kueue_value_adds_the_flag_and_only_the_rules_of_the_integration(
+    helm: Helm, values_dir: Path
+) -> None:
+    """Off by default; on, cluster mode adds KUEUE_RULES to the ClusterRole, namespaced mode puts Workloads into
+    the watched namespaces' Roles and only the read of ResourceFlavors/PriorityClasses cluster-wide."""
+    from kubetune.controller.rbac import KUEUE_RULES
+
+    assert "--kueue" not in _operator_pod(helm.render(None, values_dir))["containers"][0]["args"]
+    objects = helm.render({"kueue": {"enabled": True}}, values_dir)
+    assert "--kueue" in _operator_pod(objects)["containers"][0]["args"]
+    rules = one(objects, "ClusterRole", FULLNAME)["rules"]
+    assert rules == _rules_file()["clusterMode"] + [dict(r) for r in KUEUE_RULES]
+    namespaced = helm.render({**NAMESPACED, "kueue": {"enabled": True}}, values_dir)
+    cluster_rules = one(namespaced, "ClusterRole", FULLNAME)["rules"]
+    assert {"resourceflavors", "priorityclasses"} <= {r for rule in cluster_rules for r in rule["resources"]}
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_rules)
+    for role in find(namespaced, "Role"):
+        assert {"workloads", "workloads/status"} <= {r for rule in role["rules"] for r in rule["resources"]}
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())

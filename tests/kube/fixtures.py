@@ -5,6 +5,8 @@ Fixtures:
 - `kube_namespace` (function): a fresh namespace, deleted after the test;
 - `kubectl` (function): runs the real kubectl against the cluster, in that namespace by default;
 - `kube_api` (function): an admin `kubernetes.client.ApiClient`.
+- `kube_kueue` (session): a real Kueue manager in that cluster (tests/kube/kueue.py); a test that asks for it
+  FAILS when Kueue cannot start or is not built, with the reason.
 
 Where the binaries come from: see tests/kube/binaries.py. When none are found the tests are skipped,
 unless KUBETUNE_REQUIRE_CLUSTER=1 (CI), which turns that into a failure naming what is missing.
@@ -28,6 +30,7 @@ from kubernetes import client, config
 from tests.kube.binaries import BinariesNotFound, find_binaries
 from tests.kube.harness import ClusterError, LocalCluster, run_kubectl, wait_for
 from tests.kube.kubeconfig import write_service_account_kubeconfig
+from tests.kube.kueue import KueueManager, KueueNotFound, find_kueue
 
 REQUIRE_ENV = "KUBETUNE_REQUIRE_CLUSTER"
 EXISTING_ENV = "KUBETUNE_USE_EXISTING_CLUSTER"
@@ -196,3 +199,18 @@ def require_kube_controllers(kube_cluster: Any) -> None:
     """Skips (or fails under KUBETUNE_REQUIRE_CLUSTER=1) without kube-controller-manager/kube-scheduler."""
     if not kube_cluster.has_controllers:
         _unavailable("this test needs kube-controller-manager and kube-scheduler (hack/cluster/build.sh)")
+
+
+@pytest.fixture(scope="session")
+def kube_kueue(kube_cluster: Any) -> Iterator[KueueManager]:
+    """The real Kueue manager (CRDs, webhooks, controllers), started once for the session."""
+    if not kube_cluster.has_nodes:
+        pytest.fail("Kueue needs the local cluster with its controllers and KWOK nodes", pytrace=False)
+    try:
+        build = find_kueue()
+    except KueueNotFound as error:
+        pytest.fail(str(error), pytrace=False)
+    manager = KueueManager(build, kube_cluster)
+    manager.start()
+    yield manager
+    manager.stop()

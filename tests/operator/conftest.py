@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -131,27 +132,35 @@ def gpu_pool(kube_cluster: Any) -> list[str]:
     return names
 
 
-@pytest.fixture
-def operator_kubeconfig(kube_cluster: Any, kube_namespace: str) -> Iterator[Path]:
-    """A kubeconfig for a ServiceAccount holding exactly OPERATOR_RULES (cluster-wide, like the chart)."""
+@contextlib.contextmanager
+def operator_account(kube_cluster: Any, namespace: str, kueue: bool = False) -> Iterator[Path]:
+    """A ServiceAccount `kubetune-operator` in `namespace` holding exactly OPERATOR_RULES (plus KUEUE_RULES
+    with `kueue`), cluster-wide like the chart; yields a kubeconfig for it, removes its rights afterwards."""
     api = kube_cluster.api_client()
     core: Any = client.CoreV1Api(api)  # (dict bodies: the client serialises them as they are)
     rbac: Any = client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(kube_namespace, {"metadata": {"name": "kubetune-operator"}})
-    role_name = f"kubetune-operator-{kube_namespace}"
-    rbac.create_cluster_role(cluster_role(role_name))
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "kubetune-operator"}})
+    role_name = f"kubetune-operator-{namespace}"
+    rbac.create_cluster_role(cluster_role(role_name, kueue=kueue))
     rbac.create_cluster_role_binding(
         {
             "metadata": {"name": role_name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": kube_namespace}
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": namespace}],
         }
     )
-    yield kube_cluster.kubeconfig_for_service_account(kube_namespace, "kubetune-operator")
-    rbac.delete_cluster_role_binding(role_name)
-    rbac.delete_cluster_role(role_name)
+    try:
+        yield kube_cluster.kubeconfig_for_service_account(namespace, "kubetune-operator")
+    finally:
+        rbac.delete_cluster_role_binding(role_name)
+        rbac.delete_cluster_role(role_name)
+
+
+@pytest.fixture
+def operator_kubeconfig(kube_cluster: Any, kube_namespace: str) -> Iterator[Path]:
+    """A kubeconfig for a ServiceAccount holding exactly OPERATOR_RULES (cluster-wide, like the chart)."""
+    with operator_account(kube_cluster, kube_namespace) as kubeconfig:
+        yield kubeconfig
 
 
 @pytest.fixture

@@ -60,13 +60,15 @@ def workers(cluster: LocalCluster, namespace: str, name: str) -> list[Any]:
     return sorted(pods.items, key=lambda p: p.metadata.name)
 
 
-def running_workers(cluster: LocalCluster, namespace: str, name: str, count: int) -> list[Any]:
+def running_workers(
+    cluster: LocalCluster, namespace: str, name: str, count: int, timeout: float = 30
+) -> list[Any]:
     def all_running() -> list[Any] | None:
         pods = [p for p in workers(cluster, namespace, name) if not p.metadata.deletion_timestamp]
         ok = len(pods) == count and all(p.status.phase == "Running" for p in pods)
         return pods if ok else None
 
-    return wait_for(all_running, 30, f"{count} running workers of {name}")
+    return wait_for(all_running, timeout, f"{count} running workers of {name}")
 
 
 def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
@@ -314,16 +316,22 @@ def test_suspend_removes_the_workers_and_resume_brings_them_back(
     kubectl("apply", "-f", "-", input=job_manifest("pausable", nodes=2))
     running_workers(kube_cluster, kube_namespace, "pausable", 2)
 
-    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     suspended = wait_phase(kube_cluster, kube_namespace, "pausable", "Suspended")
+    assert "set spec.suspend to false" in suspended["message"]
     wait_for(lambda: workers(kube_cluster, kube_namespace, "pausable") == [], 30, "the workers to be removed")
     assert next(c for c in suspended["conditions"] if c["type"] == "Suspended")["status"] == "True"
 
-    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     running_workers(kube_cluster, kube_namespace, "pausable", 2)
     resumed = wait_phase(kube_cluster, kube_namespace, "pausable", "Running")
     assert resumed["restarts"] == 0
     wait_event_reasons(kube_cluster, kube_namespace, "pausable", "Suspended", "Resumed")
+
+    # The older runPolicy.suspend (PyTorchJob v1 style) is still honoured, and the status says which field.
+    kubectl("patch", "ftj", "pausable", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    legacy = wait_phase(kube_cluster, kube_namespace, "pausable", "Suspended")
+    assert "set spec.runPolicy.suspend to false" in legacy["message"]
 
 
 def test_deleting_a_job_leaves_no_children_behind(

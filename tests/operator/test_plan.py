@@ -242,22 +242,58 @@ def test_the_active_deadline_fails_a_job_that_runs_too_long() -> None:
     assert sorted(late.delete_workers) == ["demo-worker-0", "demo-worker-1"]
 
 
-def test_workers_stuck_unschedulable_or_pulling_fail_the_job_after_the_scheduling_timeout() -> None:
+def test_workers_stuck_unschedulable_or_pulling_fail_the_job_a_scheduling_timeout_after_they_got_stuck() -> (
+    None
+):
     body = job_body(runPolicy={"schedulingTimeoutSeconds": 60})
     body = written(body, decide(body, [], 0))
     stuck = [pod(0, phase="Pending", unschedulable=True), pod(1)]
+    # Stuck from t=30 (first seen; the factory's condition has no transition time): the clock starts there.
     early = decide(body, stuck, 30)
-    assert early.status.phase == Phase.PENDING and early.requeue_after == 30
+    assert early.status.phase == Phase.PENDING and early.requeue_after == 60
     assert "Unschedulable" in early.status.message
-    late = decide(body, stuck, 61)
+    assert [(w.pod, w.reason, w.since) for w in early.status.waiting] == [
+        ("demo-worker-0", "Unschedulable", "2026-01-01T12:00:30Z")
+    ]
+    assert [e.reason for e in early.events] == ["WorkerWaiting"]
+    body = written(body, early)
+    assert decide(body, stuck, 61).status.phase == Phase.PENDING  # 61 s after the attempt, 31 s stuck
+    late = decide(body, stuck, 91)
     assert late.status.phase == Phase.FAILED
     assert late.status.last_failure is not None and late.status.last_failure.reason == "Unschedulable"
-    assert "Insufficient nvidia.com/gpu" in late.status.message
+    assert "Insufficient nvidia.com/gpu" in late.status.message and "after 61s" in late.status.message
     pulling = [pod(0, phase="Pending", waiting="ImagePullBackOff"), pod(1)]
-    failed = decide(body, pulling, 61)
+    # A pull error appears when the attempt is long old: its own clock starts now, and does not fail it.
+    first = decide(body, pulling, 500)
+    assert first.status.phase == Phase.STARTING and first.status.waiting[0].reason == "ImagePullBackOff"
+    body = written(body, first)
+    assert decide(body, pulling, 559).status.phase == Phase.STARTING
+    failed = decide(body, pulling, 561)
     assert failed.status.phase == Phase.FAILED and condition(failed, "Failed")["reason"] == "ImagePullBackOff"
     invalid = decide(body, [pod(0, phase="Pending", waiting="InvalidImageName"), pod(1)], 1)
     assert invalid.status.phase == Phase.FAILED  # never recovers: no need to wait
+
+
+def test_a_worker_that_recovers_from_a_pull_error_starts_a_fresh_clock_if_it_gets_stuck_again() -> None:
+    body = job_body(runPolicy={"schedulingTimeoutSeconds": 60})
+    body = written(body, decide(body, [], 0))
+    pulling = [pod(0, phase="Pending", waiting="ErrImagePull"), pod(1)]
+    body = written(body, decide(body, pulling, 700))
+    recovered = decide(body, [pod(0), pod(1)], 750)
+    assert recovered.status.phase == Phase.RUNNING and recovered.status.waiting == []
+    body = written(body, recovered)
+    again = decide(body, pulling, 800)
+    assert again.status.phase == Phase.STARTING and again.status.waiting[0].since == "2026-01-01T12:13:20Z"
+
+
+def test_an_unschedulable_worker_counts_from_its_podscheduled_transition_time() -> None:
+    body = job_body(runPolicy={"schedulingTimeoutSeconds": 60})
+    body = written(body, decide(body, [], 0))
+    stuck = pod(0, phase="Pending", unschedulable=True)
+    stuck["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T12:00:10Z"
+    result = decide(body, [stuck, pod(1)], 40)
+    assert result.status.waiting[0].since == "2026-01-01T12:00:10Z" and result.requeue_after == 30
+    assert decide(written(body, result), [stuck, pod(1)], 71).status.phase == Phase.FAILED
 
 
 def test_a_finished_job_is_deleted_after_its_ttl() -> None:

@@ -121,8 +121,11 @@ def test_a_container_stuck_creating_fails_after_the_scheduling_timeout() -> None
     fresh = job_body()
     body = written(fresh, decide(fresh, [], 0))
     creating = [pod(0, phase="Pending", waiting="ContainerCreating"), pod(1)]
-    assert decide(body, creating, 60).status.phase != Phase.FAILED
-    result = decide(body, creating, 601)
+    first = decide(body, creating, 60)  # stuck since t=60 (first seen: the factory gives no time)
+    assert first.status.phase != Phase.FAILED
+    body = written(body, first)
+    assert decide(body, creating, 601).status.phase != Phase.FAILED
+    result = decide(body, creating, 661)
     assert result.status.phase == Phase.FAILED
     assert result.status.last_failure is not None
     assert result.status.last_failure.reason == "ContainerCreating"

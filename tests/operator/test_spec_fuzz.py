@@ -400,8 +400,8 @@ def run_planner(created: dict[str, Any]) -> JobPhase | None:
             assert FIELD_PATH.search(result.status.message or ""), result.status.message
             return result.status.phase
         assert result.spec is not None, result.status
-        if result.status.phase == JobPhase.SUSPENDED:  # runPolicy.suspend: true
-            assert result.spec.run_policy.suspend and not result.create_workers, result.status
+        if result.status.phase == JobPhase.SUSPENDED:  # spec.suspend or runPolicy.suspend: true
+            assert result.spec.suspended and not result.create_workers, result.status
             return result.status.phase
         assert result.status.phase == JobPhase.PENDING, result.status
         ref = JobRef(job.name, job.namespace, job.uid)

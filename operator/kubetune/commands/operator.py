@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="retry a child (Service, ConfigMap, ...) that could not be created after this long; default 10",
     )
     parser.add_argument(
+        "--kueue",
+        action="store_true",
+        help="Kueue integration: a job labelled kueue.x-k8s.io/queue-name waits in that LocalQueue and runs "
+        "only once Kueue admits its whole gang (needs the Kueue CRDs and the KUEUE_RULES permissions)",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "plain", "full"), default="json", help="log format (default json)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         backoff_max_seconds=args.backoff_max_seconds,
         terminating_timeout_seconds=args.terminating_timeout_seconds,
         child_retry_seconds=args.child_retry_seconds,
+        kueue=args.kueue,
     )
     reconciler = Reconciler(Kube(load_client_config()), options, metrics, threads=args.threads)
     settings = OperatorSettings(
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         standalone=args.standalone,
         priority=args.priority,
+        kueue=args.kueue,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     print(

@@ -70,6 +70,9 @@ class WorkerContext:
     index: int
     attempt: int
     image: str
+    # Kueue's admission: the node labels and tolerations of the assigned ResourceFlavors (None: no queue).
+    flavor_node_selector: dict[str, str] | None = None
+    flavor_tolerations: tuple[dict[str, Any], ...] = ()
 
     @property
     def gpus(self) -> int:
@@ -378,6 +381,19 @@ def placement_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
         spec["schedulerName"] = kube.scheduler_name
 
 
+def flavor_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
+    """Kueue's flavor assignment: the flavors' node labels join the node selector (a label the job sets
+    itself to another value keeps the flavor's: Kueue admitted the gang for that flavor's nodes), their
+    tolerations join the job's."""
+    spec = pod["spec"]
+    if ctx.flavor_node_selector:
+        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **ctx.flavor_node_selector}
+    for toleration in ctx.flavor_tolerations:
+        existing = spec.setdefault("tolerations", [])
+        if toleration not in existing:
+            existing.append(dict(toleration))
+
+
 def security_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     """Non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp (PSS 'restricted')."""
     pod["spec"]["securityContext"] = {
@@ -447,6 +463,7 @@ WORKER_PLUGINS: tuple[WorkerPlugin, ...] = (
     volumes_plugin,
     secrets_plugin,
     placement_plugin,
+    flavor_plugin,
     security_plugin,
     identity_plugin,
     user_extras_plugin,

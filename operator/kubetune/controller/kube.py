@@ -28,7 +28,13 @@ _RESOURCES = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "FineTuneJob": (f"/apis/{API_GROUP}/{API_VERSION}", PLURAL),
+    # The Kueue integration (kubetune operator --kueue): the job's Workload, and what its admission names.
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),
+    "ResourceFlavor": ("/apis/kueue.x-k8s.io/v1beta2", "resourceflavors"),
+    "PriorityClass": ("/apis/scheduling.k8s.io/v1", "priorityclasses"),
 }
+# Kinds without a namespace.
+_CLUSTER_SCOPED = frozenset({"ResourceFlavor", "PriorityClass"})
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds
 
 
@@ -55,9 +61,10 @@ def load_client_config() -> client.ApiClient:
 
 
 def resource_path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-    """REST path of a namespaced object (or its collection when `name` is None)."""
+    """REST path of an object (or its collection when `name` is None); cluster-scoped kinds ignore
+    `namespace`."""
     prefix, plural = _RESOURCES[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/{plural}" if kind in _CLUSTER_SCOPED else f"{prefix}/namespaces/{namespace}/{plural}"
     if name:
         path += f"/{name}"
     if subresource:
@@ -182,6 +189,17 @@ class Kube:
             obj,
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
             content_type="application/apply-patch+yaml",
+            decode=False,
+        )
+
+    def patch_status(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Merge-patch `body` (status, and metadata.resourceVersion to guard it) into the status subresource.
+        Raises ApiError (409 when the object changed since it was read)."""
+        self.request(
+            "PATCH",
+            resource_path(kind, namespace, name, "status"),
+            body,
+            content_type="application/merge-patch+json",
             decode=False,
         )
 

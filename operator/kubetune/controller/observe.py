@@ -77,6 +77,9 @@ class WorkerPod:
     disruption_reason: str = ""  # the DisruptionTarget condition's reason
     pod_message: str = ""
     node: str = ""  # spec.nodeName: named when a pod hangs on its node (a lost node never ends it)
+    # When the pod became stuck, where the pod says so (PodScheduled's transition time); None: the
+    # planner takes the first time it saw it stuck (an image pull error carries no time of its own).
+    stuck_since: datetime | None = None
 
     @property
     def pressure_evicted(self) -> bool:
@@ -167,6 +170,7 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         )
     stuck_reason: FailureReason | None = None
     stuck_message = ""
+    stuck_since: datetime | None = None
     if phase == "Pending":
         if (
             scheduled_condition is not None
@@ -175,11 +179,15 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         ):
             stuck_reason = FailureReason.UNSCHEDULABLE
             stuck_message = scheduled_condition.get("message") or ""
+            stuck_since = parse_time(scheduled_condition.get("lastTransitionTime"))
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in STUCK_WAITING_REASONS:
             stuck_reason = STUCK_WAITING_REASONS[waiting["reason"]]
             stuck_message = f"{waiting['reason']}: {waiting.get('message') or ''}".strip()
+            stuck_since = None
         elif waiting.get("reason") == "ContainerCreating" and scheduled:
+            if scheduled_condition is not None:
+                stuck_since = parse_time(scheduled_condition.get("lastTransitionTime"))
             # A volume that cannot attach, a missing ConfigMap or Secret: bounded like scheduling.
             stuck_reason = FailureReason.CONTAINER_CREATING
             stuck_message = f"ContainerCreating: {waiting.get('message') or 'the container is not created'}"
@@ -204,4 +212,5 @@ def observe_pod(pod: dict[str, Any]) -> WorkerPod | None:
         disruption_reason=(disruption.get("reason") or "") if disrupted and disruption else "",
         pod_message=tail(status.get("message") or "", 300),
         node=pod.get("spec", {}).get("nodeName") or "",
+        stuck_since=stuck_since,
     )

@@ -14,7 +14,11 @@ The state machine of the gang (one attempt = one set of worker pods labelled wit
                                         │                    until it is gone and a backoff passed, then
                                         └──▶ Failed          create attempt+1), or Failed past backoffLimit
     any active phase ─▶ Suspended ─▶ Pending               (suspend: workers deleted, status kept)
-    any active phase ─▶ Failed                             (deadline, stuck scheduling / image pull)
+    any active phase ─▶ Failed                             (deadline, a worker stuck scheduling / pulling
+                                                            its image for schedulingTimeoutSeconds since it
+                                                            became stuck)
+    Queued ─▶ Pending                                      (Kueue admitted the job's Workload: see queueing)
+    any active phase ─▶ Queued                             (Kueue preempted it: workers deleted, uncounted)
 
 Every decision is derived from observed state (attempt labels, status counters), never from "what the last
 reconcile did", so running it twice on the same observation does the same thing once.
@@ -36,6 +40,7 @@ from kubetune.controller.failures import (
     terminating_summary,
 )
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
+from kubetune.controller.queueing import Admission, Placement, QueueState, observe_admission, queue_name
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
 from kubetune.launch import LaunchConfigError, deepspeed_config
@@ -51,6 +56,7 @@ from kubetune.spec.status import (
     Metrics,
     Phase,
     Progress,
+    WaitingWorker,
 )
 
 # How soon to look again while waiting for something that produces no watch event of ours.
@@ -69,6 +75,7 @@ class PlanOptions:
     # removes) before it is force-deleted (grace 0) so that the next attempt can use its name.
     terminating_timeout_seconds: float = 300.0
     child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
+    kueue: bool = False  # the Kueue integration is on (jobs may name a queue): `kubetune operator --kueue`
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ObservedJob:
     creation_time: datetime
     spec: dict[str, Any]
     status: FineTuneJobStatus
+    labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ObservedJob:
@@ -96,6 +104,7 @@ class ObservedJob:
             creation_time=created or datetime.fromtimestamp(0).astimezone(),
             spec=dict(body.get("spec") or {}),
             status=FineTuneJobStatus.model_validate(body.get("status") or {}),
+            labels=dict(metadata.get("labels") or {}),
         )
 
 
@@ -119,6 +128,12 @@ class Plan:
     delete_workers: list[str] = field(default_factory=list)  # pod names
     force_delete_workers: list[str] = field(default_factory=list)  # stuck Terminating: grace 0
     delete_job: bool = False  # ttlSecondsAfterFinished passed
+    # Kueue (jobs with a queue label only): create the Workload when missing; hand an evicted one back to its
+    # queue (its workers are gone); delete it (finished or suspended: release the quota).
+    ensure_workload: bool = False
+    requeue_workload: bool = False
+    delete_workload: bool = False
+    placement: Placement | None = None  # the admission's flavors, for the workers created now
     events: list[JobEvent] = field(default_factory=list)
     requeue_after: float | None = None
 
@@ -220,8 +235,17 @@ def apply_summary(status: FineTuneJobStatus, summary: JobSummary, spec: FineTune
 
 
 class _Planner:
-    def __init__(self, job: ObservedJob, pods: list[WorkerPod], now: datetime, options: PlanOptions) -> None:
+    def __init__(
+        self,
+        job: ObservedJob,
+        pods: list[WorkerPod],
+        now: datetime,
+        options: PlanOptions,
+        admission: Admission | None = None,
+    ) -> None:
         self.job = job
+        self.queue = queue_name(job.labels)
+        self.admission = admission
         self.pods = pods
         self.now = now
         self.options = options
@@ -253,8 +277,21 @@ class _Planner:
         self.condition(ConditionType.WORKERS_READY, False, reason, "the job has finished")
         self.condition(ConditionType.RESTARTING, False, reason, "")
         self.delete_live_workers()
+        self.status.waiting = []
+        self.release_quota()
         self._ttl()
         return self.plan
+
+    def release_quota(self) -> None:
+        """A job that is done with its Workload (finished, suspended) deletes it, which gives its quota back to
+        the queue, but only once no worker holds a node's resources any more: a worker still terminating (its
+        grace period: the checkpoint) keeps its GPUs, and the next admitted gang would find them taken."""
+        if self.queue is None:
+            return
+        if all(pod.finished for pod in self.pods):
+            self.plan.delete_workload = True
+        else:
+            self.plan.requeue(POLL_SECONDS)
 
     def _ttl(self) -> None:
         completed = parse_time(self.status.completion_time)
@@ -293,10 +330,10 @@ class _Planner:
             return self.plan
         self.plan.spec = spec
         self.status.workers.total = spec.distribution.nodes
-        if spec.run_policy.suspend:
+        if spec.suspended:
             return self.suspend()
         if self.previous.phase == Phase.SUSPENDED:
-            self.condition(ConditionType.SUSPENDED, False, "Resumed", "runPolicy.suspend is false")
+            self.condition(ConditionType.SUSPENDED, False, "Resumed", "spec.suspend is false")
             self.plan.events.append(JobEvent("Normal", "Resumed", "recreating the workers"))
             self.status.attempt_start_time = None
             # A fresh attempt number: pods of the suspended attempt still terminating are then stale (waited
@@ -304,6 +341,14 @@ class _Planner:
             self.status.attempt += 1
             self.status.workers.created = 0
         self.plan.ensure_children = True
+        if self.queue is not None:
+            admission = self.admission or observe_admission(self.queue, None)
+            self.status.queue = self.queue
+            self.plan.ensure_workload = True
+            if admission.state != QueueState.ADMITTED:
+                return self.wait_in_queue(admission)
+            self.condition(ConditionType.ADMITTED, True, "Admitted", admission.message)
+            self.plan.placement = admission.placement
         if self.status.start_time is None:
             self.status.start_time = format_time(self.now)
         deadline = self.check_deadline(spec)
@@ -343,6 +388,7 @@ class _Planner:
         except SpecError:
             self.plan.spec = None
         self.delete_live_workers()
+        self.release_quota()
         self._ttl()
         return self.plan
 
@@ -357,6 +403,12 @@ class _Planner:
             spec = parse_spec(self.job.spec)
         except SpecError as error:
             problems.extend(str(p) for p in error.problems)
+        if self.queue is not None and not self.options.kueue:
+            problems.append(
+                f"metadata.labels[kueue.x-k8s.io/queue-name] is '{self.queue}' but this operator runs without "
+                "the Kueue integration: enable it (Helm value kueue.enabled=true, operator flag --kueue) or "
+                "remove the label"
+            )
         if spec is not None and spec.distribution.deepspeed.enabled:
             try:
                 deepspeed_config(spec)
@@ -380,11 +432,13 @@ class _Planner:
         """Workers deleted, status kept; the active deadline restarts on resume (as for a batch/v1 Job)."""
         self.delete_live_workers(keep_finished=False)
         if self.previous.phase != Phase.SUSPENDED:
-            self.plan.events.append(
-                JobEvent("Normal", "Suspended", "runPolicy.suspend is true: workers removed")
-            )
+            self.plan.events.append(JobEvent("Normal", "Suspended", "spec.suspend is true: workers removed"))
+        # A suspended job holds no quota: its Workload goes, and a new one queues when it resumes.
+        self.release_quota()
+        self.status.waiting = []
         self.status.phase = Phase.SUSPENDED
-        self.status.message = "suspended: set spec.runPolicy.suspend to false to resume"
+        field_name = "spec.suspend" if spec_suspend(self.job.spec) else "spec.runPolicy.suspend"
+        self.status.message = f"suspended: set {field_name} to false to resume"
         self.status.start_time = None
         self.status.attempt_start_time = None
         self.status.next_attempt_time = None
@@ -392,7 +446,7 @@ class _Planner:
         self.status.workers.created = max(0, alive)
         self.status.workers.ready = self.status.workers.scheduled = 0
         self.status.workers.summary = f"0/{self.status.workers.total}"
-        self.condition(ConditionType.SUSPENDED, True, "Suspended", "runPolicy.suspend is true")
+        self.condition(ConditionType.SUSPENDED, True, "Suspended", f"{field_name} is true")
         self.condition(ConditionType.WORKERS_READY, False, "Suspended", "workers removed while suspended")
         return self.plan
 
@@ -546,18 +600,26 @@ class _Planner:
 
     def check_stuck(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> Plan | None:
         """Fail when a worker cannot be scheduled or its image pulled for schedulingTimeoutSeconds."""
-        stuck = [p for p in current if p.stuck_reason is not None and not p.deleting]
+        stuck = sorted(
+            (p for p in current if p.stuck_reason is not None and not p.deleting), key=lambda p: p.index
+        )
+        self.track_waiting(stuck)
         if not stuck:
             return None
-        pod = sorted(stuck, key=lambda p: p.index)[0]
-        started = parse_time(self.status.attempt_start_time) or self.now
-        left = spec.run_policy.scheduling_timeout_seconds - (self.now - started).total_seconds()
-        permanent = pod.stuck_reason == FailureReason.INVALID_IMAGE
-        if not permanent and left > 0:
+        since = {entry.pod: parse_time(entry.since) or self.now for entry in self.status.waiting}
+        timeout = spec.run_policy.scheduling_timeout_seconds
+        expired = None
+        for candidate in stuck:
+            left = timeout - (self.now - since[candidate.name]).total_seconds()
+            if candidate.stuck_reason == FailureReason.INVALID_IMAGE or left <= 0:
+                expired = candidate
+                break
             self.plan.requeue(left)
+        if expired is None:
             return None
+        pod = expired
         reason = str(pod.stuck_reason)
-        waited = int((self.now - started).total_seconds())
+        waited = int((self.now - since[pod.name]).total_seconds())
         message = f"{pod.name} cannot start ({reason}) after {waited}s: {pod.stuck_message}"
         self.status.last_failure = Failure(
             pod=pod.name,
@@ -570,6 +632,71 @@ class _Planner:
         self.plan.events.append(JobEvent("Warning", reason, tail(message, 900)))
         self.count_workers(spec, current)
         return self.finish(Phase.FAILED, reason, tail(message), self.status.last_failure)
+
+    def track_waiting(self, stuck: list[WorkerPod]) -> None:
+        """status.waiting: each stuck worker, why, and since when. A pod keeps the time it first became stuck
+        for that reason (for Unschedulable, its PodScheduled=False transition time), so its timeout counts
+        from there, not from the attempt's start; a pod that recovers drops out and starts afresh."""
+        earlier = {(entry.pod, entry.reason): entry.since for entry in self.previous.waiting}
+        waiting = []
+        for pod in stuck:
+            reason = str(pod.stuck_reason)
+            since = earlier.get((pod.name, reason))
+            if since is None:
+                stuck_at = pod.stuck_since if pod.stuck_since and pod.stuck_since <= self.now else self.now
+                since = format_time(stuck_at)
+                self.plan.events.append(
+                    JobEvent(
+                        "Warning", "WorkerWaiting", tail(f"{pod.name}: {reason}: {pod.stuck_message}", 900)
+                    )
+                )
+            waiting.append(WaitingWorker(pod=pod.name, reason=reason, message=pod.stuck_message, since=since))
+        self.status.waiting = waiting
+
+    def wait_in_queue(self, admission: Admission) -> Plan:
+        """Not admitted by Kueue (yet, or any more): no worker may exist. A gang that ran was preempted: its
+        workers are deleted (SIGTERM: they checkpoint and exit 75), the attempt ends uncounted, and once they
+        are gone the Workload goes back to its queue. Waiting here never fails the job."""
+        had_attempt = self.previous.phase in (Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING)
+        if had_attempt:
+            message = f"preempted by Kueue ({admission.reason}): {admission.message}".strip()
+            self.plan.events.append(JobEvent("Warning", "Preempted", tail(message, 900)))
+            if self.previous.phase != Phase.RESTARTING:  # (a restarting gang's attempt is closed already)
+                self.status.last_failure = Failure(
+                    reason=FailureReason.PREEMPTED,
+                    message=tail(message),
+                    attempt=self.status.attempt,
+                    time=format_time(self.now),
+                )
+                self.close_attempt(FailureReason.PREEMPTED, self.status.last_failure, counted=False)
+                # A fresh attempt number: the old workers still terminating are then stale, waited for.
+                self.status.attempt += 1
+            self.status.start_time = None
+            self.status.attempt_start_time = None
+            self.status.next_attempt_time = None
+            self.condition(ConditionType.RESTARTING, False, "Queued", "")
+        self.delete_live_workers(keep_finished=False)
+        remaining = list(self.pods)
+        if admission.state == QueueState.EVICTED:
+            if remaining:
+                self.plan.requeue(POLL_SECONDS)
+                waiting_for = f"stopping {len(remaining)} worker(s) before it queues again"
+            else:
+                self.plan.requeue_workload = True
+                waiting_for = "queued again"
+            self.status.message = tail(f"preempted by Kueue ({admission.reason}): {waiting_for}", 600)
+        else:
+            self.status.message = tail(f"queued in LocalQueue {admission.queue}: {admission.message}", 600)
+        self.status.phase = Phase.QUEUED
+        self.status.waiting = []
+        workers = self.status.workers
+        workers.created = workers.scheduled = workers.ready = 0
+        workers.summary = f"0/{workers.total}"
+        self.condition(
+            ConditionType.ADMITTED, False, admission.reason or "Pending", tail(admission.message, 600)
+        )
+        self.condition(ConditionType.WORKERS_READY, False, "Queued", "waiting for admission by Kueue")
+        return self.plan
 
     def create_missing(self, spec: FineTuneJobSpec, current: list[WorkerPod]) -> None:
         present = {p.index for p in current}
@@ -615,21 +742,29 @@ class _Planner:
         )
 
 
+def spec_suspend(raw_spec: dict[str, Any]) -> bool:
+    """True when the job is suspended through spec.suspend (rather than the older spec.runPolicy.suspend)."""
+    return bool(raw_spec.get("suspend"))
+
+
 def plan(
     job: ObservedJob,
     pods: list[WorkerPod],
     now: datetime,
     options: PlanOptions | None = None,
+    admission: Admission | None = None,
 ) -> Plan:
-    """Decide what should exist for `job` given its worker `pods` at time `now`.
+    """Decide what should exist for `job` given its worker `pods` at time `now` and, for a job sent to a Kueue
+    queue, Kueue's `admission` (None: its Workload does not exist yet).
 
     Returns the Plan (new status, pods to create/delete, events, when to look again). Never raises for a bad
     spec: that becomes phase Failed with the problems named.
     """
-    result = _Planner(job, pods, now, options or PlanOptions()).run()
+    result = _Planner(job, pods, now, options or PlanOptions(), admission).run()
     if result.status.phase != job.status.phase and result.status.phase is not None:
         kind = "Warning" if result.status.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
-        if not result.events:  # an explicit event (GangRestart, BackoffLimitExceeded, ...) says more
+        # An explicit event (GangRestart, BackoffLimitExceeded, ...) says more; WorkerWaiting is about a pod.
+        if all(event.reason == "WorkerWaiting" for event in result.events):
             result.events.append(JobEvent(kind, str(result.status.phase), result.status.message or ""))
     return result
 

@@ -54,11 +54,27 @@ OPERATOR_RULES: list[dict[str, Any]] = [
 ]
 
 
-def cluster_role(name: str = "kubetune-operator") -> dict[str, Any]:
-    """OPERATOR_RULES as a ClusterRole manifest."""
+# Only with the Kueue integration (`--kueue`, Helm value kueue.enabled): one Workload per queued job
+# (created, watched, deleted when the job ends or is suspended; its status patched to hand it back to its queue
+# after a preemption, as Kueue's own job integrations do), and the two kinds its admission refers to (read).
+KUEUE_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["kueue.x-k8s.io"],
+        "resources": ["workloads"],
+        "verbs": ["get", "list", "watch", "create", "delete"],
+    },
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads/status"], "verbs": ["patch"]},
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["resourceflavors"], "verbs": ["get"]},
+    {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get"]},
+]
+
+
+def cluster_role(name: str = "kubetune-operator", kueue: bool = False) -> dict[str, Any]:
+    """OPERATOR_RULES (plus KUEUE_RULES with `kueue`) as a ClusterRole manifest."""
+    rules = OPERATOR_RULES + (KUEUE_RULES if kueue else [])
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubetune"}},
-        "rules": [dict(rule) for rule in OPERATOR_RULES],
+        "rules": [dict(rule) for rule in rules],
     }

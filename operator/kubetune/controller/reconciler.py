@@ -37,6 +37,7 @@ from kubetune.controller.plan import (
     plan,
     status_patch,
 )
+from kubetune.controller.workload_sync import WorkloadSync
 from kubetune.controller.workqueue import JobKey, WorkQueue
 from kubetune.spec.status import FINAL_PHASES
 
@@ -67,10 +68,12 @@ class Reconciler:
     _writers: ThreadPoolExecutor | None = None
     queue: WorkQueue = field(init=False)
     events: EventRecorder = field(init=False)
+    workloads: WorkloadSync = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.reconcile, self._is_new, self._reconcile_failed, self.threads)
         self.events = EventRecorder(self.kube)
+        self.workloads = WorkloadSync(self.kube)
 
     # --- from the event loop -----------------------------------------------------------------------------------
 
@@ -188,8 +191,16 @@ class Reconciler:
         job = ObservedJob.from_body(body)
         self._seen[key] = {"metadata": {k: body["metadata"][k] for k in ("name", "namespace", "uid")}}
         pods, problems = self._observe_pods(job, [] if untouched else None)
+        admission, workload = (None, None)
+        if self.options.kueue and not untouched:  # (a brand-new job has no Workload yet)
+            admission, workload = self.workloads.observe(job)
         now = datetime.now(UTC)
-        result = plan(job, pods, now, self.options)
+        result = plan(job, pods, now, self.options, admission)
+        if self.options.kueue:
+            image = (result.spec.kubernetes.image if result.spec else None) or self.options.default_image
+            retry = self.workloads.apply(job, result, workload, image, now)
+            if retry is not None:
+                result.requeue(retry)
         existed = self._write_children_and_workers(key, job, result, pods, problems, now, bool(untouched))
         if untouched and existed:
             return 0.0  # pods of that name exist (ours from an earlier process, or stale): look properly
@@ -334,9 +345,19 @@ class Reconciler:
         ref = JobRef(job.name, job.namespace, job.uid)
         image = result.spec.kubernetes.image or self.options.default_image
         failures: list[str] = []
+        placement = result.placement
         pods = [
             build_worker_pod(
-                WorkerContext(ref, result.spec, index, result.status.attempt, image), job.generation
+                WorkerContext(
+                    ref,
+                    result.spec,
+                    index,
+                    result.status.attempt,
+                    image,
+                    flavor_node_selector=placement.node_selector if placement else None,
+                    flavor_tolerations=tuple(placement.tolerations) if placement else (),
+                ),
+                job.generation,
             )
             for index in result.create_workers
         ]

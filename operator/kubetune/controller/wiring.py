@@ -31,12 +31,14 @@ class OperatorSettings:
     priority: int = 0
     batch_window: float = 0.01
     pod_event_batch_seconds: float = 0.1
+    kueue: bool = False  # watch the jobs' Kueue Workloads (admission, preemption)
 
 
 # The watched children: label filter (client side, per handler) and the same as a server-side selector.
 CHILD_LABELS: dict[str, Any] = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_JOB: kopf.PRESENT}
 CHILD_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},{names.LABEL_JOB}"
 CHILD_WATCHES = ("pods", "services", "configmaps")
+WORKLOAD_RESOURCE = ("kueue.x-k8s.io/v1beta2", "workloads")
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
@@ -78,6 +80,8 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
         # children only, not of every pod in the cluster (the `labels=` filters below act on the client).
         for plural in CHILD_WATCHES:
             settings.watching.label_selectors["v1", plural] = CHILD_SELECTOR
+        if operator_settings.kueue:
+            settings.watching.label_selectors[WORKLOAD_RESOURCE] = CHILD_SELECTOR
 
     operator_settings = settings
 
@@ -114,6 +118,14 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
     ) -> None:
         if namespace is not None and event.get("type") == "DELETED":
             reconciler.child_deleted((namespace, labels[names.LABEL_JOB]))
+
+    if settings.kueue:
+
+        @kopf.on.event(*WORKLOAD_RESOURCE, labels=CHILD_LABELS, registry=registry)
+        async def workload_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+            # Kueue admitted, preempted or requeued a job's Workload.
+            if namespace is not None:
+                reconciler.request((namespace, labels[names.LABEL_JOB]))
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:

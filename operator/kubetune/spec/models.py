@@ -387,6 +387,14 @@ class DeepSpeedSpec(SpecModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
+    @field_validator("zero_stage", mode="before")
+    @classmethod
+    def _zero_stage_is_a_number(cls, value: Any) -> Any:
+        # (true == 1 for a Literal, even strict; the API server refuses a boolean here: so do we)
+        if isinstance(value, bool):
+            raise ValueError(f"deepspeed.zeroStage is {str(value).lower()}: use a number: 0, 1, 2 or 3")
+        return value
+
     @model_validator(mode="after")
     def _offload_rules(self) -> DeepSpeedSpec:
         if self.offload_optimizer != OffloadDevice.NONE and self.zero_stage == 0:
@@ -697,7 +705,10 @@ class RunPolicy(SpecModel):
         "loss, a deleted worker) before the job fails; they do not count against backoffLimit. Evictions "
         "by the kubelet for node memory/disk pressure count as failures.",
     )
-    suspend: bool = Field(default=False, description="Remove the workers but keep the job; false resumes it.")
+    suspend: bool = Field(
+        default=False,
+        description="Deprecated: use spec.suspend (still honoured: the job is suspended when either is true).",
+    )
     report_progress: bool = Field(
         default=True,
         description="Let rank 0 patch live progress into the status (per-job least-privilege role).",
@@ -721,6 +732,11 @@ class FineTuneJobSpec(SpecModel):
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Restarts, deadlines and suspension."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Remove the workers (SIGTERM: they checkpoint) but keep the job; false resumes it from its "
+        "checkpoint. As on Job, JobSet and TrainJob.",
     )
 
     @model_validator(mode="after")
@@ -751,6 +767,11 @@ class FineTuneJobSpec(SpecModel):
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
         return self
+
+    @property
+    def suspended(self) -> bool:
+        """spec.suspend, or the older spec.runPolicy.suspend (kept working, not dropped)."""
+        return self.suspend or self.run_policy.suspend
 
     @property
     def primary_metric(self) -> str:

@@ -25,12 +25,14 @@ class Phase(StrEnum):
     RESTARTING = "Restarting"  # a worker failed: the whole gang is being recreated (after a backoff)
     SUCCEEDED = "Succeeded"  # worker 0 finished successfully (final)
     FAILED = "Failed"  # invalid spec, backoffLimit exhausted, deadline, stuck scheduling (final)
-    SUSPENDED = "Suspended"  # spec.runPolicy.suspend: workers removed, status kept
+    SUSPENDED = "Suspended"  # spec.suspend: workers removed, status kept
+    # Waiting in a Kueue queue for admission (or again after Kueue preempted it): no worker pod exists.
+    QUEUED = "Queued"
 
 
 FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 # Phases in which the spec is locked (the CRD's transition rule repeats this list).
-ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING})
+ACTIVE_PHASES = frozenset({Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING, Phase.QUEUED})
 
 
 class ConditionType(StrEnum):
@@ -43,11 +45,15 @@ class ConditionType(StrEnum):
     # False while a child (Service, ConfigMap, RBAC, a worker's name) cannot be created or is someone else's
     # object; absent while nothing was ever wrong.
     CHILDREN_READY = "ChildrenReady"
+    # Only for a job sent to a Kueue queue: True while Kueue admits it (its quota is reserved), False with
+    # Kueue's reason while it waits (Pending) or after a preemption (Preempted).
+    ADMITTED = "Admitted"
 
 
 class Condition(StatusModel):
     type: str = Field(
-        description="Accepted, WorkersReady, Suspended, Restarting, Succeeded, Failed or ChildrenReady."
+        description="Accepted, WorkersReady, Suspended, Restarting, Succeeded, Failed, ChildrenReady or "
+        "Admitted (Kueue)."
     )
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason, e.g. BackoffLimitExceeded.")
@@ -120,6 +126,16 @@ class Failure(StatusModel):
     time: str | None = Field(default=None, description="When it was observed.")
 
 
+class WaitingWorker(StatusModel):
+    """A worker pod that cannot start yet, and since when: its timeout counts from `since`, not from the
+    attempt's start."""
+
+    pod: str = Field(description="The worker pod.")
+    reason: str = Field(description="Unschedulable, ImagePullBackOff, ContainerCreating, ...")
+    message: str = Field(default="", description="The scheduler's or the kubelet's message.")
+    since: str | None = Field(default=None, description="When this pod became stuck for this reason.")
+
+
 class AttemptRecord(StatusModel):
     attempt: int = Field(default=0, description="Gang attempt number.")
     start_time: str | None = Field(default=None, description="When the attempt began.")
@@ -136,7 +152,9 @@ MAX_ATTEMPT_HISTORY = 20
 
 
 class FineTuneJobStatus(StatusModel):
-    phase: Phase | None = Field(default=None, description="Pending, Starting, Running, Restarting, ...")
+    phase: Phase | None = Field(
+        default=None, description="Queued, Pending, Starting, Running, Restarting, Suspended, ..."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="Spec generation last acted on.")
     workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pods by state.")
@@ -169,3 +187,10 @@ class FineTuneJobStatus(StatusModel):
         "write the next one (see kubernetes.terminationGracePeriodSeconds).",
     )
     message: str = Field(default="", description="One line on the current phase.")
+    waiting: list[WaitingWorker] = Field(
+        default_factory=list,
+        description="Workers of the current attempt that cannot start yet, why, and since when.",
+    )
+    queue: str | None = Field(
+        default=None, description="The Kueue LocalQueue the job waits in (label kueue.x-k8s.io/queue-name)."
+    )
