@@ -52,6 +52,8 @@ def job(name: str) -> dict[str, Any]:
             "model": {"name": "prajjwal1/bert-tiny"},
             "dataset": {"name": "glue", "config": "sst2"},
             "distribution": {"nodes": WORKERS, "processesPerNode": 1},
+            # KWOK's workers run nothing and write no output: their emptyDirs are accepted knowingly.
+            "output": {"ephemeral": True},
             "kubernetes": {"resources": {"cpu": "100m", "memory": "128Mi", "gpusPerNode": GPUS_PER_WORKER}},
             "runPolicy": {"schedulingTimeoutSeconds": 5},  # queued far longer than this: must not matter
         },
