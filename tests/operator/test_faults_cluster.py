@@ -181,7 +181,8 @@ def test_a_worker_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_th
         core.patch_namespaced_pod(
             "held-worker-1", kube_namespace, {"metadata": {"finalizers": ["kubetune.test/hold"]}}
         )
-        uid = core.read_namespaced_pod("held-worker-1", kube_namespace).metadata.uid
+        held = core.read_namespaced_pod("held-worker-1", kube_namespace)
+        uid, worker_node = held.metadata.uid, held.spec.node_name
 
         # When rank 0 crashes, the gang restart deletes rank 1, which stays Terminating
         fail_worker(kube_cluster, kube_namespace, "held-worker-0", exit_code=1, message="boom")
@@ -190,7 +191,8 @@ def test_a_worker_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_th
         def truthful() -> dict[str, Any] | None:
             current = status(kube_cluster, kube_namespace, "held")
             message = current.get("message", "")
-            return current if "held-worker-1 Terminating" in message and "force-deleted" in message else None
+            stuck = f"held-worker-1 on node {worker_node} Terminating"
+            return current if stuck in message and "force-deleted" in message else None
 
         current = wait_for(truthful, 30, "the restart's message naming the stuck pod")
         assert current["phase"] == "Restarting" and "kubetune.test/hold" in current["message"]
