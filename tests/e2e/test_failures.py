@@ -102,7 +102,8 @@ def test_a_lost_node_does_not_hang_the_job(
         tiny_assets_volumes,
         nodes=2,
         processes=1,
-        epochs=60,  # long enough to be running when the node goes
+        # Long enough to be mid-training when the node goes: 60 epochs (780 steps) once ended before the stop.
+        epochs=1000,
         extra_spec={
             "training": {"evalStrategy": "no"},
             # Both workers on distinct nodes, so that losing one node hits the gang.
@@ -147,6 +148,8 @@ def test_a_lost_node_does_not_hang_the_job(
     node = cluster.real_node("real-2")
     lost_at = time.monotonic()
     node.stop()
+    progress = (get_job(cluster, namespace, name).get("status") or {}).get("progress") or {}
+    assert float(progress.get("percent") or 0) < 50, f"training nearly over when the node went: {progress}"
     try:
         messages: list[str] = []
 

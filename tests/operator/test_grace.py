@@ -7,7 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetune.controller.grace import SAVE_TIME_SAFETY_FACTOR, deletion_grace_seconds
+from kubetune.controller.grace import (
+    MAX_DERIVED_GRACE_SECONDS,
+    SAVE_TIME_SAFETY_FACTOR,
+    deletion_grace_seconds,
+)
 from kubetune.events import EventKind, ProgressEvent
 from kubetune.spec import parse_spec
 from kubetune.spec.status import FineTuneJobStatus
@@ -46,12 +50,14 @@ def test_a_checkpoint_event_reports_its_save_time_and_size_in_the_status() -> No
         (600, 30.0, 600),  # the spec's grace is longer
         (None, 100.0, 300),  # a large checkpoint: 3 x 100 s
         (300, 250.4, 752),  # rounded up to whole seconds
+        (None, 10**6, 3600),  # the workers write the report: a wild figure is believed only up to the cap
+        (7200, 10**6, 7200),  # the spec's own grace is the user's choice and is kept
     ],
 )
 def test_deleted_workers_get_the_longer_of_the_spec_grace_and_the_measured_save(
     grace: int | None, save_seconds: float, expected: int
 ) -> None:
-    assert SAVE_TIME_SAFETY_FACTOR == 3.0
+    assert SAVE_TIME_SAFETY_FACTOR == 3.0 and MAX_DERIVED_GRACE_SECONDS == 3600
     status = _status_after(_checkpoint(save_seconds))
     assert deletion_grace_seconds(_spec(grace), status) == expected
 

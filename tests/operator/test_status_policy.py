@@ -85,12 +85,19 @@ def test_a_worker_may_report_progress_but_not_change_the_operators_fields(
         with pytest.raises(ApiException) as error:
             patch({"phase": "Succeeded"})
         assert error.value.status in (403, 422)
-        assert "status.progress and status.metrics" in str(error.value.body)
+        assert "status.progress, status.metrics and status.lastCheckpoint" in str(error.value.body)
         for forged in ({"failedAttempts": 5}, {"restarts": 3}, {"attempt": 7}, {"conditions": []}):
             with pytest.raises(ApiException) as again:
                 patch(forged)
             assert again.value.status in (403, 422)
-        patch({"metrics": {"primary": "accuracy=0.5"}, "progress": {"step": 6, "totalSteps": 50}})
+        # rank 0 also reports its checkpoints (they size the grace of the operator's deletes)
+        patch(
+            {
+                "metrics": {"primary": "accuracy=0.5"},
+                "progress": {"step": 6, "totalSteps": 50},
+                "lastCheckpoint": {"step": 5, "saveSeconds": 0.5, "sizeBytes": 1000},
+            }
+        )
 
     current = status(kube_cluster, kube_namespace, "guarded")
     assert current["phase"] == "Running" and current["progress"]["step"] == 6

@@ -37,6 +37,7 @@ from kubetune.controller.plan import (
     plan,
     status_patch,
 )
+from kubetune.controller.status_policy import WORKER_STATUS_FIELDS
 from kubetune.controller.workload_sync import WorkloadSync
 from kubetune.controller.workqueue import JobKey, WorkQueue
 from kubetune.spec.status import FINAL_PHASES
@@ -94,9 +95,10 @@ class Reconciler:
 
     def changed_for_us(self, key: JobKey, body: Mapping[str, Any]) -> bool:
         """False when a job's watch event differs from the last one only in what the operator does not decide
-        on: rank 0's live progress and metrics (written every few seconds per running job), annotations."""
+        on: rank 0's live progress, metrics and checkpoint reports (written every few seconds per running job),
+        annotations. (The checkpoint report is read when workers are deleted, not acted on when it arrives.)"""
         metadata = body.get("metadata") or {}
-        status = {k: v for k, v in (body.get("status") or {}).items() if k not in ("progress", "metrics")}
+        status = {k: v for k, v in (body.get("status") or {}).items() if k not in WORKER_STATUS_FIELDS}
         fingerprint = json.dumps(
             [metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"), status],
             sort_keys=True,

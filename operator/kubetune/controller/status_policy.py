@@ -4,8 +4,9 @@ The workers' per-job Role lets rank 0 patch `finetunejobs/status` of its own job
 there. RBAC cannot say *which* fields: with that token alone a worker (or remote model code run with
 trustRemoteCode) could set `phase: Succeeded` or reset `failedAttempts`, and the operator would act on it.
 A ValidatingAdmissionPolicy closes that: for every ServiceAccount other than the operator's, an update of a
-FineTuneJob's status may change only `status.progress` and `status.metrics`; every other status field must
-stay as it was. (People with RBAC rights to the status, e.g. cluster admins, are not matched.)
+FineTuneJob's status may change only `status.progress`, `status.metrics` and `status.lastCheckpoint`; every
+other status field must stay as it was. (lastCheckpoint sizes the grace of the operator's deletes, which
+`controller.grace` caps: a worker that lies about it delays only its own deletion, and boundedly.) (People with RBAC rights to the status, e.g. cluster admins, are not matched.)
 
 Why not Kubeflow Trainer's KEP-2779 route (a progress endpoint in the operator, authenticated with a
 projected token and a TokenReview, so workers hold no API rights at all)? It needs a network path from every
@@ -25,11 +26,11 @@ from kubetune.spec.models import API_GROUP, PLURAL
 from kubetune.spec.status import FineTuneJobStatus
 
 # The status fields rank 0's StatusSink writes (kubetune.status_sink).
-WORKER_STATUS_FIELDS = ("progress", "metrics")
+WORKER_STATUS_FIELDS = ("progress", "metrics", "lastCheckpoint")
 GUARD_FILE = "charts/kubetune/files/status-guard.cel"
 MESSAGE = (
-    "only the kubetune operator may change a FineTuneJob's status other than status.progress and "
-    "status.metrics"
+    "only the kubetune operator may change a FineTuneJob's status other than status.progress, "
+    "status.metrics and status.lastCheckpoint"
 )
 
 
