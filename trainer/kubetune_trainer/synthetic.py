@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from collections.abc import Iterable, Mapping
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubetune.mappings import deep_merge
 
 # --- sentiment -----------------------------------------------------------------------------------------------
 
@@ -375,16 +375,6 @@ def _byte_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> A
 # --- job files -----------------------------------------------------------------------------------------------
 
 
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def job_document(
     *,
     model: str,
@@ -422,7 +412,7 @@ def job_document(
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
-        "spec": _deep_merge(spec, overrides or {}),
+        "spec": deep_merge(spec, overrides or {}),
     }
 
 
