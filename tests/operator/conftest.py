@@ -173,13 +173,21 @@ def operator(
     tmp_path: Path,
 ) -> Iterator[OperatorProcess]:
     """`kubetune operator --namespace <test namespace>` running as the least-privilege ServiceAccount."""
-    process = OperatorProcess(kube_namespace, operator_kubeconfig, tmp_path)
+    with running(OperatorProcess(kube_namespace, operator_kubeconfig, tmp_path)) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def running(process: OperatorProcess) -> Iterator[OperatorProcess]:
+    """Starts `process`; stops it on exit, printing the end of its log when it holds a traceback."""
     process.start()
-    yield process
-    process.stop()
-    log = process.log()
-    if "Traceback" in log:
-        print(f"--- operator log ---\n{log[-6000:]}")
+    try:
+        yield process
+    finally:
+        process.stop()
+        log = process.log()
+        if "Traceback" in log:
+            print(f"--- operator log ---\n{log[-6000:]}")
 
 
 def job_manifest(name: str, nodes: int = 2, processes: int = 1, **spec: Any) -> str:

@@ -22,7 +22,7 @@ from kubetune.controller.queueing import QUEUE_LABEL, workload_name
 
 from tests.kube.harness import LocalCluster, wait_for
 from tests.kube.kueue import KueueManager
-from tests.operator.conftest import OperatorProcess, job_manifest, operator_account
+from tests.operator.conftest import OperatorProcess, job_manifest, operator_account, running
 from tests.operator.test_operator_cluster import (
     events,
     running_workers,
@@ -119,12 +119,8 @@ def kueue_operator(
         process = OperatorProcess(
             kube_namespace, kubeconfig, tmp_path, extra_args=("--standalone", "--kueue")
         )
-        process.start()
-        yield process
-        process.stop()
-        log = process.log()
-        if "Traceback" in log:
-            print(f"--- operator log ---\n{log[-6000:]}")
+        with running(process):
+            yield process
 
 
 def queued_job(name: str, queue: str, nodes: int = 3, priority_class: str | None = None, **spec: Any) -> str:
