@@ -84,10 +84,16 @@ def why_no_cuda() -> str:
 
 
 def check_devices(spec: FineTuneJobSpec, context: NodeContext) -> GpuRequirement:
-    """Refuse to start when the node needs GPUs and CUDA cannot give one to each process.
+    """Refuse to start when the node needs GPUs and CUDA cannot give one to each process, or when the job's
+    QLoRA cannot run here (it needs CUDA and bitsandbytes, whatever the node was given).
 
     Returns the requirement that was checked. Raises DeviceError naming the cause.
     """
+    from kubetune_trainer.adapters import qlora_problem
+
+    problem = qlora_problem(spec)
+    if problem is not None:
+        raise DeviceError(problem)
     requirement = gpu_requirement(spec, context)
     if requirement.gpus == 0:
         return requirement

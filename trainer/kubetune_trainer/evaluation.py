@@ -76,6 +76,9 @@ def _causal_batch(accelerator: Any, model: Any, batch: dict[str, Any]) -> tuple[
     targets = batch["labels"][:, 1:]
     mask = targets != -100
     unwrapped = accelerator.unwrap_model(model)
+    if hasattr(unwrapped, "peft_config"):
+        # A LoRA model (spec.adapter) wraps the transformers model whose layers now carry the adapters.
+        unwrapped = unwrapped.get_base_model()
     head = unwrapped.get_output_embeddings()
     backbone = getattr(unwrapped, "base_model", None)
     transforms = any(

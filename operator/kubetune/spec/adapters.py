@@ -33,8 +33,8 @@ class QLoraSpec(SpecModel):
 
 class AdapterSpec(SpecModel):
     rank: int = Field(default=16, ge=1, le=4096, description="LoRA rank r: the inner size of each update.")
-    alpha: float = Field(
-        default=32.0, gt=0, le=1e6, description="LoRA alpha: the update is scaled by alpha / rank."
+    alpha: int = Field(
+        default=32, ge=1, le=1_000_000, description="LoRA alpha: the update is scaled by alpha / rank."
     )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
     target_modules: list[LayerName] | None = Field(
