@@ -7,16 +7,20 @@ checkpoints and in the saved model.
   (exit 2) with the layer names the model has.
 - `quantization_load_kwargs` is what from_pretrained needs for a 4-bit base (a BitsAndBytesConfig; built without
   importing bitsandbytes, so its path is tested on CPU). `check_qlora_device` refuses QLoRA where CUDA is absent.
-- Checkpoints hold only trainable weights plus the optimizer state: `checkpoint_kwargs` asks DeepSpeed to leave
-  frozen parameters out (and to load without them); `install_checkpoint_hooks` does the same for DDP / a single
-  process through accelerate's save/load hooks, and checks on load that every trainable weight came back.
+- Checkpoints hold only trainable weights plus the optimizer state: while a checkpoint is written,
+  `trainable_state_only` makes the model's state_dict() leave every frozen tensor out (what DeepSpeed and
+  accelerate both save: DeepSpeed's own exclude_frozen_parameters misses a head tied to frozen embeddings);
+  `checkpoint_kwargs` lets DeepSpeed load such a module state, and `install_checkpoint_hooks` loads it without
+  DeepSpeed, checking that every trainable weight came back.
 - `merge_into_base` writes the merged full model at the end (adapter.mergeAtEnd).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +170,11 @@ def attach_adapter(model: Any, adapter: AdapterSpec, gradient_checkpointing: boo
 
 
 def checkpoint_kwargs(deepspeed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(save_state kwargs, load_state kwargs) that keep frozen weights out of checkpoints.
+    """(save_state kwargs, load_state kwargs) for checkpoints without frozen weights.
 
-    DeepSpeed takes them in save_checkpoint/load_checkpoint; without DeepSpeed the hooks of
-    `install_checkpoint_hooks` do the filtering, and accelerate takes no extra arguments.
+    DeepSpeed takes them in save_checkpoint/load_checkpoint (a module state without the frozen base loads
+    non-strictly); without DeepSpeed the hook of `install_checkpoint_hooks` loads it, and accelerate takes no
+    extra arguments.
     """
     if deepspeed:
         return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
@@ -180,13 +185,22 @@ def _trainable_names(model: Any) -> set[str]:
     return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
-def keep_trainable(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
-    """accelerate save-state pre-hook: each model's state dict in `weights` (in place) keeps trainable weights
-    only (the frozen base is in model.name already, and a checkpoint of it per step would be the model's size)."""
-    for index, model in enumerate(models):
-        if index < len(weights):
-            keep = _trainable_names(model)
-            weights[index] = {name: tensor for name, tensor in weights[index].items() if name in keep}
+@contextlib.contextmanager
+def trainable_state_only(model: Any) -> Iterator[None]:
+    """While open, `model.state_dict()` (also when called through a DDP or DeepSpeed wrapper, under a prefix) holds
+    its trainable parameters only: the frozen base is in spec.model.name already, and a copy of it per checkpoint
+    would be the model's size. A head tied to frozen embeddings is left out too."""
+    keep = _trainable_names(model)
+
+    def drop_frozen(module: Any, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        for key in [k for k in state if k.startswith(prefix) and k[len(prefix) :] not in keep]:
+            del state[key]
+
+    handle = model.register_state_dict_post_hook(drop_frozen)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def load_trainable(models: list[Any], input_dir: str) -> None:
@@ -216,8 +230,7 @@ def load_trainable(models: list[Any], input_dir: str) -> None:
 
 
 def install_checkpoint_hooks(accelerator: Any) -> None:
-    """Make accelerate's save_state/load_state (without DeepSpeed) keep and restore trainable weights only."""
-    accelerator.register_save_state_pre_hook(keep_trainable)
+    """Make accelerate's load_state (without DeepSpeed) restore a checkpoint of trainable weights only."""
     accelerator.register_load_state_pre_hook(load_trainable)
 
 

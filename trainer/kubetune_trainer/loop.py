@@ -583,13 +583,19 @@ class Trainer:
     def _checkpoint(self) -> None:
         self.state.last_metrics = self.last_metrics or None
         started = time.monotonic()
-        folder = checkpoints.save_checkpoint(
-            self.accelerator,
-            self.settings.checkpoints_dir,
-            self.state,
-            self.spec.checkpointing.keep_last,
-            self.checkpoint_save_kwargs,
+        adapter_only = (
+            adapters.trainable_state_only(self.accelerator.unwrap_model(self.model))
+            if self.spec.adapter is not None
+            else contextlib.nullcontext()
         )
+        with adapter_only:
+            folder = checkpoints.save_checkpoint(
+                self.accelerator,
+                self.settings.checkpoints_dir,
+                self.state,
+                self.spec.checkpointing.keep_last,
+                self.checkpoint_save_kwargs,
+            )
         # Reported, so that the operator gives deleted workers long enough to write the next one.
         seconds = time.monotonic() - started
         size = checkpoints.folder_bytes(folder) if self.accelerator.is_main_process else None
