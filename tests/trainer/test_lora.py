@@ -273,14 +273,16 @@ def test_lora_on_two_nodes_with_zero2_learns_keeps_only_the_adapter_in_checkpoin
     learned = sum(
         _answer(merged, tokenizer, m) == f"{ANIMAL_SOUNDS[a]} {ANIMAL_SOUNDS[a]}" for m, a in held_out
     )
-    before = sum(
-        _answer(base_model, tokenizer, m) == f"{SHIFTED_ANIMAL_SOUNDS[a]} {SHIFTED_ANIMAL_SOUNDS[a]}"
-        for m, a in held_out
+    base_answers = [(_answer(base_model, tokenizer, m), a) for m, a in held_out]
+    shifted = sum(
+        answer == f"{SHIFTED_ANIMAL_SOUNDS[a]} {SHIFTED_ANIMAL_SOUNDS[a]}" for answer, a in base_answers
     )
+    already = sum(answer == f"{ANIMAL_SOUNDS[a]} {ANIMAL_SOUNDS[a]}" for answer, a in base_answers)
     print(
-        f"held-out answers: base says the shifted sound {before}/20; merged model the true one {learned}/20"
+        f"held-out answers: the base gives the shifted sound {shifted}/20 and the true one {already}/20; "
+        f"the merged model the true one {learned}/20"
     )
-    assert before >= 15, "the base believed the shifted sounds"
+    assert shifted >= 10 and already <= 2, "the base believed other sounds: the adapter taught the true ones"
     assert learned >= 18
 
     # Resume: a new output folder holding only the step-60 checkpoint continues to the same end, bit for bit.
