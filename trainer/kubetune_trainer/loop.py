@@ -646,9 +646,16 @@ class Trainer:
             adapter = self.spec.adapter
             if adapter is not None and adapter.merge_at_end:
                 token = os.environ.get("HF_TOKEN") or None
-                adapter_folder = adapters.merge_into_base(
-                    folder, self.spec.model, self.location, token, self.use_cache
+                # Rank 0 alone reloads the base: not through ZeRO-3's partitioned init (a collective of all ranks,
+                # who wait at the barrier below: it would hang).
+                plugin = accelerator.state.deepspeed_plugin
+                whole = (
+                    plugin.zero3_init_context_manager(enable=False) if plugin else contextlib.nullcontext()
                 )
+                with whole:
+                    adapter_folder = adapters.merge_into_base(
+                        folder, self.spec.model, self.location, token, self.use_cache
+                    )
                 self.tokenizer.save_pretrained(adapter_folder)
             card = render_model_card(
                 self.settings.job,
