@@ -237,6 +237,23 @@ def install_checkpoint_hooks(accelerator: Any) -> None:
 # --- the end -------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def without_deepspeed_init(accelerator: Any) -> Iterator[None]:
+    """While open, transformers and peft load models whole, not through ZeRO-3's partitioned init (which they do
+    whenever a DeepSpeed config of stage 3 is registered, and which is a collective of every rank)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # registers the job's DeepSpeed config again
+
+
 def merge_into_base(
     folder: Path, model_spec: ModelSpec, location: str, token: str | None, use_cache: bool | None
 ) -> Path:

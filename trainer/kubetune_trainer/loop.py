@@ -648,11 +648,7 @@ class Trainer:
                 token = os.environ.get("HF_TOKEN") or None
                 # Rank 0 alone reloads the base: not through ZeRO-3's partitioned init (a collective of all ranks,
                 # who wait at the barrier below: it would hang).
-                plugin = accelerator.state.deepspeed_plugin
-                whole = (
-                    plugin.zero3_init_context_manager(enable=False) if plugin else contextlib.nullcontext()
-                )
-                with whole:
+                with adapters.without_deepspeed_init(accelerator):
                     adapter_folder = adapters.merge_into_base(
                         folder, self.spec.model, self.location, token, self.use_cache
                     )
