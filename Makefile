@@ -56,16 +56,12 @@ gpu-check:
 
 # Everything is built or reused from $(KUBETUNE_CACHE): the venv, the control plane, Kueue, the real nodes'
 # binaries and the two images (their tests need root: network namespaces, cgroups, a private dockerd).
+# hack/setup.sh builds them side by side and prints where they are (venv, cluster_bin, nodes_bin, kueue_bin).
 test:
-	bash hack/ensure-system-tools.sh
-	bash hack/nodes/install-packages.sh
-	venv=$$(bash hack/setup-venv.sh)
-	bin=$$(bash hack/cluster/build.sh | tail -n 1)
-	nodes_bin=$$(bash hack/nodes/build.sh | tail -n 1)
-	kueue_bin=$$(bash hack/kueue/build.sh | tail -n 1)
-	bash hack/images/build.sh >/dev/null
-	export KUBETUNE_CLUSTER_BIN="$$bin" KUBETUNE_NODES_BIN="$$nodes_bin" KUBETUNE_KUEUE_BIN="$$kueue_bin"
-	export PATH="$$bin:$$venv/bin:$$PATH"
+	setup=$$(bash hack/setup.sh)
+	eval "$$setup"
+	export KUBETUNE_CLUSTER_BIN="$$cluster_bin" KUBETUNE_NODES_BIN="$$nodes_bin" KUBETUNE_KUEUE_BIN="$$kueue_bin"
+	export PATH="$$cluster_bin:$$venv/bin:$$PATH"
 	export KUBETUNE_REQUIRE_CLUSTER=1
 	ruff check .
 	ruff format --check .

@@ -166,7 +166,8 @@ def test_placement_comes_from_the_spec() -> None:
     )
     assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert pod["spec"]["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        *NODE_LOSS_DEFAULT,
     ]
     assert pod["spec"]["affinity"] == affinity
     assert pod["spec"]["priorityClassName"] == "training"
@@ -174,6 +175,35 @@ def test_placement_comes_from_the_spec() -> None:
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["metadata"]["labels"]["team"] == "nlp"
     assert env_of(pod)["NCCL_DEBUG"] == "INFO"
+
+
+NODE_LOSS_DEFAULT = [
+    {
+        "key": "node.kubernetes.io/not-ready",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 60,
+    },
+    {
+        "key": "node.kubernetes.io/unreachable",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 60,
+    },
+]
+
+
+def test_workers_leave_a_node_that_stopped_reporting_after_node_loss_timeout_seconds() -> None:
+    """Without these tolerations the API server gives every pod 300 s on a NotReady/unreachable node; a job's
+    own toleration of either key (or of every taint) wins."""
+    assert worker()["spec"]["tolerations"] == NODE_LOSS_DEFAULT
+    pod = worker(runPolicy={"nodeLossTimeoutSeconds": 15})
+    assert [t["tolerationSeconds"] for t in pod["spec"]["tolerations"]] == [15, 15]
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    pod = worker(kubernetes={"tolerations": [own]})
+    assert pod["spec"]["tolerations"] == [own, NODE_LOSS_DEFAULT[0]]
+    everything = {"operator": "Exists"}
+    assert worker(kubernetes={"tolerations": [everything]})["spec"]["tolerations"] == [everything]
 
 
 def test_user_labels_and_env_cannot_override_the_operators_identity() -> None:

@@ -4,6 +4,8 @@ deleted children and a permanent trainer error. Each test fails on the operator 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -368,3 +370,79 @@ def test_an_eviction_seen_together_with_a_peer_crash_is_blamed_on_the_evicted_ra
     assert current["lastFailure"]["pod"] == "drained-worker-1"
     assert current["lastFailure"]["reason"] == "Evicted"
     core.patch_namespaced_pod("drained-worker-1", kube_namespace, {"metadata": {"finalizers": None}})
+
+
+def test_workers_on_nodes_that_stop_reporting_are_evicted_after_node_loss_timeout_seconds_not_300(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    finetunejob_crd: None,
+    gpu_pool: list[str],
+    operator_kubeconfig: Any,
+    tmp_path: Any,
+) -> None:
+    """The KWOK nodes stop reporting (the KWOK process is paused, so no Lease or status is renewed): the real
+    node controller marks them unreachable and taints them NoExecute after its grace period, the real taint
+    manager evicts the workers after the job's runPolicy.nodeLossTimeoutSeconds (5 s here, instead of the
+    API server's default 300 s), the operator force-deletes the pods that hang Terminating on the silent
+    nodes and restarts the gang, counted as a disruption and named as a node loss. When the nodes report
+    again, the new attempt runs."""
+    process = OperatorProcess(
+        kube_namespace,
+        operator_kubeconfig,
+        tmp_path,
+        ("--standalone", "--terminating-timeout-seconds", "3"),
+    )
+    process.start()
+    core: Any = client.CoreV1Api(kube_cluster.api_client())
+    kwok = next(p for p in kube_cluster.processes if p.name == "kwok")
+    paused = False
+    try:
+        kubectl(
+            "apply", "-f", "-", input=job_manifest("silent", nodes=2, runPolicy={"nodeLossTimeoutSeconds": 5})
+        )
+        pods = running_workers(kube_cluster, kube_namespace, "silent", 2)
+        wait_phase(kube_cluster, kube_namespace, "silent", "Running")
+        nodes = {p.spec.node_name for p in pods}
+        # Given the nodes go silent
+        os.kill(kwok.pid, signal.SIGSTOP)
+        paused, stopped = True, time.monotonic()
+
+        # Then the workers are evicted and the gang restarts, counted as a disruption, naming the node
+        def restarted() -> dict[str, Any] | None:
+            current = status(kube_cluster, kube_namespace, "silent")
+            return current if current.get("restarts") == 1 else None
+
+        try:
+            current = wait_for(restarted, 150, "the gang restart after the eviction")
+        except Exception:
+            taints = {n: core.read_node(n).spec.taints for n in nodes}
+            seen = [
+                (p.metadata.name, p.spec.node_name, p.status.phase, p.metadata.deletion_timestamp)
+                for p in core.list_namespaced_pod(kube_namespace).items
+            ]
+            raise AssertionError(
+                f"taints {taints}; pods {seen}; status {status(kube_cluster, kube_namespace, 'silent')}"
+            ) from None
+        detected = time.monotonic() - stopped
+        assert (current["failedAttempts"], current["disruptions"]) == (0, 1), current
+        assert current["lastFailure"]["reason"] == "NodeLost", current["lastFailure"]
+        assert any(node in current["lastFailure"]["message"] for node in nodes), current["lastFailure"]
+        # the node controller's grace (50 s by default) + 5 s + the force-delete: well under 300 s
+        assert detected < 120, detected
+        print(f"nodes silent -> gang restart in {detected:.0f} s")
+
+        # When the nodes report again, attempt 1 runs
+        os.kill(kwok.pid, signal.SIGCONT)
+        paused = False
+
+        def second_gang() -> list[Any] | None:
+            pods = running_workers(kube_cluster, kube_namespace, "silent", 2)
+            return pods if {p.metadata.labels["kubetune.io/attempt"] for p in pods} == {"1"} else None
+
+        wait_for(second_gang, 120, "attempt 1 running once the nodes report again")
+    finally:
+        if paused:
+            os.kill(kwok.pid, signal.SIGCONT)
+        process.stop()
+        kube_cluster.wait_for_nodes_ready()

@@ -97,3 +97,38 @@ def test_a_cpu_job_passes_the_check_on_a_machine_without_cuda() -> None:
     assert check_devices(_spec(), _context()).gpus == 0
     assert NodeContext.from_env({**_context(0).to_env()}).gpus_per_node == 0
     assert NodeContext.from_env({k: v for k, v in _context(None).to_env().items()}).gpus_per_node is None
+
+
+def test_the_node_launcher_asks_about_cuda_without_importing_torch(tmp_path: Path) -> None:
+    """`kubetune train` lives as long as the run: it asks torch in a child process (probe_cuda), so it does not
+    hold torch's ~300 MB. Checked in a fresh interpreter: after the GPU check (refused, no CUDA visible) and
+    after building the workers' environment, torch is still not imported there."""
+    code = """
+import sys
+from kubetune.contract import NodeContext
+from kubetune.spec import parse_spec
+from kubetune_trainer import node_launcher
+from kubetune_trainer.devices import DeviceError, check_devices
+spec = parse_spec({"model": {"name": "m"}, "dataset": {"name": "d"}, "kubernetes": {"resources": {"gpusPerNode": 1}}})
+context = NodeContext("/job.yaml", 0, 1, 1, "127.0.0.1", 29500, gpus_per_node=1)
+try:
+    check_devices(spec, context, {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+except DeviceError as error:
+    print("refused:", error)
+else:
+    raise SystemExit("not refused")
+from pathlib import Path
+files = node_launcher.LaunchFiles(Path("."), Path("a.yaml"), None, Path("."))
+env = node_launcher.child_environment(node_launcher.FineTuneJob.model_validate(
+    {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "j"}, "spec": spec.model_dump(by_alias=True)}
+), files, {"CUDA_VISIBLE_DEVICES": ""})
+print("cpu switch:", env.get("ACCELERATE_USE_CPU"))
+print("torch imported:", "torch" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(tmp_path), capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CUDA_VISIBLE_DEVICES is '', which hides every GPU" in done.stdout
+    assert "cpu switch: 1" in done.stdout
+    assert "torch imported: False" in done.stdout

@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.spec.adapters import ALL_LINEAR, AdapterSpec
 from kubetune.spec.models import FineTuneJobSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from kubetune_trainer.devices import CudaProbe
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +61,18 @@ def quantization_load_kwargs(qlora: Any, device_index: int) -> dict[str, Any]:
     return {"quantization_config": config, "device_map": {"": device_index}}
 
 
-def qlora_problem(spec: FineTuneJobSpec) -> str | None:
-    """Why this machine cannot run the job's QLoRA (no CUDA, no bitsandbytes), or None when it can or the job
-    does not use QLoRA."""
+def qlora_problem(spec: FineTuneJobSpec, probe: Callable[[], CudaProbe]) -> str | None:
+    """Why this machine cannot run the job's QLoRA (no CUDA device as `probe` reports it, no bitsandbytes
+    installed), or None when it can or the job does not use QLoRA. Imports neither torch nor bitsandbytes."""
     if spec.adapter is None or spec.adapter.qlora is None:
         return None
     import importlib.util
 
-    import torch
-
-    if not torch.cuda.is_available():
-        from kubetune_trainer.devices import why_no_cuda
-
+    cuda = probe()
+    if not cuda.available:
         return (
             "spec.adapter.qlora loads the base model in 4 bits with bitsandbytes, which runs on CUDA GPUs only, "
-            f"and no CUDA device is visible ({why_no_cuda()}): run on a GPU node, or remove adapter.qlora to "
+            f"and no CUDA device is visible ({cuda.why_not}): run on a GPU node, or remove adapter.qlora to "
             "train the LoRA adapter on a full-precision base"
         )
     if importlib.util.find_spec("bitsandbytes") is None:

@@ -12,13 +12,19 @@ gloo on the CPU and "run" hundreds of times slower, without an error.
    spec.distribution.backend nccl, or spec.training.mixedPrecision fp16 (fp16 autocast needs CUDA).
 A spec that says none of these (e.g. `kubetune train job.yaml` run by hand) may run on CPU.
 
-Torch is imported only inside the functions, so `kubetune train` stays torch-free at import time.
+`kubetune train` (the pod's main process, alive for the whole run) asks torch through `probe_cuda`, in a
+short-lived child process: importing torch costs about 300 MB of resident memory, which the launcher would
+otherwise hold, on top of the training processes', under the pod's memory limit.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,32 +89,84 @@ def why_no_cuda() -> str:
     return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable device"
 
 
-def check_devices(spec: FineTuneJobSpec, context: NodeContext) -> GpuRequirement:
+@dataclass(frozen=True)
+class CudaProbe:
+    """What torch reports about CUDA: devices visible (0: none) and, when none, why (see why_no_cuda)."""
+
+    device_count: int
+    why_not: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.device_count > 0
+
+
+def probe_here() -> CudaProbe:
+    """Ask torch in this process."""
+    import torch
+
+    if torch.cuda.is_available():
+        return CudaProbe(torch.cuda.device_count())
+    return CudaProbe(0, why_no_cuda())
+
+
+_PROBE_CODE = (
+    "import json, sys\n"
+    "from kubetune_trainer.devices import probe_here\n"
+    "probe = probe_here()\n"
+    "json.dump({'device_count': probe.device_count, 'why_not': probe.why_not}, sys.stdout)\n"
+)
+_probes: dict[tuple[str | None, ...], CudaProbe] = {}
+
+
+def probe_cuda(env: Mapping[str, str] | None = None) -> CudaProbe:
+    """Ask torch in a child process with environment `env` (default: this one), once per CUDA setting.
+
+    The child exits before training starts, so the torch import's memory is not held for the run. A child
+    that cannot import torch or fails counts as no device, with its error as the reason.
+    """
+    env = dict(os.environ if env is None else env)
+    key = (sys.executable, env.get("CUDA_VISIBLE_DEVICES"), env.get("PYTHONPATH"))
+    if key not in _probes:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE_CODE], env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            _probes[key] = CudaProbe(**json.loads(done.stdout))
+        else:
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            _probes[key] = CudaProbe(0, f"torch could not be asked about CUDA: {last}")
+    return _probes[key]
+
+
+def check_devices(
+    spec: FineTuneJobSpec, context: NodeContext, env: Mapping[str, str] | None = None
+) -> GpuRequirement:
     """Refuse to start when the node needs GPUs and CUDA cannot give one to each process, or when the job's
     QLoRA cannot run here (it needs CUDA and bitsandbytes, whatever the node was given).
 
-    Returns the requirement that was checked. Raises DeviceError naming the cause.
+    Asks torch through `probe_cuda(env)` only when the node needs GPUs or QLoRA. Returns the requirement that
+    was checked. Raises DeviceError naming the cause.
     """
     from kubetune_trainer.adapters import qlora_problem
 
-    problem = qlora_problem(spec)
+    problem = qlora_problem(spec, lambda: probe_cuda(env))
     if problem is not None:
         raise DeviceError(problem)
     requirement = gpu_requirement(spec, context)
     if requirement.gpus == 0:
         return requirement
-    import torch
-
+    probe = probe_cuda(env)
     fix = (
         "run where CUDA works, or train on CPU on purpose: set spec.kubernetes.resources.gpusPerNode: 0 "
         f"(and {GPUS_PER_NODE}=0 for a launcher of your own)"
     )
-    if not torch.cuda.is_available():
+    if not probe.available:
         raise DeviceError(
-            f"this job needs GPUs ({requirement.reason}) but no CUDA device is visible: {why_no_cuda()}. "
+            f"this job needs GPUs ({requirement.reason}) but no CUDA device is visible: {probe.why_not}. "
             f"Refusing to fall back to training on CPU; {fix}"
         )
-    visible = torch.cuda.device_count()
+    visible = probe.device_count
     processes = context.procs_per_node
     if visible < processes:
         raise DeviceError(

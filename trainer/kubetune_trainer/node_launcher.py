@@ -12,7 +12,8 @@ Exit codes: 0 finished, 75 preempted, 2 invalid job (spec, data columns, model p
 visible CUDA device (see devices.py), 1 other failures, with the failing rank's message and traceback tail
 printed last on stderr.
 
-This module is torch-free at import time; torch is imported only to ask whether CUDA is present.
+This module never imports torch: it asks about CUDA through a short-lived child (devices.probe_cuda), so the
+process that lives as long as the run does not hold torch's memory.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from kubetune.contract import (
 from kubetune.launch import LaunchConfigError, accelerate_config, accelerate_launch_args, deepspeed_config
 from kubetune.spec import FineTuneJob, SpecError, load_job
 
-from kubetune_trainer.devices import DeviceError, check_devices
+from kubetune_trainer.devices import DeviceError, check_devices, probe_cuda
 from kubetune_trainer.settings import WORKER_STATUS_DIR
 
 DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "kubetune" / "torch_extensions"
@@ -86,14 +87,6 @@ def write_launch_files(job: FineTuneJob, context: NodeContext, folder: Path) -> 
     return LaunchFiles(folder, accelerate_path, ds_path, status_dir)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def child_environment(
     job: FineTuneJob, files: LaunchFiles, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -108,7 +101,7 @@ def child_environment(
         # DeepSpeed's CPU Adam steps the offloaded optimizer with OpenMP threads; the image's OMP_NUM_THREADS=1
         # (right for GPU training) would make it single-threaded. Give each process its share of the cores.
         env["OMP_NUM_THREADS"] = str(max(1, _cores() // job.spec.distribution.processes_per_node))
-    if not deepspeed.enabled and not _cuda_available():
+    if not deepspeed.enabled and not probe_cuda(env).available:
         # DDP on CPU: keeps the torchrun launch of --multi_gpu but trains on CPU over gloo. (With DeepSpeed this
         # variable would silently turn DeepSpeed off, so DeepSpeed runs on its own CPU accelerator instead. The
         # simple launcher of a 1 x 1 job sets it from the config file itself; without CUDA it trains on CPU.)
@@ -289,7 +282,7 @@ def main(
         context = NodeContext.from_env(source)
         job = load_and_validate(context)
         # Before any process starts: a GPU job must not quietly train on CPU.
-        check_devices(job.spec, context)
+        check_devices(job.spec, context, source)
     except (ContractError, SpecError, LaunchConfigError, DeviceError) as error:
         print(f"kubetune train: {error}", file=sys.stderr, flush=True)
         return EXIT_INVALID_SPEC

@@ -22,7 +22,7 @@ small function adding to the pod being built, in the spirit of Kubeflow Trainer'
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from kubetune.spec.models import (
     FineTuneJob,
     FineTuneJobSpec,
     ObjectMeta,
+    Toleration,
     covers,
 )
 
@@ -369,16 +370,33 @@ def placement_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     spec = pod["spec"]
     if kube.node_selector:
         spec["nodeSelector"] = dict(kube.node_selector)
-    if kube.tolerations:
-        spec["tolerations"] = [
-            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in kube.tolerations
-        ]
+    tolerations = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in kube.tolerations]
+    tolerations += node_loss_tolerations(kube.tolerations, ctx.spec.run_policy.node_loss_timeout_seconds)
+    if tolerations:
+        spec["tolerations"] = tolerations
     if kube.affinity:
         spec["affinity"] = kube.affinity
     if kube.priority_class_name:
         spec["priorityClassName"] = kube.priority_class_name
     if kube.scheduler_name:
         spec["schedulerName"] = kube.scheduler_name
+
+
+NODE_LOSS_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def node_loss_tolerations(own: Sequence[Toleration], seconds: int) -> list[dict[str, Any]]:
+    """NoExecute tolerations of the taints the node controller puts on a node that stopped reporting, for
+    `seconds` (runPolicy.nodeLossTimeoutSeconds): then the taint manager evicts the worker and the gang
+    restarts, instead of the API server's default 300 s. A key the job tolerates itself keeps the job's."""
+    mine = {t.key for t in own if t.effect in (None, "NoExecute")}
+    if any(t.key is None and t.operator == "Exists" for t in own):
+        return []  # the job tolerates every taint, for ever: its choice
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for key in NODE_LOSS_TAINTS
+        if key not in mine
+    ]
 
 
 def flavor_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:

@@ -44,6 +44,12 @@ def deleted_failure(disrupted: list[WorkerPod], attempt: int, now: datetime) -> 
         reason, what = FailureReason.EVICTED, "evicted through the Eviction API (e.g. kubectl drain)"
     elif pod is not None and pod.disruption_reason == "PreemptionByScheduler":
         reason, what = FailureReason.PREEMPTED, "preempted by the scheduler"
+    elif pod is not None and pod.disruption_reason == "DeletionByTaintManager":
+        reason = FailureReason.NODE_LOST
+        what = (
+            f"evicted from node {pod.node or '(unknown)'}, which stopped reporting "
+            "(spec.runPolicy.nodeLossTimeoutSeconds elapsed)"
+        )
     return Failure(
         pod=pod.name if pod is not None else "",
         reason=reason,

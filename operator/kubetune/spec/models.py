@@ -694,6 +694,16 @@ class RunPolicy(SpecModel):
         "loss, a deleted worker) before the job fails; they do not count against backoffLimit. Evictions "
         "by the kubelet for node memory/disk pressure count as failures.",
     )
+    node_loss_timeout_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a worker stays bound to a node that stopped reporting (NotReady or unreachable) "
+        "before Kubernetes evicts it and the gang restarts from its last checkpoint elsewhere: the "
+        "tolerationSeconds of the workers' NoExecute tolerations of node.kubernetes.io/not-ready and "
+        "/unreachable (Kubernetes' default is 300; peers of a silent node can hang in a collective that "
+        "long). A toleration of either key in spec.kubernetes.tolerations takes precedence.",
+    )
     suspend: bool = Field(
         default=False,
         description="Deprecated: use spec.suspend (still honoured: the job is suspended when either is true).",

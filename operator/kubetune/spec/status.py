@@ -105,6 +105,7 @@ class FailureReason(StrEnum):
     PREEMPTED = "Preempted"
     EVICTED = "Evicted"
     POD_DELETED = "PodDeleted"
+    NODE_LOST = "NodeLost"
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL = "ImagePullBackOff"
     CONTAINER_CREATING = "ContainerCreating"
