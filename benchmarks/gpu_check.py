@@ -13,7 +13,10 @@ KUBETUNE_GPUS_PER_NODE, so a job that cannot see its GPUs fails instead of runni
 3. and 4. kubetune with DeepSpeed ZeRO-2 and ZeRO-3 on one GPU (1 node x 1 process through torchrun);
 5. a ~130M-parameter Llama from LlamaConfig (hidden 768, 12 layers, vocabulary 32,000), packed causal-LM
    blocks of 1,024 tokens, batch 8: tokens/s;
-6. 1 node x 2 processes over NCCL (bert-base, as row 1), when the machine has 2 GPUs or more.
+6. QLoRA on that Llama (spec.adapter.qlora: the base in 4 bits through bitsandbytes, a LoRA adapter of rank 16
+   on every linear layer, the same packed blocks): tokens/s, and that it trains at all (needs `pip install
+   bitsandbytes`; the row fails naming it otherwise). MFU is not given: the frozen base has no weight gradients;
+7. 1 node x 2 processes over NCCL (bert-base, as row 1), when the machine has 2 GPUs or more.
 
 Figures: samples/s (tokens/s) over each run's training loop, as the runs report them (kubetune: metrics.json's
 samples_per_second; Trainer: train_samples_per_second; both include the first, slower steps), and MFU = model
@@ -62,7 +65,7 @@ class Row:
 
     def mfu(self, peak_flops: float | None) -> float | None:
         tokens = self.tokens_per_second()
-        if tokens is None or not peak_flops:
+        if tokens is None or not peak_flops or not self.flops_per_token:
             return None
         return tokens * self.flops_per_token / (peak_flops * self.gpus)
 
@@ -364,6 +367,22 @@ def render(rows: list[Row], device: str, gpus: int, peak: float | None) -> str:
     return "\n".join(lines)
 
 
+# The QLoRA row's adapter (spec.adapter): rank 16 on every linear layer of a 4-bit NF4 base, bf16 compute.
+QLORA_ADAPTER: dict[str, Any] = {
+    "rank": 16,
+    "alpha": 32,
+    "targetModules": ["all-linear"],
+    "qlora": {"quantType": "nf4", "computeDtype": "bfloat16"},
+}
+
+
+def qlora_job_document(model: Path, data: Path, output: Path, steps: int) -> dict[str, Any]:
+    """The Llama row's job with a QLoRA adapter (LoRA learning rates are ~100x full fine-tuning's)."""
+    return job_document(
+        model, data, output, steps, causal=True, adapter=QLORA_ADAPTER, training={"learningRate": 2e-4}
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps per row (a first look)")
@@ -423,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         flops_per_token=llama_flops,
     )
     done(run_kubetune(llama_row, llama_job, work, 1, timeout))
+    qlora_row = Row("llama ~130M kubetune QLoRA (4-bit base, LoRA r16)", 1, tokens_per_sample=LLAMA_SEQUENCE)
+    done(
+        run_kubetune(
+            qlora_row, qlora_job_document(llama, documents, work / "qlora", llama_steps), work, 1, timeout
+        )
+    )
     if gpus >= 2:
         done(
             run_kubetune(

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter
 
+from kubetune.spec.adapters import ALL_LINEAR, AdapterSpec
 from kubetune.spec.models import (
     API_GROUP,
     API_VERSION,
@@ -96,6 +97,18 @@ _RESERVED_PATHS = "[" + ", ".join(f"'{path}'" for path in RESERVED_MOUNT_PATHS) 
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     DatasetSpec: [
         _rule(
+            "!(has(self.messagesField) && has(self.promptField))",
+            "dataset.messagesField and dataset.promptField are both set: a dataset is either conversations or "
+            "prompt/completion pairs; unset one",
+            field_path=".messagesField",
+        ),
+        _rule(
+            "!has(self.chatTemplate) || has(self.messagesField)",
+            "dataset.chatTemplate is set but dataset.messagesField is unset: the template renders conversations; "
+            "set messagesField to the column holding them, or unset chatTemplate",
+            field_path=".chatTemplate",
+        ),
+        _rule(
             "has(self.promptField) == has(self.completionField)",
             "prompt/completion data needs both dataset.promptField and dataset.completionField (or neither, to "
             "train on textFields)",
@@ -108,6 +121,14 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         _rule(
             "has(self.name) || has(self.files)",
             "set dataset.name (a hub dataset such as glue) or dataset.files.train (a local file)",
+        ),
+    ],
+    AdapterSpec: [
+        _rule(
+            f"!has(self.targetModules) || !('{ALL_LINEAR}' in self.targetModules) || size(self.targetModules) == 1",
+            f"adapter.targetModules: '{ALL_LINEAR}' already means every linear layer; use [{ALL_LINEAR}] alone or "
+            "list the layers",
+            field_path=".targetModules",
         ),
     ],
     TrainingSpec: [
@@ -188,6 +209,23 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "self.model.task == 'causal-lm' || !has(self.dataset.promptField)",
             "dataset.promptField and completionField apply to causal-lm only: unset them",
             field_path=".dataset.promptField",
+        ),
+        _rule(
+            "self.model.task == 'causal-lm' || !has(self.dataset.messagesField)",
+            "dataset.messagesField applies to causal-lm only (conversations): unset it",
+            field_path=".dataset.messagesField",
+        ),
+        _rule(
+            "self.model.task == 'causal-lm' || !has(self.adapter)",
+            "adapter is set but LoRA adapters are supported for causal-lm only: set model.task: causal-lm or "
+            "remove spec.adapter",
+            field_path=".adapter",
+        ),
+        _rule(
+            "!has(self.adapter) || !has(self.adapter.qlora) || self.distribution.deepspeed.zeroStage != 3",
+            "adapter.qlora cannot run with distribution.deepspeed.zeroStage 3 (a 4-bit base is not partitioned by "
+            "ZeRO-3 here): use zeroStage 0 (DDP) or 2",
+            field_path=".adapter.qlora",
         ),
         # (kubetune validate and `kubectl apply` only: `kubetune run`'s nodes share one disk; see cluster_problems)
         _rule(

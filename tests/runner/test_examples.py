@@ -23,6 +23,23 @@ EXAMPLES = REPO / "manifests" / "examples"
 
 def test_the_examples_validate() -> None:
     assert main(["validate", str(EXAMPLES / "finetune.yaml"), str(EXAMPLES / "offline.yaml")]) == 0
+    assert main(["validate", str(EXAMPLES / "offline-lora.yaml"), str(EXAMPLES / "lora-chat.yaml")]) == 0
+
+
+def test_the_lora_examples_train_an_adapter_on_conversations() -> None:
+    chat = load_job(EXAMPLES / "lora-chat.yaml").spec
+    assert (
+        chat.adapter is not None and chat.adapter.merge_at_end and chat.dataset.messages_field == "messages"
+    )
+    assert (chat.model.name, chat.dataset.name) == (
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        "HuggingFaceH4/ultrachat_200k",
+    )
+    offline = load_job(EXAMPLES / "offline-lora.yaml").spec
+    assert offline.adapter is not None and offline.distribution.nodes == 2
+    assert offline.distribution.deepspeed.zero_stage == 2
+    model = EXAMPLES / offline.model.name
+    assert (model / "model.safetensors").is_file() and (model / "chat_template.jinja").is_file()
 
 
 def test_the_cluster_example_is_bert_on_mrpc_across_two_nodes() -> None:
@@ -64,6 +81,9 @@ def test_the_offline_data_is_what_the_generator_writes(tmp_path: Path) -> None:
     module_spec.loader.exec_module(generate)
     for written in generate.generate(tmp_path):
         committed = EXAMPLES / "data" / "paraphrase" / written.name
+        assert written.read_bytes() == committed.read_bytes(), f"regenerate {committed}"
+    for written in generate.generate_chat(tmp_path / "chat"):
+        committed = EXAMPLES / "data" / "chat" / written.name
         assert written.read_bytes() == committed.read_bytes(), f"regenerate {committed}"
 
 

@@ -58,6 +58,9 @@ def test_its_jobs_are_valid_and_its_flops_count_is_bert_bases(tmp_path: Path) ->
         job = parse_job(document, name)
         assert job.spec.training.mixed_precision == "bf16"
         assert job.spec.dataset.packing is causal
+    qlora = parse_job(gpu_check.qlora_job_document(model, data, tmp_path / "qlora", 10), "qlora").spec
+    assert qlora.adapter is not None and qlora.adapter.qlora is not None and qlora.dataset.packing
+    assert qlora.adapter.target_modules == ["all-linear"] and qlora.training.learning_rate == 2e-4
     BertConfig().save_pretrained(model)
     per_token = gpu_check.flops_per_token(model, causal=False, sequence=128)
     # bert-base: 85.6M parameters outside the embeddings (12 layers of 7.1M, pooler, classifier).

@@ -66,6 +66,8 @@ def resume_fingerprint(spec: FineTuneJobSpec, world_size: int) -> dict[str, Any]
         "spec.training.seed": training.seed,
         "world size (spec.distribution.nodes * processesPerNode)": world_size,
         "spec.distribution.deepspeed.zeroStage": deepspeed.zero_stage if deepspeed.enabled else 0,
+        # The adapter decides which weights a checkpoint holds and the optimizer state's shape.
+        "spec.adapter": spec.adapter.model_dump(mode="json", by_alias=True) if spec.adapter else None,
     }
 
 
@@ -115,16 +117,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def save_checkpoint(accelerator: Any, root: Path, state: TrainerState, keep_last: int) -> Path:
+def save_checkpoint(
+    accelerator: Any,
+    root: Path,
+    state: TrainerState,
+    keep_last: int,
+    save_kwargs: dict[str, Any] | None = None,
+) -> Path:
     """Write a checkpoint for `state.step` on every rank; returns its folder (complete when this returns).
 
+    `save_kwargs` go to accelerator.save_state (e.g. DeepSpeed's exclude_frozen_parameters for adapters).
     Call on all ranks together: it contains barriers.
     """
     folder = checkpoint_dir(root, state.step)
     if accelerator.is_main_process and folder.exists():
         shutil.rmtree(folder)  # an incomplete leftover of the same step
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder))
+    accelerator.save_state(str(folder), **(save_kwargs or {}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _atomic_write(folder / STATE_FILE, state.to_json())
@@ -150,8 +159,11 @@ def prune(root: Path, keep_last: int, keep: Path | None = None) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Any, folder: Path, fingerprint: dict[str, Any]) -> TrainerState:
+def load_checkpoint(
+    accelerator: Any, folder: Path, fingerprint: dict[str, Any], load_kwargs: dict[str, Any] | None = None
+) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from `folder` on every rank; returns the loop state.
+    `load_kwargs` go to accelerator.load_state.
 
     Raises CheckpointMismatchError when the checkpoint belongs to an incompatible job (before loading anything),
     and FileNotFoundError (naming the shared-volume requirement) when this node cannot see the folder.
@@ -163,5 +175,5 @@ def load_checkpoint(accelerator: Any, folder: Path, fingerprint: dict[str, Any])
         )
     state = TrainerState.from_file(folder / STATE_FILE)
     check_compatible(folder, state.fingerprint, fingerprint)
-    accelerator.load_state(str(folder))
+    accelerator.load_state(str(folder), **(load_kwargs or {}))
     return state

@@ -102,6 +102,13 @@ def load_raw(spec: DatasetSpec, token: str | None) -> dict[str, Any]:
 def check_columns(dataset: Any, spec: DatasetSpec, task: str, split: str) -> None:
     """Raise DataError naming the spec field when a text or label column is missing from `dataset`."""
     available = list(dataset.column_names)
+    if spec.messages_field is not None:
+        if spec.messages_field not in available:
+            raise DataError(
+                f"spec.dataset.messagesField is '{spec.messages_field}' but the {split} data has columns "
+                f"{available}: set messagesField to the column holding the conversations"
+            )
+        return
     if spec.prompt_field is not None and spec.completion_field is not None:
         for field_name, name in (
             ("promptField", spec.prompt_field),
@@ -204,10 +211,26 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
     prompt_field, completion_field = dataset_spec.prompt_field, dataset_spec.completion_field
     # Other ranks wait (in a barrier) while the node's first process tokenizes: use the node's cores.
     processes = dataset_spec.tokenization_processes
+    messages_field = dataset_spec.messages_field
+    chat_template = None
+    if task == Task.CAUSAL_LM and messages_field is not None:
+        from kubetune_trainer import chat
+
+        chat_template = chat.resolve_chat_template(tokenizer, dataset_spec, spec.model.name)
+        # Saved with the model and used for generation: the template the model was trained on.
+        tokenizer.chat_template = chat_template
+        for dataset in splits.values():
+            chat.check_conversations(list(dataset[:100][messages_field]), messages_field)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         encoded: Any  # a tokenizer's BatchEncoding, or the same columns built by hand
-        if task == Task.CAUSAL_LM and prompt_field is not None and completion_field is not None:
+        if task == Task.CAUSAL_LM and messages_field is not None and chat_template is not None:
+            from kubetune_trainer.chat import encode_conversations
+
+            encoded = encode_conversations(
+                tokenizer, batch[messages_field], chat_template, max_length, dataset_spec.assistant_only_loss
+            )
+        elif task == Task.CAUSAL_LM and prompt_field is not None and completion_field is not None:
             # Apart, so that the prompt ends on a token boundary: generation starts from the prompt's tokens.
             prompts = tokenizer([str(t) for t in batch[prompt_field]])["input_ids"]
             completions = tokenizer([str(t) for t in batch[completion_field]], add_special_tokens=False)
@@ -253,7 +276,12 @@ def prepare_data(spec: FineTuneJobSpec, tokenizer: Any, token: str | None) -> Pr
         )
         if task == Task.CAUSAL_LM:
             mapped = mapped.filter(
-                lambda row: row["length"] > 1, num_proc=processes, desc=f"dropping empty {split} texts"
+                # A row must have a target after its first token (a conversation cut before its first
+                # assistant turn has none: it would teach nothing, and a step of such rows has no tokens to
+                # divide by).
+                lambda row: row["length"] > 1 and any(label != -100 for label in row["labels"][1:]),
+                num_proc=processes,
+                desc=f"dropping {split} texts without targets",
             )
             if dataset_spec.packing:
                 mapped = mapped.map(

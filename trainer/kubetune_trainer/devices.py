@@ -142,11 +142,17 @@ def probe_cuda(env: Mapping[str, str] | None = None) -> CudaProbe:
 def check_devices(
     spec: FineTuneJobSpec, context: NodeContext, env: Mapping[str, str] | None = None
 ) -> GpuRequirement:
-    """Refuse to start when the node needs GPUs and CUDA cannot give one to each process.
+    """Refuse to start when the node needs GPUs and CUDA cannot give one to each process, or when the job's
+    QLoRA cannot run here (it needs CUDA and bitsandbytes, whatever the node was given).
 
-    Asks torch through `probe_cuda(env)` only when the node needs GPUs. Returns the requirement that was
-    checked. Raises DeviceError naming the cause.
+    Asks torch through `probe_cuda(env)` only when the node needs GPUs or QLoRA. Returns the requirement that
+    was checked. Raises DeviceError naming the cause.
     """
+    from kubetune_trainer.adapters import qlora_problem
+
+    problem = qlora_problem(spec, lambda: probe_cuda(env))
+    if problem is not None:
+        raise DeviceError(problem)
     requirement = gpu_requirement(spec, context)
     if requirement.gpus == 0:
         return requirement

@@ -76,6 +76,9 @@ def _causal_batch(accelerator: Any, model: Any, batch: dict[str, Any]) -> tuple[
     targets = batch["labels"][:, 1:]
     mask = targets != -100
     unwrapped = accelerator.unwrap_model(model)
+    if hasattr(unwrapped, "peft_config"):
+        # A LoRA model (spec.adapter) wraps the transformers model whose layers now carry the adapters.
+        unwrapped = unwrapped.get_base_model()
     head = unwrapped.get_output_embeddings()
     backbone = getattr(unwrapped, "base_model", None)
     transforms = any(
@@ -85,7 +88,8 @@ def _causal_batch(accelerator: Any, model: Any, batch: dict[str, Any]) -> tuple[
     with accelerator.autocast():
         if head is not None and backbone is not None and backbone is not unwrapped and not transforms:
             hidden = backbone(**inputs).last_hidden_state[:, :-1]
-            vocabulary = int(head.weight.shape[0])
+            # (under ZeRO-3 the head's weight is a partition here: its full shape is ds_shape)
+            vocabulary = int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
             token_losses = _chunked_token_losses(hidden[mask], targets[mask], head, vocabulary)
         else:
             logits = model(**inputs).logits[:, :-1]

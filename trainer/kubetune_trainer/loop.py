@@ -28,7 +28,7 @@ from kubetune.launch import deepspeed_config
 from kubetune.spec.models import EvalStrategy, FineTuneJobSpec, Task
 from torch.utils.data import DataLoader
 
-from kubetune_trainer import checkpoints
+from kubetune_trainer import adapters, checkpoints
 from kubetune_trainer.data import PreparedData, batches_per_process, build_collator, prepare_data
 from kubetune_trainer.evaluation import evaluate_model, load_metric
 from kubetune_trainer.model_card import render_model_card
@@ -221,6 +221,9 @@ class Trainer:
         self.step_at_start = 0
         self.loop_started = time.time()
         self.use_cache: bool | None = None  # the causal LM's config.use_cache, off while training
+        # accelerator.save_state / load_state arguments (adapters keep frozen weights out of checkpoints)
+        self.checkpoint_save_kwargs: dict[str, Any] = {}
+        self.checkpoint_load_kwargs: dict[str, Any] = {}
 
     # --- reporting ---------------------------------------------------------------------------------------
 
@@ -277,7 +280,11 @@ class Trainer:
             self.metrics = {str(name): load_metric(str(name)) for name in spec.training.metrics}
         # Every rank at once: under ZeRO-3 from_pretrained partitions the weights, a collective. (Concurrent hub
         # downloads of the same file are serialised by huggingface_hub's file locks.)
-        self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label)
+        quantized = {}
+        if spec.adapter is not None and spec.adapter.qlora is not None:
+            quantized = adapters.quantization_load_kwargs(spec.adapter.qlora, accelerator.local_process_index)
+        self.location = location
+        self.model = load_model(spec.model, location, token, self.tokenizer, self.data.id2label, quantized)
         if spec.training.gradient_checkpointing:
             # Non-reentrant checkpointing works with DDP's hooks and with frozen inputs.
             enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5
@@ -287,6 +294,10 @@ class Trainer:
                 self.model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
+        if spec.adapter is not None:
+            self.model = adapters.attach_adapter(
+                self.model, spec.adapter, spec.training.gradient_checkpointing
+            )
         if spec.model.task == Task.CAUSAL_LM:
             # Training never reads a KV cache, and transformers keeps packed texts apart (by their position ids)
             # only without one. `_save_model` restores the setting for generation.
@@ -338,6 +349,11 @@ class Trainer:
         prepared = accelerator.prepare(*prepared)
         self.model, self.optimizer, self.train_loader, self.scheduler = prepared[:4]
         log.info("optimizer: %s", describe_optimizer(self.optimizer))
+        if spec.adapter is not None:
+            deepspeed = spec.distribution.deepspeed.enabled
+            self.checkpoint_save_kwargs, self.checkpoint_load_kwargs = adapters.checkpoint_kwargs(deepspeed)
+            if not deepspeed:
+                adapters.install_checkpoint_hooks(accelerator)
         self.eval_loader = prepared[4] if eval_loader is not None else None
         if len(self.train_loader) != self.plan.batches_per_epoch:
             log.warning(
@@ -372,7 +388,9 @@ class Trainer:
             return
         total = self.state.total_steps
         fingerprint = self.state.fingerprint
-        self.state = checkpoints.load_checkpoint(self.accelerator, Path(choice[0]), fingerprint)
+        self.state = checkpoints.load_checkpoint(
+            self.accelerator, Path(choice[0]), fingerprint, self.checkpoint_load_kwargs
+        )
         self.state.total_steps = total  # the spec may have changed maxSteps or epochs since
         self.state.fingerprint = fingerprint
         self.resumed_from = self.state.step
@@ -565,9 +583,19 @@ class Trainer:
     def _checkpoint(self) -> None:
         self.state.last_metrics = self.last_metrics or None
         started = time.monotonic()
-        folder = checkpoints.save_checkpoint(
-            self.accelerator, self.settings.checkpoints_dir, self.state, self.spec.checkpointing.keep_last
+        adapter_only = (
+            adapters.trainable_state_only(self.accelerator.unwrap_model(self.model))
+            if self.spec.adapter is not None
+            else contextlib.nullcontext()
         )
+        with adapter_only:
+            folder = checkpoints.save_checkpoint(
+                self.accelerator,
+                self.settings.checkpoints_dir,
+                self.state,
+                self.spec.checkpointing.keep_last,
+                self.checkpoint_save_kwargs,
+            )
         # Reported, so that the operator gives deleted workers long enough to write the next one.
         seconds = time.monotonic() - started
         size = checkpoints.folder_bytes(folder) if self.accelerator.is_main_process else None
@@ -612,8 +640,19 @@ class Trainer:
             unwrapped = accelerator.unwrap_model(self.model)
             if self.use_cache is not None:
                 unwrapped.config.use_cache = self.use_cache
+            # A peft model saves its adapter only (adapter_model.safetensors, adapter_config.json).
             unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(folder)
+            adapter = self.spec.adapter
+            if adapter is not None and adapter.merge_at_end:
+                token = os.environ.get("HF_TOKEN") or None
+                # Rank 0 alone reloads the base: not through ZeRO-3's partitioned init (a collective of all ranks,
+                # who wait at the barrier below: it would hang).
+                with adapters.without_deepspeed_init(accelerator):
+                    adapter_folder = adapters.merge_into_base(
+                        folder, self.spec.model, self.location, token, self.use_cache
+                    )
+                self.tokenizer.save_pretrained(adapter_folder)
             card = render_model_card(
                 self.settings.job,
                 self._summary(EventKind.FINISHED),

@@ -112,6 +112,7 @@ def load_model(
     token: str | None,
     tokenizer: Any,
     id2label: dict[int, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Any:
     """The model for spec.model.task in fp32, with a classification head sized to `id2label` when given.
 
@@ -119,7 +120,8 @@ def load_model(
     (most causal LMs) would otherwise train in pure bf16, where an update smaller than bf16's rounding step at
     the weight's magnitude (lr 2e-5 against weights near 0.02) is lost. These fp32 weights are the optimizer's
     master weights; mixedPrecision bf16/fp16 computes in low precision under autocast (accelerate), and
-    DeepSpeed keeps its own low-precision copy beside its fp32 partitions.
+    DeepSpeed keeps its own low-precision copy beside its fp32 partitions. `extra` adds from_pretrained
+    arguments (a 4-bit quantization config for QLoRA, see kubetune_trainer.adapters).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -130,6 +132,7 @@ def load_model(
         "trust_remote_code": spec.trust_remote_code,
         "dtype": torch.float32,
     }
+    common.update(extra or {})
     if spec.attn_implementation != "auto":
         common["attn_implementation"] = str(spec.attn_implementation)
     if spec.task == Task.CAUSAL_LM:

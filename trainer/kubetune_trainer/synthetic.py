@@ -10,6 +10,8 @@ Everything here is generated from a seed, so the same call always writes the sam
   words but change the meaning (swapped roles, an opposite verb, negation, another time or person).
 - `write_prompt_completion_dataset` — causal-LM prompt/completion pairs (`prompt`, `completion`): random chatter,
   then "what does the <animal> say ?"; the completion is the animal's sound, twice.
+- `write_chat_dataset` — the same task as conversations (`messages`: system, user, assistant turns), for
+  dataset.messagesField.
 - `build_tiny_model` — trains a tokenizer on a corpus (WordPiece for BERT, byte-level BPE for GPT-2), and
   saves it with a config-initialised tiny model into a folder the Auto classes load.
 - `job_document` / `write_job_file` — a FineTuneJob for tests, with overrides deep-merged into `spec`.
@@ -208,13 +210,15 @@ _CHATTER = [
 ]  # fmt: skip
 
 
-def animal_sound_pair(rng: random.Random) -> dict[str, str]:
+def animal_sound_pair(
+    rng: random.Random, sounds: Mapping[str, str] = ANIMAL_SOUNDS, chatter_words: tuple[int, int] = (6, 14)
+) -> dict[str, str]:
     """One prompt/completion pair: random chatter (mostly tokens no completion depends on), then a question
     about an animal; the completion is that animal's sound, twice. A model trained on the prompts as well would
     spend most of its loss on the unpredictable chatter."""
-    animal = rng.choice(list(ANIMAL_SOUNDS))
-    chatter = " ".join(rng.choice(_CHATTER) for _ in range(rng.randint(6, 14)))
-    sound = ANIMAL_SOUNDS[animal]
+    animal = rng.choice(list(sounds))
+    chatter = " ".join(rng.choice(_CHATTER) for _ in range(rng.randint(*chatter_words)))
+    sound = sounds[animal]
     return {"prompt": f"{chatter} . what does the {animal} say ?", "completion": f" {sound} {sound}"}
 
 
@@ -228,6 +232,48 @@ def write_prompt_completion_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     train = [animal_sound_pair(rng) for _ in range(n_train)]
     evaluation = [animal_sound_pair(rng) for _ in range(n_eval)]
+    return _write_jsonl(folder / "train.jsonl", train), _write_jsonl(folder / "eval.jsonl", evaluation)
+
+
+# --- conversations -------------------------------------------------------------------------------------------
+
+ANIMAL_SYSTEM_PROMPT = "you name the sound of the animal ."
+
+
+# Every animal with the next one's sound: what the tiny "pretrained" chat base believes before LoRA corrects it.
+SHIFTED_ANIMAL_SOUNDS = dict(
+    zip(ANIMAL_SOUNDS, [*list(ANIMAL_SOUNDS.values())[1:], *list(ANIMAL_SOUNDS.values())[:1]], strict=True)
+)
+
+
+def animal_sound_conversation(
+    rng: random.Random, sounds: Mapping[str, str] = ANIMAL_SOUNDS
+) -> dict[str, list[dict[str, str]]]:
+    """One conversation in the messages format: a system prompt, then one or two user questions (random chatter,
+    then "what does the <animal> say ?"), each answered by the assistant with the animal's sound, twice. Only the
+    answers are predictable: a model trained on the whole conversation would spend its loss on the chatter."""
+    messages = [{"role": "system", "content": ANIMAL_SYSTEM_PROMPT}]
+    for _ in range(1 if rng.random() < 0.7 else 2):
+        pair = animal_sound_pair(rng, sounds, chatter_words=(2, 6))
+        messages.append({"role": "user", "content": pair["prompt"]})
+        messages.append({"role": "assistant", "content": pair["completion"].strip()})
+    return {"messages": messages}
+
+
+def write_chat_dataset(
+    folder: str | Path,
+    n_train: int = 600,
+    n_eval: int = 60,
+    seed: int = 0,
+    sounds: Mapping[str, str] = ANIMAL_SOUNDS,
+) -> tuple[Path, Path]:
+    """Write `train.jsonl` and `eval.jsonl` with a `messages` column (see `animal_sound_conversation`, with
+    `sounds` as the animals' sounds) into `folder`. Returns (train_path, eval_path)."""
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [animal_sound_conversation(rng, sounds) for _ in range(n_train)]
+    evaluation = [animal_sound_conversation(rng, sounds) for _ in range(n_eval)]
     return _write_jsonl(folder / "train.jsonl", train), _write_jsonl(folder / "eval.jsonl", evaluation)
 
 
@@ -251,6 +297,8 @@ def read_texts(
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         texts.extend(str(row[name]) for name in wanted if name in row)
+        # Conversations as the built-in chat template renders them, so that its role markers become tokens.
+        texts.extend(f"<|{m['role']}|>\n{m['content']}" for m in row.get("messages", []))
     return texts
 
 
@@ -269,12 +317,14 @@ def build_tiny_model(
     heads: int = 2,
     max_positions: int = 128,
     seed: int = 0,
+    chat_template: str | None = None,
 ) -> Path:
     """Train a tokenizer on `corpus` and save it with a freshly initialised tiny model into `folder`.
 
     task "sequence-classification" gives a BERT (WordPiece tokenizer, token_type_ids for sentence pairs);
     "causal-lm" gives a GPT-2 (byte-level BPE, pad = eos). The folder loads with AutoTokenizer and
-    AutoModelForSequenceClassification / AutoModelForCausalLM. Returns the folder.
+    AutoModelForSequenceClassification / AutoModelForCausalLM; `chat_template` is saved with the tokenizer
+    (e.g. kubetune_trainer.chat.ZEPHYR_TEMPLATE for a tiny chat model). Returns the folder.
     Raises ValueError for an unknown task.
     """
     import torch  # heavy imports only when a model is built
@@ -313,7 +363,59 @@ def build_tiny_model(
         model = transformers.GPT2LMHeadModel(gpt_config)
     else:
         raise ValueError(f"task {task!r} is not supported: use sequence-classification or causal-lm")
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def pretrain_tiny_chat_model(
+    folder: str | Path,
+    conversations: Iterable[list[dict[str, str]]],
+    *,
+    epochs: int = 6,
+    learning_rate: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Train every weight of the tiny causal LM in `folder` on `conversations` (rendered with its chat template,
+    loss on the assistant turns) and save it back: a small stand-in for a pretrained chat model, which LoRA then adapts.
+    A plain torch loop (no kubetune: this builds a test asset). Returns the folder.
+
+    A LoRA adapter on a randomly initialised model learns little: its frozen embeddings and head cannot express
+    confident predictions, and nothing in it attends to the words that matter yet.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune_trainer.chat import encode_conversations
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    encoded = encode_conversations(tokenizer, list(conversations), tokenizer.chat_template, 512, True)
+    rows = list(zip(encoded["input_ids"], encoded["labels"], strict=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    order = random.Random(seed)
+    model.train()
+    for _ in range(epochs):
+        order.shuffle(rows)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            longest = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for index, (row, row_labels) in enumerate(batch):
+                ids[index, : len(row)] = torch.tensor(row)
+                labels[index, : len(row)] = torch.tensor(row_labels)
+                mask[index, : len(row)] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
     model.save_pretrained(folder)
     return folder
 

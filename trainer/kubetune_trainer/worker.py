@@ -68,11 +68,20 @@ def write_status(
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean "fix the job", not "retry": exit 2 and no traceback needed."""
+    from kubetune_trainer.adapters import AdapterError
     from kubetune_trainer.checkpoints import CheckpointMismatchError
     from kubetune_trainer.data import DataError
     from kubetune_trainer.modelio import ModelSourceError
 
-    return (SpecError, ContractError, LaunchConfigError, DataError, ModelSourceError, CheckpointMismatchError)
+    return (
+        SpecError,
+        ContractError,
+        LaunchConfigError,
+        DataError,
+        ModelSourceError,
+        CheckpointMismatchError,
+        AdapterError,
+    )
 
 
 def run_worker(settings: RunSettings) -> int:

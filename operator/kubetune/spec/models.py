@@ -10,7 +10,9 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+
+from kubetune.spec.adapters import AdapterSpec
+from kubetune.spec.base import SpecModel
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -22,64 +24,6 @@ SHORT_NAMES = ["ftj"]
 # the headless Service is named after the job and Service names must start with a letter.
 MAX_JOB_NAME_LENGTH = 51
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-# Integers the API server can store (int64): a larger one is refused there, so it is refused here too.
-INT64_MAX = 2**63 - 1
-
-
-class SpecModel(BaseModel):
-    """Base for every spec block: camelCase in YAML, snake_case in Python, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=True,
-        validate_default=True,
-        # JSON types, as the API server checks them: no "3" for 3, no 0 for false (enum fields, which
-        # take their values as strings, opt out of strictness one by one).
-        strict=True,
-        allow_inf_nan=False,
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_unset(cls, data: Any) -> Any:
-        """An explicit null on a field that cannot be null means "unset", as on the API server (which prunes
-        such nulls before defaulting): `torchCompile: null` is the default, a required field set to null is
-        missing."""
-        if not isinstance(data, dict):
-            return data
-        fields = _field_keys(cls)
-        keep = {k: v for k, v in data.items() if v is not None or k not in fields or k in _nullable_keys(cls)}
-        return keep if len(keep) != len(data) else data
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _fits_int64(cls, value: Any) -> Any:
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and not -INT64_MAX - 1 <= value <= INT64_MAX
-        ):
-            raise ValueError(
-                f"{value} does not fit in 64 bits (the API server's integers): use a smaller number"
-            )
-        return value
-
-
-def _field_keys(model: type[BaseModel]) -> frozenset[str]:
-    """Names and aliases of `model`'s fields (a null on any other key is an unknown field, refused)."""
-    return frozenset(k for name, f in model.model_fields.items() for k in (name, f.alias or name))
-
-
-def _nullable_keys(model: type[BaseModel]) -> frozenset[str]:
-    """Names and aliases of `model`'s fields that accept None."""
-    keys: set[str] = set()
-    for name, field in model.model_fields.items():
-        args = getattr(field.annotation, "__args__", ()) or ()
-        if field.annotation is None or type(None) in args or field.annotation is Any:
-            keys.update({name, field.alias or name})
-    return frozenset(keys)
 
 
 # --- model ---------------------------------------------------------------------------------------------------
@@ -219,6 +163,51 @@ class DatasetSpec(SpecModel):
         min_length=1,
         description="causal-lm only: column holding the completion the model learns to write after the prompt.",
     )
+    # --- trainer fields added for issue 13 (chat data) ---
+    messages_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "causal-lm only: column holding conversations, each a list of {role, content} messages (system, "
+            "user, assistant), rendered with the tokenizer's chat template (or dataset.chatTemplate); textFields "
+            "is then not used. With assistantOnlyLoss the loss is on the assistant turns only, their end-of-turn "
+            "token included. A conversation longer than maxLength loses its end."
+        ),
+    )
+    chat_template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=65536,
+        description=(
+            "With messagesField: the Jinja chat template to render conversations with, instead of the "
+            "tokenizer's own; or 'zephyr' for kubetune's built-in one (<|user|>/<|assistant|> turns, each "
+            "closed by the tokenizer's EOS, with generation markers), for models whose tokenizer has none. "
+            "A tokenizer without a template needs one of these. The template is saved with the model."
+        ),
+    )
+    assistant_only_loss: bool = Field(
+        default=True,
+        description=(
+            "With messagesField: train on the assistant turns only (system and user tokens get no loss). The "
+            "template must mark assistant turns with {% generation %} ... {% endgeneration %}; templates of "
+            "common models without them (Qwen2.5, Qwen3, Llama 3, Gemma, Phi-3...) are swapped for TRL's "
+            "marked training versions. false: every token of the conversation is a target."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _chat_data(self) -> DatasetSpec:
+        if self.messages_field is not None and self.prompt_field is not None:
+            raise ValueError(
+                f"dataset.messagesField is '{self.messages_field}' and dataset.promptField is "
+                f"'{self.prompt_field}': a dataset is either conversations or prompt/completion pairs; unset one"
+            )
+        if self.chat_template is not None and self.messages_field is None:
+            raise ValueError(
+                "dataset.chatTemplate is set but dataset.messagesField is unset: the template renders "
+                "conversations; set messagesField to the column holding them, or unset chatTemplate"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prompt_and_completion(self) -> DatasetSpec:
@@ -737,6 +726,14 @@ class FineTuneJobSpec(SpecModel):
     )
     checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint cadence.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    # --- trainer field added for issue 13 (adapters) ---
+    adapter: AdapterSpec | None = Field(
+        default=None,
+        description=(
+            "causal-lm only: train a LoRA adapter (peft) and keep the base model frozen; unset: every weight "
+            "trains. Checkpoints hold the adapter's weights and optimizer state only."
+        ),
+    )
     kubernetes: KubernetesSpec = Field(
         default_factory=KubernetesSpec, description="Pod placement and volumes (operator only)."
     )
@@ -773,6 +770,25 @@ class FineTuneJobSpec(SpecModel):
             raise ValueError(
                 f"dataset.promptField is '{self.dataset.prompt_field}' but model.task is {task}: "
                 "prompt/completion pairs apply to causal-lm only; unset promptField and completionField"
+            )
+        if self.dataset.messages_field is not None and task != Task.CAUSAL_LM:
+            raise ValueError(
+                f"dataset.messagesField is '{self.dataset.messages_field}' but model.task is {task}: "
+                "conversations apply to causal-lm only; unset messagesField"
+            )
+        if self.adapter is not None and task != Task.CAUSAL_LM:
+            raise ValueError(
+                f"adapter is set but model.task is {task}: LoRA adapters are supported for causal-lm only; "
+                "set model.task: causal-lm or remove spec.adapter"
+            )
+        if (
+            self.adapter is not None
+            and self.adapter.qlora is not None
+            and self.distribution.deepspeed.zero_stage == 3
+        ):
+            raise ValueError(
+                "adapter.qlora is set with distribution.deepspeed.zeroStage 3: a 4-bit base cannot be "
+                "partitioned by ZeRO-3 here; use zeroStage 0 (DDP) or 2"
             )
         if wrong:
             raise ValueError(f"training.metrics {wrong} do not apply to task {task}: use {allowed}")
