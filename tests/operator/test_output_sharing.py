@@ -61,7 +61,9 @@ CASES: dict[str, tuple[dict[str, Any], bool]] = {
         True,
     ),
     "two nodes, object storage for the model only": (
-        document(output={"path": "/output", "objectStorage": {"uri": "s3://models/run-1", "checkpoints": False}}),
+        document(
+            output={"path": "/output", "objectStorage": {"uri": "s3://models/run-1", "checkpoints": False}}
+        ),
         False,
     ),
 }

@@ -85,7 +85,9 @@ def test_a_worker_may_report_progress_but_not_change_the_operators_fields(
         with pytest.raises(ApiException) as error:
             patch({"phase": "Succeeded"})
         assert error.value.status in (403, 422)
-        assert "status.progress, status.metrics, status.lastCheckpoint and status.tracking" in str(error.value.body)
+        assert "status.progress, status.metrics, status.lastCheckpoint and status.tracking" in str(
+            error.value.body
+        )
         for forged in ({"failedAttempts": 5}, {"restarts": 3}, {"attempt": 7}, {"conditions": []}):
             with pytest.raises(ApiException) as again:
                 patch(forged)

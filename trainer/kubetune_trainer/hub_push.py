@@ -36,7 +36,8 @@ def push_model(hub: HubPushSpec, folder: Path, env: Mapping[str, str], commit_me
             f"output.hub.tokenSecret ({HUB_PUSH_TOKEN_ENV}) or kubernetes.hfTokenSecret ({HF_TOKEN}); the model "
             f"is saved in {folder}"
         )
-    api = HfApi(token=token)
+    # HF_ENDPOINT as the environment says now (huggingface_hub reads it once, at import).
+    api = HfApi(token=token, endpoint=env.get("HF_ENDPOINT") or None)
     try:
         api.create_repo(repo_id=hub.repo_id, private=hub.private, repo_type="model", exist_ok=True)
         commit = api.upload_folder(
