@@ -29,7 +29,12 @@ class RecordingHub(BaseHTTPRequestHandler):
     def _record(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        entry = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body,
+        }
         type(self).requests.append(entry)
         return entry
 
