@@ -195,7 +195,10 @@ class Tracking:
     def finish(self) -> None:
         """End the runs (MLflow marks its run finished; TensorBoard flushes and closes its file)."""
         if self.accelerator is not None:
-            self.accelerator.end_training()
+            # The trackers' part of accelerator.end_training(), which would also destroy the process group
+            # that the rest of the run (saving, the last barriers) still uses.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
             self.accelerator = None
 
     def _live(self, name: str) -> GuardedTracker | None:
