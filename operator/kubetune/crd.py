@@ -189,6 +189,14 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "dataset.promptField and completionField apply to causal-lm only: unset them",
             field_path=".dataset.promptField",
         ),
+        # (kubetune validate and `kubectl apply` only: `kubetune run` reads the token from the environment)
+        _rule(
+            "!has(self.output.hub) || has(self.output.hub.tokenSecret) || "
+            "(has(self.kubernetes) && has(self.kubernetes.hfTokenSecret))",
+            "output.hub is set but no Secret holds a token for the push: set output.hub.tokenSecret: {name: "
+            "<secret>, key: <key>} (a token with write access), or kubernetes.hfTokenSecret",
+            field_path=".output.hub.tokenSecret",
+        ),
         # (kubetune validate and `kubectl apply` only: `kubetune run`'s nodes share one disk; see cluster_problems)
         _rule(
             "self.distribution.nodes <= 1 || (has(self.output.ephemeral) && self.output.ephemeral) || "
