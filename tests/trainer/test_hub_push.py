@@ -22,7 +22,7 @@ from kubetune_trainer.hub_push import HubPushError, push_model
 
 
 class RecordingHub(BaseHTTPRequestHandler):
-    """Answers repository creation like the hub; refuses everything else with 503. Records every request."""
+    """Answers repository creation like the hub; refuses everything else with 403 (a 5xx would be retried with backoff). Records every request."""
 
     requests: ClassVar[list[dict[str, Any]]] = []
 
@@ -53,7 +53,7 @@ class RecordingHub(BaseHTTPRequestHandler):
             repo = f"{name.get('organization')}/{name['name']}" if name.get("organization") else name["name"]
             self._answer(200, {"url": f"http://{self.headers['Host']}/{repo}", "name": repo, "id": repo})
         else:
-            self._answer(503, {"error": "the test hub takes no uploads"})
+            self._answer(403, {"error": "the test hub takes no uploads"})
 
     do_GET = do_PUT = do_POST
 
