@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck venv cluster-bin node-bin kueue-bin images gpu-check
+.PHONY: demo test lint typecheck venv cluster-bin node-bin kueue-bin s3-bin mlflow-server images gpu-check
 # Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
@@ -29,6 +29,14 @@ cluster-bin:
 # The Kueue manager of the test cluster (sigs.k8s.io/kueue from the Go module proxy) and its CRDs.
 kueue-bin:
 	bash hack/kueue/build.sh
+
+# The S3-compatible test server (gofakes3 from the Go module proxy, about 30 s cold) for the object storage tests.
+s3-bin:
+	bash hack/s3/build.sh
+
+# The MLflow tracking server's own virtualenv (pinned in hack/mlflow/requirements.txt) for the tracking tests.
+mlflow-server:
+	bash hack/mlflow/setup.sh
 
 # The real test nodes' binaries (kubelet, kube-proxy, CoreDNS) and system packages (containerd, runc, CNI).
 node-bin:
@@ -61,6 +69,7 @@ test:
 	setup=$$(bash hack/setup.sh)
 	eval "$$setup"
 	export KUBETUNE_CLUSTER_BIN="$$cluster_bin" KUBETUNE_NODES_BIN="$$nodes_bin" KUBETUNE_KUEUE_BIN="$$kueue_bin"
+	export KUBETUNE_S3_BIN="$$s3_bin" KUBETUNE_MLFLOW_VENV="$$mlflow_venv"
 	export PATH="$$cluster_bin:$$venv/bin:$$PATH"
 	export KUBETUNE_REQUIRE_CLUSTER=1
 	ruff check .

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Everything `make test` needs, built or reused from $KUBETUNE_CACHE, and printed as shell assignments:
 #
-#   setup=$(bash hack/setup.sh) && eval "$setup"   # sets venv, cluster_bin, nodes_bin, kueue_bin
+#   setup=$(bash hack/setup.sh) && eval "$setup"   # venv, mlflow_venv, cluster_bin, nodes_bin, kueue_bin, s3_bin, ...
 #
 # System packages come first, one apt at a time (apt holds a lock). The builds then run side by side in three
 # lanes, because on a cold machine they wait on different things: the virtualenv on PyPI downloads and the
-# disk, the images on PyPI again and Docker's layer commits, the Go-built parts (control plane, node
-# binaries, Kueue) on the CPU. Warm, every lane is a cache hit of a few seconds.
+# disk (and the MLflow server's own venv), the images on PyPI again and Docker's layer commits, the Go-built
+# parts (control plane, node binaries, Kueue, the S3 server) on the CPU. Warm, every lane is a cache hit of a few seconds.
 # Each lane's stderr is printed with its name as a prefix; a failed lane fails the whole setup.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,10 +32,15 @@ go_parts() {
   bash hack/cluster/build.sh | tail -n 1 >"$results/cluster_bin"
   bash hack/nodes/build.sh | tail -n 1 >"$results/nodes_bin"
   bash hack/kueue/build.sh | tail -n 1 >"$results/kueue_bin"
+  bash hack/s3/build.sh | tail -n 1 >"$results/s3_bin"
+}
+python_parts() {
+  bash hack/setup-venv.sh | tail -n 1 >"$results/venv"
+  bash hack/mlflow/setup.sh | tail -n 1 >"$results/mlflow_venv"
 }
 
 declare -A pids=()
-lane venv bash hack/setup-venv.sh &
+lane venv python_parts &
 pids[venv]=$!
 lane go go_parts &
 pids[go]=$!
@@ -53,7 +58,9 @@ fi
 log "ready in $((SECONDS - started)) s: venv $(cat "$results/venv.time") s, Go-built parts $(cat "$results/go.time") s," \
   "images $(cat "$results/images.time") s"
 
-printf 'venv=%q\n' "$(tail -n 1 "$results/venv")"
+printf 'venv=%q\n' "$(cat "$results/venv")"
+printf 'mlflow_venv=%q\n' "$(cat "$results/mlflow_venv")"
 printf 'cluster_bin=%q\n' "$(cat "$results/cluster_bin")"
 printf 'nodes_bin=%q\n' "$(cat "$results/nodes_bin")"
 printf 'kueue_bin=%q\n' "$(cat "$results/kueue_bin")"
+printf 's3_bin=%q\n' "$(cat "$results/s3_bin")"

@@ -226,10 +226,19 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "adapter.qlora cannot run with distribution.deepspeed.zeroStage 3 (a 4-bit base is not partitioned by "
             "ZeRO-3 here): use zeroStage 0 (DDP) or 2",
             field_path=".adapter.qlora",
+        # (kubetune validate and `kubectl apply` only: `kubetune run` reads the token from the environment)
+        _rule(
+            "!has(self.output.hub) || has(self.output.hub.tokenSecret) || "
+            "(has(self.kubernetes) && has(self.kubernetes.hfTokenSecret))",
+            "output.hub is set but no Secret holds a token for the push: set output.hub.tokenSecret: {name: "
+            "<secret>, key: <key>} (a token with write access), or kubernetes.hfTokenSecret",
+            field_path=".output.hub.tokenSecret",
         ),
         # (kubetune validate and `kubectl apply` only: `kubetune run`'s nodes share one disk; see cluster_problems)
         _rule(
             "self.distribution.nodes <= 1 || (has(self.output.ephemeral) && self.output.ephemeral) || "
+            "(has(self.output.objectStorage) && (!has(self.output.objectStorage.checkpoints) || "
+            "self.output.objectStorage.checkpoints)) || "
             "(has(self.kubernetes) && has(self.kubernetes.outputVolume) && "
             "has(self.kubernetes.outputVolume.claimName) && self.kubernetes.outputVolume.claimName != '' && "
             + _covers_output("self.kubernetes.outputVolume.mountPath")
@@ -242,7 +251,8 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "output.path is on no shared volume and the job has several nodes: each node would keep its own part "
             "of every checkpoint on its pod's emptyDir, and the model would be lost with the pods. Set "
             "kubernetes.outputVolume.claimName (a ReadWriteMany claim mounted at output.path), or mount a shared "
-            "volume at output.path with kubernetes.podOverlay, or set output.ephemeral: true to accept it",
+            "volume at output.path with kubernetes.podOverlay, or write to object storage "
+            "(output.objectStorage.uri: s3://<bucket>/<prefix>), or set output.ephemeral: true to accept it",
             field_path=".output.path",
         ),
     ],

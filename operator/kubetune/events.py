@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +27,7 @@ class EventKind(StrEnum):
     FINISHED = "finished"  # training and saving done
     FAILED = "failed"  # an exception ended training; message says why
     PREEMPTED = "preempted"  # SIGTERM: checkpoint saved, exiting to be resumed
+    WARNING = "warning"  # something went wrong that training goes on without (a tracker); message says what
 
 
 class ProgressEvent(BaseModel):
@@ -51,6 +53,8 @@ class ProgressEvent(BaseModel):
     resumed_from_step: int | None = None
     world_size: int | None = None
     message: str | None = None
+    # Where the run's experiment tracking is (status.tracking, camelCase keys), whole each time it is sent.
+    tracking: dict[str, Any] | None = None
 
     @property
     def percent(self) -> float:

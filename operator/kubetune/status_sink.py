@@ -34,7 +34,14 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL_SECONDS = 5.0  # at most one status write per interval for step events
 CLOSE_TIMEOUT_SECONDS = 10.0
 # Events that are worth writing at once (rare, and what a user watches for).
-URGENT_EVENTS = {EventKind.STARTED, EventKind.EVAL, EventKind.FINISHED, EventKind.FAILED, EventKind.PREEMPTED}
+URGENT_EVENTS = {
+    EventKind.STARTED,
+    EventKind.EVAL,
+    EventKind.FINISHED,
+    EventKind.FAILED,
+    EventKind.PREEMPTED,
+    EventKind.WARNING,
+}
 
 Patcher = Callable[[dict[str, Any]], None]
 
@@ -89,6 +96,8 @@ def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[st
     metrics = _metrics(event.loss, event.samples_per_second, event.metrics, primary_metric)
     if metrics:
         patch["metrics"] = metrics
+    if event.tracking is not None:
+        patch["tracking"] = event.tracking  # whole: a merge patch replaces its warnings list
     if event.event == EventKind.CHECKPOINT and _finite(event.checkpoint_seconds) is not None:
         patch["lastCheckpoint"] = {
             "step": event.step,

@@ -353,3 +353,26 @@ def test_an_invalid_pod_overlay_is_refused_naming_the_field(overlay: dict[str, A
     with pytest.raises(SpecError) as refused:
         spec(kubernetes={"podOverlay": overlay})
     assert "podOverlay" in str(refused.value) and named in str(refused.value)
+
+
+def test_object_storage_hub_and_wandb_credentials_come_from_secret_references_never_inline() -> None:
+    """Issue 13: the operator maps each Secret key into the worker's environment (valueFrom); the values
+    never appear in the pod."""
+    pod = worker(
+        output={
+            "objectStorage": {
+                "uri": "s3://models/bert",
+                "endpoint": "http://minio.storage:9000",
+                "credentialsSecret": {"name": "s3", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
+            },
+            "hub": {"repoId": "org/bert", "tokenSecret": {"name": "hub", "key": "write-token"}},
+        },
+        tracking={"wandb": {"project": "p", "apiKeySecret": {"name": "wandb", "key": "api-key"}}},
+    )
+    env = env_of(pod)
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    assert env["KUBETUNE_HUB_TOKEN"] == {"secretKeyRef": {"name": "hub", "key": "write-token"}}
+    assert env["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "api-key"}}
+    # Without them: no such variables (the pod's ambient credentials, if any, apply).
+    assert not {"AWS_ACCESS_KEY_ID", "KUBETUNE_HUB_TOKEN", "WANDB_API_KEY"} & set(env_of(worker()))

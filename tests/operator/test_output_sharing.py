@@ -55,6 +55,17 @@ CASES: dict[str, tuple[dict[str, Any], bool]] = {
         False,
     ),
     "two nodes, ephemeral accepted": (document(output={"path": "/output", "ephemeral": True}), True),
+    # Issue 13: checkpoints and the model in a bucket are durable and reach every node.
+    "two nodes, object storage": (
+        document(output={"path": "/output", "objectStorage": {"uri": "s3://models/run-1"}}),
+        True,
+    ),
+    "two nodes, object storage for the model only": (
+        document(
+            output={"path": "/output", "objectStorage": {"uri": "s3://models/run-1", "checkpoints": False}}
+        ),
+        False,
+    ),
 }
 
 

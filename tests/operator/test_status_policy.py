@@ -85,7 +85,9 @@ def test_a_worker_may_report_progress_but_not_change_the_operators_fields(
         with pytest.raises(ApiException) as error:
             patch({"phase": "Succeeded"})
         assert error.value.status in (403, 422)
-        assert "status.progress, status.metrics and status.lastCheckpoint" in str(error.value.body)
+        assert "status.progress, status.metrics, status.lastCheckpoint and status.tracking" in str(
+            error.value.body
+        )
         for forged in ({"failedAttempts": 5}, {"restarts": 3}, {"attempt": 7}, {"conditions": []}):
             with pytest.raises(ApiException) as again:
                 patch(forged)
@@ -96,6 +98,15 @@ def test_a_worker_may_report_progress_but_not_change_the_operators_fields(
                 "metrics": {"primary": "accuracy=0.5"},
                 "progress": {"step": 6, "totalSteps": 50},
                 "lastCheckpoint": {"step": 5, "saveSeconds": 0.5, "sizeBytes": 1000},
+            }
+        )
+        # and where its trackers are, with a tracker it could not reach (issue 13)
+        patch(
+            {
+                "tracking": {
+                    "mlflowRunId": "abc",
+                    "warnings": [{"tracker": "mlflow", "reason": "TrackerUnavailable", "message": "down"}],
+                }
             }
         )
 

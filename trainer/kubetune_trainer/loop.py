@@ -28,9 +28,10 @@ from kubetune.launch import deepspeed_config
 from kubetune.spec.models import EvalStrategy, FineTuneJobSpec, Task
 from torch.utils.data import DataLoader
 
-from kubetune_trainer import adapters, checkpoints
+from kubetune_trainer import adapters, checkpoint_store, checkpoints
 from kubetune_trainer.data import PreparedData, batches_per_process, build_collator, prepare_data
 from kubetune_trainer.evaluation import evaluate_model, load_metric
+from kubetune_trainer.hub_push import push_model
 from kubetune_trainer.model_card import render_model_card
 from kubetune_trainer.modelio import load_model, load_tokenizer, resolve_model_location, verify_weights
 from kubetune_trainer.optim import build_optimizer, build_scheduler, describe_optimizer
@@ -38,6 +39,8 @@ from kubetune_trainer.preemption import StopAgreement, StopRequest
 from kubetune_trainer.reporting import Reporter, Sink, default_sinks
 from kubetune_trainer.sampling import EpochSampler
 from kubetune_trainer.settings import RunSettings
+from kubetune_trainer.storage import ObjectStore, open_store
+from kubetune_trainer.tracking import TENSORBOARD_FOLDER, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,9 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def build_accelerator(spec: FineTuneJobSpec) -> Any:
-    """An Accelerator for the spec: accumulation, precision, backend, and DeepSpeed when ZeRO is on."""
+def build_accelerator(spec: FineTuneJobSpec, log_with: list[Any] | None = None) -> Any:
+    """An Accelerator for the spec: accumulation, precision, backend, DeepSpeed when ZeRO is on, and the
+    experiment trackers (`log_with`, kubetune_trainer.tracking)."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
@@ -94,6 +98,7 @@ def build_accelerator(spec: FineTuneJobSpec) -> Any:
         kwargs_handlers=handlers,
         # Off by default: compiling costs minutes up front and recompiles on every new padded length.
         dynamo_backend="inductor" if training.torch_compile else "no",
+        log_with=log_with or None,
     )
 
 
@@ -224,6 +229,9 @@ class Trainer:
         # accelerator.save_state / load_state arguments (adapters keep frozen weights out of checkpoints)
         self.checkpoint_save_kwargs: dict[str, Any] = {}
         self.checkpoint_load_kwargs: dict[str, Any] = {}
+        # Issue 13: output.objectStorage (None without it) and the experiment trackers (rank 0's).
+        self.store: ObjectStore | None = None
+        self.tracking: Tracking | None = None
 
     # --- reporting ---------------------------------------------------------------------------------------
 
@@ -236,6 +244,8 @@ class Trainer:
             **fields,
         )
         self.reporter.emit(event)
+        if self.tracking is not None:
+            self.tracking.log_event(event)
         return event
 
     def _fractional_epoch(self) -> float:
@@ -259,7 +269,7 @@ class Trainer:
             samples_per_second=samples / loop_runtime if loop_runtime > 0 else None,
             train_runtime_seconds=round(runtime, 3),
             world_size=self.accelerator.num_processes if self.accelerator else launched_world_size(),
-            model_path=str(self.settings.model_dir)
+            model_path=(self.store.uri("model") if self.store else str(self.settings.model_dir))
             if outcome == EventKind.FINISHED and self.spec.output.save_model
             else None,
             message=message,
@@ -374,7 +384,13 @@ class Trainer:
                     self.settings.checkpoints_dir,
                 )
                 shutil.rmtree(self.settings.checkpoints_dir)
+            if self.accelerator.is_main_process and self._checkpoints_in_store():
+                assert self.store is not None
+                self.store.remove(checkpoint_store.FOLDER)
             self.accelerator.wait_for_everyone()
+            return
+        if self._checkpoints_in_store():
+            self._resume_from_store()
             return
         root = self.settings.checkpoints_dir
         # Rank 0 decides, so every rank loads the same step even if a late save is visible to some only.
@@ -386,10 +402,35 @@ class Trainer:
             broadcast_object_list(choice, from_process=0)
         if choice[0] is None:
             return
+        self._load_checkpoint(Path(choice[0]))
+
+    def _checkpoints_in_store(self) -> bool:
+        storage = self.spec.output.object_storage
+        return self.store is not None and storage is not None and storage.checkpoints
+
+    def _resume_from_store(self) -> None:
+        """The newest complete checkpoint in the bucket (rank 0 decides), downloaded by every node, loaded."""
+        from accelerate.utils import broadcast_object_list
+
+        assert self.store is not None
+        choice: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            steps = checkpoint_store.remote_complete_steps(self.store)
+            choice = [steps[-1] if steps else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(choice, from_process=0)
+        if choice[0] is None:
+            return
+        folder = checkpoint_store.fetch_checkpoint(
+            self.accelerator, self.store, int(choice[0]), self.settings.checkpoints_dir
+        )
+        self._load_checkpoint(folder)
+
+    def _load_checkpoint(self, folder: Path) -> None:
         total = self.state.total_steps
         fingerprint = self.state.fingerprint
         self.state = checkpoints.load_checkpoint(
-            self.accelerator, Path(choice[0]), fingerprint, self.checkpoint_load_kwargs
+            self.accelerator, folder, fingerprint, self.checkpoint_load_kwargs
         )
         self.state.total_steps = total  # the spec may have changed maxSteps or epochs since
         self.state.fingerprint = fingerprint
@@ -402,17 +443,41 @@ class Trainer:
     def run(self) -> Outcome:
         """Train to the planned step (or an agreed stop). Reports `failed` and re-raises on errors."""
         try:
-            self.accelerator = build_accelerator(self.spec)
+            self.store = open_store(self.spec.output.object_storage)
+            self.tracking = self._plan_tracking()
+            self.accelerator = build_accelerator(self.spec, log_with=list(self.tracking.trackers))
             return self._run()
         except BaseException as error:
+            if self.tracking is not None:
+                with contextlib.suppress(Exception):
+                    self.tracking.finish()
             message = f"{type(error).__name__}: {error}"
             self._event(EventKind.FAILED, message=message)
             self.reporter.close(self._summary(EventKind.FAILED, message))
             raise
 
+    def _plan_tracking(self) -> Tracking:
+        """Rank 0's trackers (TensorBoard next to the outputs; MLflow/W&B as the spec says); a tracker that
+        fails is reported as a warning event carrying status.tracking."""
+        folder = self.settings.output_dir / TENSORBOARD_FOLDER
+        location = self.store.uri(TENSORBOARD_FOLDER) if self.store else str(folder)
+        tracking = Tracking(
+            self.spec,
+            self.settings.job.metadata.name,
+            folder,
+            location,
+            is_main=os.environ.get("RANK", "0") == "0",
+        )
+        tracking.on_warning = lambda message: self._event(
+            EventKind.WARNING, message=message, tracking=tracking.status()
+        )
+        return tracking
+
     def _run(self) -> Outcome:
         from accelerate.utils import set_seed
 
+        if self.store is not None and self.accelerator.is_main_process:
+            self.store.check_access()  # a wrong endpoint or key fails now, not at the first checkpoint
         set_seed(self.spec.training.seed)
         # TF32 for the fp32 matmuls that autocast leaves (and for fp32 training) on Ampere or newer.
         torch.backends.cuda.matmul.allow_tf32 = self.spec.training.tf32
@@ -420,6 +485,8 @@ class Trainer:
         self._load()
         self._build()
         self._resume()
+        assert self.tracking is not None
+        self.tracking.start(self.accelerator, self.accelerator.num_processes)
         self.samples_at_start = self.state.samples_seen
         self.step_at_start = self.state.step
         self.loop_started = time.time()
@@ -427,6 +494,7 @@ class Trainer:
             EventKind.STARTED,
             resumed_from_step=self.resumed_from,
             world_size=self.accelerator.num_processes,
+            tracking=self.tracking.status() if self.accelerator.is_main_process else None,
         )
         self.stop.install()
         try:
@@ -434,6 +502,7 @@ class Trainer:
         finally:
             self.stop.uninstall()
         if preempted:
+            self.tracking.finish()
             self._event(
                 EventKind.PREEMPTED,
                 message=f"stopped by {self.stop.signal_name} after step {self.state.step}",
@@ -596,6 +665,12 @@ class Trainer:
                 self.spec.checkpointing.keep_last,
                 self.checkpoint_save_kwargs,
             )
+        location = str(folder)
+        if self._checkpoints_in_store():
+            assert self.store is not None
+            location = checkpoint_store.publish_checkpoint(
+                self.accelerator, self.store, folder, self.state, self.spec.checkpointing.keep_last
+            )
         # Reported, so that the operator gives deleted workers long enough to write the next one.
         seconds = time.monotonic() - started
         size = checkpoints.folder_bytes(folder) if self.accelerator.is_main_process else None
@@ -603,7 +678,7 @@ class Trainer:
         log.info("checkpoint of step %d: %s bytes in %.1f s", self.state.step, size, seconds)
         self._event(
             EventKind.CHECKPOINT,
-            checkpoint=str(folder),
+            checkpoint=location,
             checkpoint_seconds=round(seconds, 3),
             checkpoint_bytes=size,
         )
@@ -624,10 +699,32 @@ class Trainer:
             temporary = output / f".{METRICS_FILE}.tmp"
             temporary.write_text(summary.model_dump_json(indent=2, exclude_none=True), encoding="utf-8")
             os.replace(temporary, output / METRICS_FILE)
+        assert self.tracking is not None
+        self.tracking.finish()
+        if accelerator.is_main_process:
+            self._deliver()
         accelerator.wait_for_everyone()
         self._event(EventKind.FINISHED, metrics=self.last_metrics, loss=summary.train_loss)
         self.reporter.close(summary)
         return Outcome(summary, EXIT_OK)
+
+    def _deliver(self) -> None:
+        """Rank 0: the model, metrics.json and the TensorBoard files to the object store; the model to the hub."""
+        output, spec = self.settings.output_dir, self.spec
+        if self.store is not None:
+            if spec.output.save_model:
+                self.store.remove("model")
+                sent = self.store.upload_folder(self.settings.model_dir, "model")
+                log.info("model uploaded to %s (%d bytes)", self.store.uri("model"), sent)
+            self.store.upload_folder(output / TENSORBOARD_FOLDER, TENSORBOARD_FOLDER)
+            self.store.write_text(METRICS_FILE, (output / METRICS_FILE).read_text(encoding="utf-8"))
+        if spec.output.hub is not None and spec.output.save_model:
+            push_model(
+                spec.output.hub,
+                self.settings.model_dir,
+                os.environ,
+                f"kubetune: {self.settings.job.metadata.name} at step {self.state.step}",
+            )
 
     def _save_model(self) -> None:
         accelerator = self.accelerator

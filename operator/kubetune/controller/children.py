@@ -28,6 +28,7 @@ from typing import Any
 
 from kubetune.contract import DEFAULT_TERMINATION_LOG, NodeContext
 from kubetune.controller import names
+from kubetune.controller.delivery_env import delivery_env
 from kubetune.launch import accelerate_config, deepspeed_config
 from kubetune.spec.loading import dump_job, to_yaml
 from kubetune.spec.models import (
@@ -358,6 +359,8 @@ def secrets_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
             for name, ref in sorted(secret_env.items())
         ],
     )
+    # Object storage, hub push and W&B credentials (issue 13).
+    _add_env(pod, delivery_env(ctx.spec))
     if ctx.spec.kubernetes.env_from_secrets:
         _container(pod)["envFrom"] = [
             {"secretRef": {"name": name}} for name in ctx.spec.kubernetes.env_from_secrets

@@ -4,8 +4,8 @@ The workers' per-job Role lets rank 0 patch `finetunejobs/status` of its own job
 there. RBAC cannot say *which* fields: with that token alone a worker (or remote model code run with
 trustRemoteCode) could set `phase: Succeeded` or reset `failedAttempts`, and the operator would act on it.
 A ValidatingAdmissionPolicy closes that: for every ServiceAccount other than the operator's, an update of a
-FineTuneJob's status may change only `status.progress`, `status.metrics` and `status.lastCheckpoint`; every
-other status field must stay as it was. (lastCheckpoint sizes the grace of the operator's deletes, which
+FineTuneJob's status may change only `status.progress`, `status.metrics`, `status.lastCheckpoint` and
+`status.tracking` (where the run's trackers are, issue 13); every other status field must stay as it was. (lastCheckpoint sizes the grace of the operator's deletes, which
 `controller.grace` caps: a worker that lies about it delays only its own deletion, and boundedly.) (People with RBAC rights to the status, e.g. cluster admins, are not matched.)
 
 Why not Kubeflow Trainer's KEP-2779 route (a progress endpoint in the operator, authenticated with a
@@ -26,11 +26,11 @@ from kubetune.spec.models import API_GROUP, PLURAL
 from kubetune.spec.status import FineTuneJobStatus
 
 # The status fields rank 0's StatusSink writes (kubetune.status_sink).
-WORKER_STATUS_FIELDS = ("progress", "metrics", "lastCheckpoint")
+WORKER_STATUS_FIELDS = ("progress", "metrics", "lastCheckpoint", "tracking")
 GUARD_FILE = "charts/kubetune/files/status-guard.cel"
 MESSAGE = (
     "only the kubetune operator may change a FineTuneJob's status other than status.progress, "
-    "status.metrics and status.lastCheckpoint"
+    "status.metrics, status.lastCheckpoint and status.tracking"
 )
 
 

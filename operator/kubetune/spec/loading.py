@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kubetune.spec.models import KIND, FineTuneJob, FineTuneJobSpec, unshared_output_problem
+from kubetune.spec.storage import hub_token_problem
 
 
 class _JobLoader(yaml.SafeLoader):
@@ -142,9 +143,14 @@ def parse_job(document: dict[str, Any], source: str = "", *, for_cluster: bool =
 
 def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:
     """What a valid spec cannot do on Kubernetes, where every node has a disk of its own (the local runner's
-    nodes share one machine's): today, a multi-node output on no shared volume."""
+    nodes share one machine's, and the user's environment): a multi-node output on no shared volume, and a hub
+    push with no token Secret."""
     problem = unshared_output_problem(spec)
-    return [Problem("spec.output.path", problem)] if problem else []
+    problems = [Problem("spec.output.path", problem)] if problem else []
+    hub_problem = hub_token_problem(spec)
+    if hub_problem:
+        problems.append(Problem("spec.output.hub.tokenSecret", hub_problem))
+    return problems
 
 
 def parse_spec(spec: dict[str, Any], source: str = "") -> FineTuneJobSpec:

@@ -462,6 +462,15 @@ class OutputSpec(SpecModel):
             "(kubernetes.outputVolume.claimName, a ReadWriteMany claim, or a podOverlay volume mounted there)."
         ),
     )
+    # --- issue 13: the model delivered to object storage and the hub (kubetune.spec.storage) ---
+    object_storage: ObjectStorageSpec | None = Field(
+        default=None,
+        description="Also write the model, the reports and (by default) the checkpoints to S3-compatible "
+        "object storage; a job with it needs no shared volume and no ephemeral flag.",
+    )
+    hub: HubPushSpec | None = Field(
+        default=None, description="Push the final model to a Hugging Face hub repository at the end."
+    )
 
 
 # --- Kubernetes placement (read by the operator only) --------------------------------------------------------
@@ -714,6 +723,12 @@ class RunPolicy(SpecModel):
     )
 
 
+# Issue 13's blocks live in modules of their own; they build on SpecModel and SecretKeyRef above.
+from kubetune.spec.storage import HubPushSpec, ObjectStorageSpec  # noqa: E402
+from kubetune.spec.tracking import TrackingSpec  # noqa: E402
+
+OutputSpec.model_rebuild()
+
 # --- the resource --------------------------------------------------------------------------------------------
 
 
@@ -739,6 +754,10 @@ class FineTuneJobSpec(SpecModel):
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Restarts, deadlines and suspension."
+    )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Experiment tracking: TensorBoard files always, MLflow and W&B when configured.",
     )
     suspend: bool = Field(
         default=False,
@@ -817,6 +836,9 @@ def unshared_output_problem(spec: FineTuneJobSpec) -> str | None:
     """
     if spec.distribution.nodes <= 1 or spec.output.ephemeral:
         return None
+    storage = spec.output.object_storage
+    if storage is not None and storage.checkpoints:
+        return None  # the checkpoints and the model go to the bucket, which every node reaches
     path = spec.output.path
     kube = spec.kubernetes
     if (
@@ -833,7 +855,8 @@ def unshared_output_problem(spec: FineTuneJobSpec) -> str | None:
         "would keep its own part of every checkpoint on its pod's emptyDir (lost with the pod, so nothing "
         "resumes), and the model would be lost too. Set kubernetes.outputVolume: {claimName: <a ReadWriteMany "
         f"claim>, mountPath: {path}}}, or mount a shared volume (nfs, csi, a claim) at {path} with "
-        "kubernetes.podOverlay, or set output.ephemeral: true to accept it"
+        "kubernetes.podOverlay, or write to object storage (output.objectStorage: {uri: s3://<bucket>/<prefix>}), "
+        "or set output.ephemeral: true to accept it"
     )
 
 

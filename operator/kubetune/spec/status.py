@@ -149,6 +149,27 @@ class AttemptRecord(StatusModel):
     gpu_seconds: float = Field(default=0.0, description="GPU-seconds the attempt held (lost, unless it won).")
 
 
+# --- experiment tracking (issue 13): written by rank 0 like progress ---
+
+
+class TrackerWarning(StatusModel):
+    tracker: str = Field(default="", description="tensorboard, mlflow or wandb.")
+    reason: str = Field(default="TrackerUnavailable", description="Why: TrackerUnavailable.")
+    message: str = Field(default="", description="What failed; training went on without that tracker.")
+
+
+class TrackingStatus(StatusModel):
+    tensorboard_dir: str | None = Field(default=None, description="Where the TensorBoard event files are.")
+    mlflow_run_id: str | None = Field(default=None, description="The MLflow run of this job.")
+    mlflow_run_url: str | None = Field(default=None, description="The MLflow run's page.")
+    wandb_run_id: str | None = Field(default=None, description="The W&B run of this job.")
+    wandb_run_url: str | None = Field(default=None, description="The W&B run's page (none offline).")
+    warnings: list[TrackerWarning] = Field(
+        default_factory=list,
+        description="Trackers that could not be reached (training went on without them).",
+    )
+
+
 MAX_ATTEMPT_HISTORY = 20
 
 
@@ -194,4 +215,7 @@ class FineTuneJobStatus(StatusModel):
     )
     queue: str | None = Field(
         default=None, description="The Kueue LocalQueue the job waits in (label kueue.x-k8s.io/queue-name)."
+    )
+    tracking: TrackingStatus | None = Field(
+        default=None, description="Where this run's experiment tracking is (TensorBoard, MLflow, W&B)."
     )

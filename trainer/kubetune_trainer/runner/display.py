@@ -61,6 +61,8 @@ def describe_event(event: ProgressEvent) -> str:
         return f"training finished at {where}"
     if kind == EventKind.PREEMPTED:
         return f"stopped at {where}; checkpoint saved: rerun to resume"
+    if kind == EventKind.WARNING:
+        return f"warning at {where}: {event.message or ''}"
     return f"training failed at {where}: {event.message or 'see the node logs'}"
 
 

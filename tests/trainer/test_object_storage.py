@@ -1,0 +1,173 @@
+"""Given output.objectStorage, the model, the reports, the TensorBoard files and the checkpoints go to an
+S3-compatible bucket, and a gang whose nodes share no disk resumes from the bucket (issue 13).
+
+The bucket is a real S3 server on loopback (gofakes3, tests/trainer/servers.py), spoken to over HTTP by the
+trainer's pyarrow S3 client; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubetune.contract import EXIT_PREEMPTED
+from kubetune.events import EventKind, ProgressEvent
+from kubetune.spec.storage import ObjectStorageSpec
+from kubetune_trainer.checkpoint_store import remote_complete_steps
+from kubetune_trainer.checkpoints import MARKER
+from kubetune_trainer.storage import ObjectStore
+
+from tests.trainer.helpers import (
+    Assets,
+    child_env,
+    explain,
+    make_job,
+    start_nodes,
+    train_in_process,
+    wait_for_line,
+    wait_nodes,
+)
+from tests.trainer.servers import BUCKET, S3Server
+
+pytestmark = pytest.mark.timeout(420)
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kubetune-test", "AWS_SECRET_ACCESS_KEY": "kubetune-test-secret"}
+RESUMABLE: dict[str, Any] = {
+    "training": {"lrScheduler": "constant_with_warmup", "evalStrategy": "no", "learningRate": 2e-3},
+    "checkpointing": {"everySteps": 10, "keepLast": 2},
+}
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[S3Server]:
+    """A real S3 server (gofakes3) on a free loopback port, its data in tmp_path; fails if it cannot start."""
+    server = S3Server(tmp_path / "s3").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def storage_spec(s3: S3Server, prefix: str, **extra: Any) -> dict[str, Any]:
+    return {"uri": f"s3://{BUCKET}/{prefix}", "endpoint": s3.endpoint, **extra}
+
+
+def store_for(s3: S3Server, prefix: str) -> ObjectStore:
+    return ObjectStore(ObjectStorageSpec.model_validate(storage_spec(s3, prefix)), CREDENTIALS)
+
+
+def job_with_storage(
+    tmp_path: Path, assets: Assets, name: str, s3: S3Server, steps: int, **overrides: Any
+) -> Path:
+    output = {"path": str(tmp_path / f"{name}-out"), "objectStorage": storage_spec(s3, f"runs/{name}")}
+    training = {**RESUMABLE["training"], "maxSteps": steps}
+    return make_job(
+        tmp_path, assets, name, **{**RESUMABLE, "training": training, "output": output, **overrides}
+    )
+
+
+def test_a_run_extended_from_checkpoints_in_the_bucket_ends_exactly_like_an_uninterrupted_run(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+) -> None:
+    """Each run's local output is deleted before the next (a new pod's empty disk): only the bucket carries
+    the checkpoint. An incomplete checkpoint in the bucket (no COMPLETE marker: a crash mid-upload) is never
+    resumed from."""
+    env = {**in_process_env, **CREDENTIALS, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
+    straight = train_in_process(job_with_storage(tmp_path, assets, "straight", s3, 20), env)
+    assert straight.returncode == 0, explain(straight)
+
+    first = train_in_process(job_with_storage(tmp_path, assets, "resumed", s3, 10), env)
+    assert first.returncode == 0, explain(first)
+    store = store_for(s3, "runs/resumed")
+    assert remote_complete_steps(store) == [10]
+    checkpoint = next(e for e in first.events if e.event == EventKind.CHECKPOINT)
+    assert checkpoint.checkpoint == f"s3://{BUCKET}/runs/resumed/checkpoints/step-10"
+    # A later step whose upload never finished: its files are there, its marker is not.
+    store.write_text("checkpoints/step-15/trainer_state.json", "{}")
+    store.write_text("checkpoints/step-15/model.safetensors", "partial")
+    shutil.rmtree(tmp_path / "resumed-out")
+
+    second = train_in_process(job_with_storage(tmp_path, assets, "resumed", s3, 20), env)
+    assert second.returncode == 0, explain(second)
+    started = next(e for e in second.events if e.event == EventKind.STARTED)
+    assert started.resumed_from_step == 10
+    assert remote_complete_steps(store) == [10, 20]
+    assert "step-15" not in store.children("checkpoints"), "the incomplete checkpoint was pruned"
+
+    straight_hash = (tmp_path / "straight-out" / "debug" / "weights-rank-0.sha256").read_text()
+    assert (tmp_path / "resumed-out" / "debug" / "weights-rank-0.sha256").read_text() == straight_hash
+
+    # The model, metrics.json and the TensorBoard files are in the bucket, and the summary says where.
+    summary = json.loads(store.read_text("metrics.json"))
+    assert summary["model_path"] == f"s3://{BUCKET}/runs/resumed/model"
+    model_files = set(store.children("model"))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= model_files, model_files
+    assert any("tfevents" in path for path in store.fs.find(store.key("tensorboard")))
+
+
+def test_two_nodes_without_a_shared_disk_stop_mid_run_and_the_gang_resumes_from_the_bucket(
+    tmp_path: Path, assets: Assets, s3: S3Server
+) -> None:
+    """2 nodes over gloo, each with an output folder of its own (as two pods with emptyDirs): SIGTERM to node 1
+    stops the gang with a checkpoint in the bucket; both folders are deleted (new pods), and the gang resumes
+    from the bucket, learns, and delivers the model there."""
+    events_file = tmp_path / "events.jsonl"
+    job = job_with_storage(tmp_path, assets, "gang", s3, 60, distribution={"nodes": 2})
+    node1_job = job_with_storage(tmp_path, assets, "gang-node1", s3, 60, distribution={"nodes": 2})
+    # Node 1 writes to its own disk but the same bucket prefix as node 0.
+    node1_text = node1_job.read_text().replace("runs/gang-node1", "runs/gang")
+    node1_job.write_text(node1_text)
+    env = child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file), **CREDENTIALS)
+
+    nodes = start_nodes(job, env, nodes=2, per_node_jobs={1: node1_job})
+    wait_for_line(events_file, lambda line: '"event":"checkpoint"' in line, timeout=240)
+    os.kill(nodes[1].pid, signal.SIGTERM)
+    results = wait_nodes(nodes, timeout=240)
+    assert [r.returncode for r in results] == [EXIT_PREEMPTED, EXIT_PREEMPTED], explain(results)
+    preempted = ProgressEvent.from_json(events_file.read_text().splitlines()[-1])
+    assert preempted.event == EventKind.PREEMPTED and 10 <= preempted.step < 60
+    store = store_for(s3, "runs/gang")
+    assert remote_complete_steps(store)[-1] == preempted.step
+    assert store.exists(f"checkpoints/step-{preempted.step}/{MARKER}")
+
+    shutil.rmtree(tmp_path / "gang-out")
+    shutil.rmtree(tmp_path / "gang-node1-out")
+    events_file.unlink()
+    resumed = wait_nodes(
+        start_nodes(job, {**env, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}, nodes=2, per_node_jobs={1: node1_job}),
+        timeout=300,
+    )
+    assert [r.returncode for r in resumed] == [0, 0], explain(resumed)
+    started = next(e for e in resumed[0].events if e.event == EventKind.STARTED)
+    assert started.resumed_from_step == preempted.step and started.world_size == 2
+    hashes = [
+        (tmp_path / folder / "debug" / f"weights-rank-{rank}.sha256").read_text()
+        for rank, folder in ((0, "gang-out"), (1, "gang-node1-out"))
+    ]
+    assert hashes[0] == hashes[1], "DDP ranks must end with identical weights"
+    summary = json.loads(store.read_text("metrics.json"))
+    print(f"2 nodes, bucket only: preempted at step {preempted.step}; after resume:", summary["metrics"])
+    assert summary["step"] == 60 and summary["model_path"] == f"s3://{BUCKET}/runs/gang/model"
+    assert summary["metrics"]["eval_accuracy"] >= 0.8  # chance is 0.5
+    assert "model.safetensors" in store.children("model")
+
+
+def test_a_bucket_that_cannot_be_written_fails_the_run_before_training_naming_the_field(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+) -> None:
+    output = {
+        "path": str(tmp_path / "out"),
+        "objectStorage": {"uri": "s3://no-such-bucket/run", "endpoint": s3.endpoint},
+    }
+    result = train_in_process(
+        make_job(tmp_path, assets, "nobucket", output=output), {**in_process_env, **CREDENTIALS}
+    )
+    assert result.returncode != 0
+    assert "output.objectStorage" in result.stderr + result.stdout
+    assert "s3://no-such-bucket/run" in result.stderr + result.stdout
