@@ -226,6 +226,7 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "adapter.qlora cannot run with distribution.deepspeed.zeroStage 3 (a 4-bit base is not partitioned by "
             "ZeRO-3 here): use zeroStage 0 (DDP) or 2",
             field_path=".adapter.qlora",
+        ),
         # (kubetune validate and `kubectl apply` only: `kubetune run` reads the token from the environment)
         _rule(
             "!has(self.output.hub) || has(self.output.hub.tokenSecret) || "
