@@ -32,6 +32,7 @@ go_parts() {
   bash hack/cluster/build.sh | tail -n 1 >"$results/cluster_bin"
   bash hack/nodes/build.sh | tail -n 1 >"$results/nodes_bin"
   bash hack/kueue/build.sh | tail -n 1 >"$results/kueue_bin"
+  bash hack/peer/build.sh | tail -n 1 >"$results/peer_bin"
 }
 
 declare -A pids=()
@@ -57,3 +58,4 @@ printf 'venv=%q\n' "$(tail -n 1 "$results/venv")"
 printf 'cluster_bin=%q\n' "$(cat "$results/cluster_bin")"
 printf 'nodes_bin=%q\n' "$(cat "$results/nodes_bin")"
 printf 'kueue_bin=%q\n' "$(cat "$results/kueue_bin")"
+printf 'peer_bin=%q\n' "$(cat "$results/peer_bin")"
