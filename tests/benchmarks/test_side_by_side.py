@@ -110,6 +110,6 @@ def test_both_systems_create_and_run_their_pods_and_the_figures_are_printed(kube
         # (a round only ends when every job's 4 pods were created (audit log) and seen Running (watch))
         pods_p50, pods_p99, pods_max, run_p50 = map(float, rows[system][2:6])
         assert 0 < pods_p50 <= pods_p99 <= pods_max and run_p50 > 0, completed.stdout
-        cpu, rss, _, requests_per_job = map(float, rows[system][8:12])
+        cpu, rss, _, requests_per_job = map(float, rows[system][9:13])
         assert cpu > 0 and rss > 0 and requests_per_job >= NODES_PER_JOB, completed.stdout
     assert "trainer-controller-manager" in completed.stdout and "job-controller" in completed.stdout
