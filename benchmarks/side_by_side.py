@@ -53,7 +53,7 @@ from kubernetes import client
 
 from benchmarks.operator_scale import CRD, Watcher, percentile, proc_stats
 from benchmarks.operator_scale import job as kubetune_job
-from tests.kube.harness import LocalCluster, wait_for
+from tests.kube.harness import ClusterError, LocalCluster, wait_for
 from tests.kube.peer import POD_JOB_LABEL, TRAINER_API, PeerManagers, find_peer, train_job
 from tests.kube.processes import free_loopback_port, http_get_ok
 
@@ -191,7 +191,7 @@ def milestones(events: list[dict[str, Any]], system: System, namespace: str) -> 
     """The Milestones of `system`'s jobs in `namespace` (jobs short of NODES_PER_JOB pods are left out)."""
     job_created: dict[str, float] = {}
     bound: dict[str, float] = {}
-    running: dict[str, float] = {}
+    status_patches: dict[str, list[float]] = {}
     for event in events:
         ref = event.get("objectRef") or {}
         if ref.get("namespace") != namespace or (event.get("responseStatus") or {}).get("code", 0) >= 300:
@@ -200,9 +200,15 @@ def milestones(events: list[dict[str, Any]], system: System, namespace: str) -> 
         if verb == "create" and resource == system.plural and not sub:
             job_created[ref["name"]] = _when(event)
         elif resource == "pods" and verb == "create" and sub == "binding":
-            bound.setdefault(ref["name"], _when(event))
-        elif resource == "pods" and verb == "patch" and sub == "status" and ref.get("name") in bound:
-            running.setdefault(ref["name"], _when(event))
+            bound[ref["name"]] = min(bound.get(ref["name"], float("inf")), _when(event))
+        elif resource == "pods" and verb == "patch" and sub == "status":
+            status_patches.setdefault(ref["name"], []).append(_when(event))
+    # (the log is written in batches, not strictly in time order: pair by time, not by position)
+    running: dict[str, float] = {}
+    for pod, when in bound.items():
+        after = [patched for patched in status_patches.get(pod, ()) if patched >= when]
+        if after:
+            running[pod] = min(after)
     per_job: dict[str, list[str]] = {}
     for pod in bound:
         per_job.setdefault(system.job_of_pod(pod), []).append(pod)
@@ -338,7 +344,17 @@ def run_round(
         steps = milestones(events, system, namespace)
         return (events, created, steps) if len(created) == len(steps.to_running) == count else None
 
-    events, created, steps = wait_for(all_logged, 30, "the audit log of every job's pods", interval=0.5)
+    try:
+        events, created, steps = wait_for(all_logged, 60, "the audit log of every job's pods", interval=1.0)
+    except ClusterError:  # report what was logged rather than nothing, and say so
+        events = read_audit(audit_log, offset)
+        created = pods_created_seconds(events, system, namespace)
+        steps = milestones(events, system, namespace)
+        print(
+            f"{system.name}: the audit log has the pods of {len(created)} and the Running pods of "
+            f"{len(steps.to_running)} of {count} jobs; the figures are over those",
+            flush=True,
+        )
     users = requests_by_user(events, wall_began, wall_ended)
     own = sum(users[user] for user in system.users)
     stages = peer_stage_seconds(events, namespace) if system.name == "peer" else {}
@@ -494,8 +510,15 @@ def main(argv: list[str] | None = None) -> int:
             apiserver_args=audit_args(workdir / "audit"),
         ) as cluster:
             cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-            cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io"
+            established = (
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/finetunejobs.kubetune.io",
+            )
+            # (right after the apply the CRD may have no conditions yet, and kubectl wait then fails at once)
+            wait_for(
+                lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "the CRD Established"
             )
             cluster.wait_for_nodes_ready(120)
             operator = start_operator(cluster, workdir / "operator.log")

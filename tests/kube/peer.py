@@ -248,9 +248,17 @@ class PeerManagers:
         if pki is None:
             raise ClusterError("the cluster is not started")
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(self.build.crd_dir))
+        established = ("wait", "--for=condition=Established", "--timeout=30s")
         for crd in sorted(self.build.crd_dir.glob("*.yaml")):
             name = yaml.safe_load(crd.read_text())["metadata"]["name"]
-            self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+            # (right after the apply a CRD may have no conditions yet, and kubectl wait then fails at once)
+            wait_for(
+                lambda name=name: (
+                    self.cluster.kubectl(*established, f"crd/{name}", check=False).returncode == 0
+                ),
+                60,
+                f"CRD {name} Established",
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         # controller-runtime's webhook server reads tls.crt / tls.key from its certificate directory; Trainer's
         # is the default one under $TMPDIR.
