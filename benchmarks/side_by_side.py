@@ -51,7 +51,7 @@ from typing import Any
 
 from kubernetes import client
 
-from benchmarks.operator_scale import CRD, Watcher, percentile, proc_stats
+from benchmarks.operator_scale import CRD, Watcher, component_cpu, percentile, proc_stats
 from benchmarks.operator_scale import job as kubetune_job
 from tests.kube.harness import ClusterError, LocalCluster, wait_for
 from tests.kube.peer import POD_JOB_LABEL, TRAINER_API, PeerManagers, find_peer, train_job
@@ -310,6 +310,7 @@ def run_round(
     before = {name: proc_stats(pid) for name, pid in system.pids.items()}
     kcm = kcm_pid(cluster)
     kcm_before = proc_stats(kcm)[1]
+    components_before = component_cpu(cluster)
     wall_began, began = time.time(), time.monotonic()
     applied: dict[str, float] = {}
     for index in range(count):
@@ -334,6 +335,9 @@ def run_round(
     wall_ended = time.time()
     after = {name: proc_stats(pid) for name, pid in system.pids.items()}
     kcm_after = proc_stats(kcm)[1]
+    components = {
+        name: cpu - components_before.get(name, 0.0) for name, cpu in component_cpu(cluster).items()
+    }
     watcher.stop.set()
 
     def all_logged() -> (
@@ -383,6 +387,7 @@ def run_round(
         "bound_p50": statistics.median(steps.to_bound.values()),
         "bound_to_running_p50": statistics.median(steps.bound_to_running),
         "stages_p50": stages,
+        "cpu_by_component": components,
     }
     custom.delete_collection_namespaced_custom_object(system.group, system.version, namespace, system.plural)
     core.delete_namespace(namespace)
@@ -557,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
                             + "".join(
                                 f"; TrainJob -> first {k[:-1]} write p50 {v:.3f} s"
                                 for k, v in figures["stages_p50"].items()
-                            ),
+                            )
+                            + "; CPU s of every process: "
+                            + ", ".join(f"{k} {v:.1f}" for k, v in figures["cpu_by_component"].items()),
                             flush=True,
                         )
             print("\nkubetune / peer (below 1: kubetune less or faster)")
