@@ -7,6 +7,8 @@ Fixtures:
 - `kube_api` (function): an admin `kubernetes.client.ApiClient`.
 - `kube_kueue` (session): a real Kueue manager in that cluster (tests/kube/kueue.py); a test that asks for it
   FAILS when Kueue cannot start or is not built, with the reason.
+- `kube_peer` (session): Kubeflow Trainer's and JobSet's managers in that cluster (tests/kube/peer.py, the
+  side-by-side peer of issue 14); a test that asks for them FAILS when they cannot start or are not built.
 
 Where the binaries come from: see tests/kube/binaries.py. When none are found the tests are skipped,
 unless KUBETUNE_REQUIRE_CLUSTER=1 (CI), which turns that into a failure naming what is missing.
@@ -31,6 +33,7 @@ from tests.kube.binaries import BinariesNotFound, find_binaries
 from tests.kube.harness import ClusterError, LocalCluster, run_kubectl, wait_for
 from tests.kube.kubeconfig import write_service_account_kubeconfig
 from tests.kube.kueue import KueueManager, KueueNotFound, find_kueue
+from tests.kube.peer import PeerManagers, PeerNotFound, find_peer
 
 REQUIRE_ENV = "KUBETUNE_REQUIRE_CLUSTER"
 EXISTING_ENV = "KUBETUNE_USE_EXISTING_CLUSTER"
@@ -214,3 +217,19 @@ def kube_kueue(kube_cluster: Any) -> Iterator[KueueManager]:
     manager.start()
     yield manager
     manager.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_peer(kube_cluster: Any) -> Iterator[PeerManagers]:
+    """Kubeflow Trainer v2 and JobSet (CRDs, webhooks, controllers, the kubetune-equivalent runtime), started
+    once for the session."""
+    if not kube_cluster.has_nodes:
+        pytest.fail("the peer needs the local cluster with its controllers and KWOK nodes", pytrace=False)
+    try:
+        build = find_peer()
+    except PeerNotFound as error:
+        pytest.fail(str(error), pytrace=False)
+    managers = PeerManagers(build, kube_cluster)
+    managers.start()
+    yield managers
+    managers.stop()
