@@ -474,3 +474,27 @@ def test_a_worker_on_a_node_that_stops_reporting_is_evicted_after_node_loss_time
             core.delete_node(silenced)
             kube_cluster.add_gpu_nodes(1, gpus=GPUS_PER_NODE, labels={POOL_LABEL: POOL})
             kube_cluster.wait_for_nodes_ready(120)
+
+
+def test_a_tracker_warning_rank_0_writes_into_the_status_becomes_a_warning_event(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess
+) -> None:
+    """Workers may patch status.tracking but not create Events: the operator announces each new warning.
+    (The status patch is the admin's here, standing in for rank 0's, which the trainer tests check.)"""
+    kubectl("apply", "-f", "-", input=job_manifest("tracked", nodes=1))
+    wait_phase(kube_cluster, kube_namespace, "tracked", "Running")
+    warning = {"tracker": "mlflow", "reason": "TrackerUnavailable", "message": "http://mlflow:5000 refused"}
+    client.CustomObjectsApi(kube_cluster.api_client()).patch_namespaced_custom_object_status(
+        "kubetune.io",
+        "v1alpha1",
+        kube_namespace,
+        "finetunejobs",
+        "tracked",
+        {"status": {"tracking": {"warnings": [warning]}}},
+    )
+    found = wait_event_reasons(kube_cluster, kube_namespace, "tracked", "TrackerUnavailable")
+    assert (
+        "Warning",
+        "TrackerUnavailable",
+        "mlflow: http://mlflow:5000 refused; training goes on without it",
+    ) in found

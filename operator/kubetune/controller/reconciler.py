@@ -38,6 +38,7 @@ from kubetune.controller.plan import (
     status_patch,
 )
 from kubetune.controller.status_policy import WORKER_STATUS_FIELDS
+from kubetune.controller.worker_reports import new_warning_events
 from kubetune.controller.workload_sync import WorkloadSync
 from kubetune.controller.workqueue import JobKey, WorkQueue
 from kubetune.spec.status import FINAL_PHASES
@@ -63,6 +64,7 @@ class Reconciler:
     _own_writes: dict[JobKey, str] = field(default_factory=dict)
     _fingerprints: dict[JobKey, str] = field(default_factory=dict)
     _seen: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # identity, for error Events
+    _tracker_warnings: dict[JobKey, int] = field(default_factory=dict)  # announced as Events, per job
     # Jobs no operator has touched yet (no status), as their watch event showed them: see `reconcile`.
     _untouched: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
     _reconciled: set[JobKey] = field(default_factory=set)
@@ -109,6 +111,13 @@ class Reconciler:
         self._fingerprints[key] = fingerprint
         return True
 
+    def announce_worker_warnings(self, key: JobKey, body: Mapping[str, Any]) -> None:
+        """Post a Warning Event for each tracker warning rank 0 added to the status (worker_reports)."""
+        announced, events = new_warning_events(self._tracker_warnings.get(key, 0), body.get("status") or {})
+        self._tracker_warnings[key] = announced
+        for event in events:
+            self.events.post(dict(body), event)
+
     def saw_untouched(self, key: JobKey, body: Mapping[str, Any]) -> None:
         """Remember a job's body from its watch event while no operator has written its status yet."""
         if key not in self._reconciled and not (body.get("status") or {}).get("phase"):
@@ -121,6 +130,7 @@ class Reconciler:
         self._own_writes.pop(key, None)
         self._fingerprints.pop(key, None)
         self._seen.pop(key, None)
+        self._tracker_warnings.pop(key, None)
         self._untouched.pop(key, None)
         self._reconciled.discard(key)
         self._child_trouble.discard(key)

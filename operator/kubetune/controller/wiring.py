@@ -94,6 +94,7 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
             reconciler.forget(key)
             return
         reconciler.saw_untouched(key, body)
+        reconciler.announce_worker_warnings(key, body)
         changed = reconciler.changed_for_us(key, body)
         if reconciler.is_own_write(key, meta.get("resourceVersion")) or not changed:
             return  # the echo of our own status patch, or only live progress: nothing new to decide on
