@@ -85,16 +85,26 @@ rules:
 """
 
 
-def audit_args(folder: Path) -> list[str]:
-    """kube-apiserver flags that write the audit log of AUDIT_POLICY to folder/audit.log."""
-    (folder / "audit-policy.yaml").write_text(AUDIT_POLICY)
+def audit_args(folder: Path, policy: str = AUDIT_POLICY) -> list[str]:
+    """kube-apiserver flags that write the audit log of `policy` to folder/audit.log."""
+    (folder / "audit-policy.yaml").write_text(policy)
     return [
         f"--audit-policy-file={folder / 'audit-policy.yaml'}",
         f"--audit-log-path={folder / 'audit.log'}",
         "--audit-log-format=json",
         "--audit-log-mode=batch",  # written off the request path
         "--audit-log-batch-max-wait=1s",
+        "--audit-log-maxsize=0",  # one file, never rotated: rounds are read from it whole or from an offset
     ]
+
+
+def install_crd(cluster: Any) -> None:
+    """Apply the FineTuneJob CRD, wait until it is Established and the KWOK nodes are Ready."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    established = ("wait", "--for=condition=Established", "--timeout=30s", "crd/finetunejobs.kubetune.io")
+    # (right after the apply the CRD may have no conditions yet, and kubectl wait then fails at once)
+    wait_for(lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "the CRD Established")
+    cluster.wait_for_nodes_ready(120)
 
 
 def server_created_seconds(audit_log: Path, namespace: str) -> dict[str, float]:
@@ -348,17 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=workdir,
             apiserver_args=audit_args(workdir / "audit"),
         ) as cluster:
-            cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-            established = (
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/finetunejobs.kubetune.io",
-            )
-            wait_for(
-                lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "CRD Established"
-            )
-            cluster.wait_for_nodes_ready(120)
+            install_crd(cluster)
             log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
             env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []

@@ -51,7 +51,14 @@ from typing import Any
 
 from kubernetes import client
 
-from benchmarks.operator_scale import CRD, Watcher, component_cpu, percentile, proc_stats
+from benchmarks.operator_scale import (
+    Watcher,
+    audit_args,
+    component_cpu,
+    install_crd,
+    percentile,
+    proc_stats,
+)
 from benchmarks.operator_scale import job as kubetune_job
 from tests.kube.harness import ClusterError, LocalCluster, wait_for
 from tests.kube.peer import POD_JOB_LABEL, TRAINER_API, PeerManagers, find_peer, train_job
@@ -78,19 +85,6 @@ rules:
         resources: [pods]
   - level: Metadata
 """
-
-
-def audit_args(folder: Path) -> list[str]:
-    """kube-apiserver flags that write the audit log of AUDIT_POLICY to folder/audit.log."""
-    (folder / "audit-policy.yaml").write_text(AUDIT_POLICY)
-    return [
-        f"--audit-policy-file={folder / 'audit-policy.yaml'}",
-        f"--audit-log-path={folder / 'audit.log'}",
-        "--audit-log-format=json",
-        "--audit-log-mode=batch",  # written off the request path
-        "--audit-log-batch-max-wait=1s",
-        "--audit-log-maxsize=0",  # one file: rounds are read from an offset
-    ]
 
 
 @dataclass
@@ -512,20 +506,9 @@ def main(argv: list[str] | None = None) -> int:
             gpu_nodes=args.gpu_nodes,
             gpus_per_node=GPUS_PER_NODE,
             workdir=workdir,
-            apiserver_args=audit_args(workdir / "audit"),
+            apiserver_args=audit_args(workdir / "audit", AUDIT_POLICY),
         ) as cluster:
-            cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-            established = (
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/finetunejobs.kubetune.io",
-            )
-            # (right after the apply the CRD may have no conditions yet, and kubectl wait then fails at once)
-            wait_for(
-                lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "the CRD Established"
-            )
-            cluster.wait_for_nodes_ready(120)
+            install_crd(cluster)
             operator = start_operator(cluster, workdir / "operator.log")
             peer = PeerManagers(build, cluster)
             peer.start()

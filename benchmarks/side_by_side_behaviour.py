@@ -37,7 +37,8 @@ from typing import Any
 
 from kubernetes import client
 
-from benchmarks.side_by_side import CRD, NODES_PER_JOB, System, kubetune_system, peer_system, start_operator
+from benchmarks.operator_scale import install_crd
+from benchmarks.side_by_side import NODES_PER_JOB, System, kubetune_system, peer_system, start_operator
 from tests.kube.harness import LocalCluster, wait_for
 from tests.kube.peer import PeerManagers, find_peer
 
@@ -206,17 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     operator: subprocess.Popen[bytes] | None = None
     try:
         with LocalCluster(gpu_nodes=12, gpus_per_node=8, workdir=workdir) as cluster:
-            cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-            established = (
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/finetunejobs.kubetune.io",
-            )
-            wait_for(
-                lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "the CRD Established"
-            )
-            cluster.wait_for_nodes_ready(120)
+            install_crd(cluster)
             operator = start_operator(cluster, workdir / "operator.log")
             peer = PeerManagers(build, cluster)
             peer.start()
