@@ -185,3 +185,25 @@ def test_node_exit_code_from_the_ranks_reports() -> None:
     code, message = decide_exit(-9, [], signalled=False)
     assert code == EXIT_FAILED and message is not None and "without reporting why" in message
     assert decide_exit(1, [], signalled=True)[0] == EXIT_PREEMPTED
+
+
+def test_a_checkpoint_from_before_a_new_dataset_field_still_resumes_but_a_changed_field_does_not() -> None:
+    """A checkpoint's fingerprint lists the dataset section as its version dumped it: a field added since
+    (here assistantOnlyLoss, default true) counts as its default, so upgrading kubetune does not orphan the
+    checkpoints of running jobs; a field that really differs still refuses the resume, naming it."""
+    job = FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "j"},
+            "spec": {"model": {"name": "m"}, "dataset": {"name": "glue", "config": "mrpc"}},
+        }
+    )
+    current = checkpoints.resume_fingerprint(job.spec, 2)
+    older = json.loads(json.dumps(current))
+    del older["spec.dataset"]["assistantOnlyLoss"]
+    del older["spec.adapter"]
+    checkpoints.check_compatible(Path("step-1"), older, current)
+    older["spec.dataset"]["maxLength"] = current["spec.dataset"]["maxLength"] + 1
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"spec\.dataset: checkpoint"):
+        checkpoints.check_compatible(Path("step-1"), older, current)

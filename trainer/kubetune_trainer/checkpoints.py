@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.adapters import AdapterSpec
+from kubetune.spec.base import SpecModel
+from kubetune.spec.models import DatasetSpec, FineTuneJobSpec
+from pydantic import ValidationError
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -71,6 +74,21 @@ def resume_fingerprint(spec: FineTuneJobSpec, world_size: int) -> dict[str, Any]
     }
 
 
+# Fingerprint entries that are whole spec sections: compared without the fields at their defaults, so that a
+# field added by a later kubetune (absent from an older checkpoint's fingerprint) counts as its default.
+_SECTIONS: dict[str, type[SpecModel]] = {"spec.dataset": DatasetSpec, "spec.adapter": AdapterSpec}
+
+
+def _comparable(name: str, value: Any) -> Any:
+    section = _SECTIONS.get(name)
+    if section is None or not isinstance(value, dict):
+        return value
+    try:
+        return section.model_validate(value).model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    except ValidationError:  # written by a version whose fields this one does not read: compare as written
+        return value
+
+
 def check_compatible(folder: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise CheckpointMismatchError naming every field that differs between the checkpoint and this job."""
     if not saved:
@@ -78,7 +96,7 @@ def check_compatible(folder: Path, saved: dict[str, Any], current: dict[str, Any
     differences = [
         f"{name}: checkpoint {saved.get(name)!r}, this job {value!r}"
         for name, value in current.items()
-        if saved.get(name) != value
+        if _comparable(name, saved.get(name)) != _comparable(name, value)
     ]
     if differences:
         listed = "; ".join(differences)
