@@ -6,11 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-digest="$(
-  cd "${here}" &&
-    for f in versions.env build.sh ../lib/go-build.sh modules/kueue/go.mod modules/kueue/go.sum; do
-      printf '%s\n' "${f}"
-      cat "${f}"
-    done | sha256sum | cut -c1-12
-)"
-echo "kueue-${KUEUE_VERSION}-${digest}"
+# shellcheck source=../lib/go-module.sh
+source "${here}/../lib/go-module.sh"
+go_module_key "${here}" "kueue-${KUEUE_VERSION}" \
+  versions.env build.sh ../lib/go-build.sh modules/kueue/go.mod modules/kueue/go.sum

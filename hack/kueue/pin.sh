@@ -7,12 +7,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-export GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod
-
-dir="${here}/modules/kueue"
-mkdir -p "${dir}"
-printf 'module kubetune.local/kueue\n\ngo 1.26.0\n\ntool sigs.k8s.io/kueue/cmd/kueue\n\nrequire sigs.k8s.io/kueue %s\n' \
-  "${KUEUE_VERSION}" >"${dir}/go.mod"
-rm -f "${dir}/go.sum"
-(cd "${dir}" && go mod tidy)
-echo "pinned ${dir}" >&2
+# shellcheck source=../lib/go-module.sh
+source "${here}/../lib/go-module.sh"
+go_module_pin "${here}/modules/kueue" \
+  "$(printf 'module kubetune.local/kueue\n\ngo 1.26.0\n\ntool sigs.k8s.io/kueue/cmd/kueue\n\nrequire sigs.k8s.io/kueue %s\n' "${KUEUE_VERSION}")
+"

@@ -7,11 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-digest="$(
-  cd "${here}" &&
-    for f in versions.env build.sh ../lib/go-build.sh modules/peer/go.mod modules/peer/go.sum; do
-      printf '%s\n' "${f}"
-      cat "${f}"
-    done | sha256sum | cut -c1-12
-)"
-echo "trainer-${TRAINER_VERSION}-jobset-${JOBSET_VERSION}-${digest}"
+# shellcheck source=../lib/go-module.sh
+source "${here}/../lib/go-module.sh"
+go_module_key "${here}" "trainer-${TRAINER_VERSION}-jobset-${JOBSET_VERSION}" \
+  versions.env build.sh ../lib/go-build.sh modules/peer/go.mod modules/peer/go.sum

@@ -7,12 +7,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-export GOTOOLCHAIN=local GOWORK=off GOFLAGS=-mod=mod
-
-dir="${here}/modules/peer"
-mkdir -p "${dir}"
-printf 'module kubetune.local/peer\n\ngo 1.26.0\n\ntool (\n\tgithub.com/kubeflow/trainer/v2/cmd/trainer-controller-manager\n\tsigs.k8s.io/jobset\n)\n\nrequire (\n\tgithub.com/kubeflow/trainer/v2 %s\n\tsigs.k8s.io/jobset %s\n)\n' \
-  "${TRAINER_VERSION}" "${JOBSET_VERSION}" >"${dir}/go.mod"
-rm -f "${dir}/go.sum"
-(cd "${dir}" && go mod tidy)
-echo "pinned ${dir}" >&2
+# shellcheck source=../lib/go-module.sh
+source "${here}/../lib/go-module.sh"
+go_module_pin "${here}/modules/peer" \
+  "$(printf 'module kubetune.local/peer\n\ngo 1.26.0\n\ntool (\n\tgithub.com/kubeflow/trainer/v2/cmd/trainer-controller-manager\n\tsigs.k8s.io/jobset\n)\n\nrequire (\n\tgithub.com/kubeflow/trainer/v2 %s\n\tsigs.k8s.io/jobset %s\n)\n' "${TRAINER_VERSION}" "${JOBSET_VERSION}")
+"
