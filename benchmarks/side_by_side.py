@@ -27,7 +27,11 @@ order alternates from round to round. Per system and round it reports:
 
 Then the ratio kubetune/peer of each figure (below 1: kubetune used less or was faster).
 
+With `--background 5000 500` the rounds run beside 5,000 unrelated pods and 500 unrelated Jobs
+(benchmarks/background.py), and what each controller paid while those were made is printed first.
+
     python -m benchmarks.side_by_side [--jobs 10 200] [--rate JOBS_PER_S] [--runs 1] [--gpu-nodes 32]
+                                      [--background PODS JOBS]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any
 
 from kubernetes import client
 
+from benchmarks import background as cluster_background
 from benchmarks.operator_scale import (
     Watcher,
     audit_args,
@@ -491,9 +496,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=1, help="repeat the rounds this many times in the same cluster"
     )
-    parser.add_argument("--gpu-nodes", type=int, default=GPU_NODES, help="KWOK GPU nodes (32 GPUs each)")
+    parser.add_argument(
+        "--gpu-nodes",
+        type=int,
+        default=GPU_NODES,
+        help="KWOK GPU nodes (32 GPUs each; raised to what the largest round needs)",
+    )
+    parser.add_argument(
+        "--background",
+        type=int,
+        nargs=2,
+        default=(0, 0),
+        metavar=("PODS", "JOBS"),
+        help="before the rounds, fill the cluster with PODS unrelated pods and JOBS unrelated Jobs (e.g. 5000 500)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures to FILE")
     args = parser.parse_args(argv)
+    # Both systems' pods of the largest round run at once in its namespace: one GPU each.
+    gpu_nodes = max(args.gpu_nodes, -(-max(args.jobs) * NODES_PER_JOB // GPUS_PER_NODE))
     # A SIGTERM stops the run through the `finally`s below (operator, cluster, work directory), like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     build = find_peer()  # before anything starts: a missing build is the first thing to know
@@ -503,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (workdir / "audit").mkdir()
         with LocalCluster(
-            gpu_nodes=args.gpu_nodes,
+            gpu_nodes=gpu_nodes,
             gpus_per_node=GPUS_PER_NODE,
             workdir=workdir,
             apiserver_args=audit_args(workdir / "audit", AUDIT_POLICY),
@@ -515,9 +535,16 @@ def main(argv: list[str] | None = None) -> int:
             systems = [kubetune_system(operator.pid), peer_system(peer)]
             for system in systems:  # warm-up: watches established, first reconciles done
                 run_round(cluster, system, 1, f"warmup-{system.name}", 0.0)
+            pods, jobs = args.background
+            if pods or jobs:
+                watched = {"kubetune operator": operator.pid}
+                watched |= {f"peer {name}": pid for name, pid in peer.pids().items()}
+                watched["kube-controller-manager"] = kcm_pid(cluster)
+                made = cluster_background.make(cluster, pods, jobs, watched)
+                print(cluster_background.report(made), flush=True)
             pace = f"{args.rate:g} jobs/s" if args.rate else "in a burst (as fast as one client can)"
             print(
-                f"cluster: {args.gpu_nodes} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} nodes x 1 GPU; "
+                f"cluster: {gpu_nodes} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} nodes x 1 GPU; "
                 f"applied {pace}; peer: Kubeflow Trainer + JobSet ({build.root.name})",
                 flush=True,
             )
