@@ -59,7 +59,7 @@ from tests.operator.factories import T0
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = int(os.environ.get("KUBETUNE_METADATA_FUZZ_EXAMPLES", "800"))  # + the name sweep below
+EXAMPLES = int(os.environ.get("KUBETUNE_METADATA_FUZZ_EXAMPLES", "500"))  # + the sweep below
 API_THREADS = 4
 NAME_LENGTHS = range(1, 262)
 
@@ -163,9 +163,8 @@ ANNOTATION_VALUES = st.one_of(
     spec_fuzz._TEXT,
     st.sampled_from(["", "x" * 8192, "x" * 8193, '[{"name": "rdma", "interface": "net1"}]', "🚀" * 300]),
 )
-QUEUE_VALUES = st.sampled_from(
-    ["team-a", "q.gpu", "a" * 63, "Team_A", "GPU", "q_1", "a.", "-q", "", "q q", "é"]
-)
+QUEUE_NAMES = ["team-a", "q.gpu", "a" * 63, "Team_A", "GPU", "q_1", "a.", "-q", "", "q q", "é", "a..b", "q-"]
+QUEUE_VALUES = st.sampled_from(QUEUE_NAMES)
 ENV_NAME_FORMS = st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True)
 ENV_NAMES = st.one_of(
     ENV_NAME_FORMS,
@@ -208,6 +207,7 @@ class Example:
     document: dict[str, Any]
     hostile: list[str]  # dotted paths made hostile (a rejection must name one of them, or a part of one)
     clean: bool = False  # every part drawn valid: both must accept it
+    check_children: bool = True  # dry-run its children when accepted (the sweep: at the edge lengths only)
     fields: list[str] | None = None  # validate's problem fields; None: valid
     children: list[dict[str, Any]] = field(default_factory=list)
 
@@ -329,9 +329,20 @@ def sweep() -> list[Example]:
     worker hostname) with progress RBAC; and environments of 0.6 and 1.1 MB (a FineTuneJob holds 1.5 MiB, its
     ConfigMap, which holds the spec, 1 MiB)."""
     found = [
-        Example(document({"name": name_of_length(n, style)}, base_spec(1024, 1, True)), ["metadata.name"])
+        Example(
+            document({"name": name_of_length(n, style)}, base_spec(1024, 1, True)),
+            ["metadata.name"],
+            check_children=n in EDGE_LENGTHS,
+        )
         for n, style in NAME_SWEEP
     ]
+    for queue in QUEUE_NAMES:
+        labels = {QUEUE_LABEL: queue}
+        found.append(
+            Example(
+                document({"name": "queued", "labels": labels}, base_spec(2, 1, True)), ["metadata.labels"]
+            )
+        )
     for size in (600_000, 1_100_000):
         spec = {**base_spec(2, 1, True), "kubernetes": {"env": {"BIG": "x" * size}}}
         found.append(Example(document({"name": f"env-{size}"}, spec), ["spec.kubernetes.env", "spec"]))
@@ -579,7 +590,7 @@ def test_hostile_metadata_and_pod_extras_agree_and_plan_into_children_the_api_se
     seconds["planner"] = time.monotonic() - clock
     clock = time.monotonic()
     # The job-level children first (dry-run), then the ServiceAccounts the pods name (for real), then the pods.
-    sent = [(e, c) for e, _ in accepted for c in e.children if c["kind"] in CREATE]
+    sent = [(e, c) for e, _ in accepted if e.check_children for c in e.children if c["kind"] in CREATE]
     first = [(e, c) for e, c in sent if c["kind"] != "Pod"]
     pods = [(e, c) for e, c in sent if c["kind"] == "Pod"]
     with ThreadPoolExecutor(API_THREADS) as pool:
@@ -602,5 +613,6 @@ def test_hostile_metadata_and_pod_extras_agree_and_plan_into_children_the_api_se
     print("seconds:", {k: round(v, 1) for k, v in seconds.items()})
     print("\n".join(f"{k}: {v}" for k, v in sorted(problems.items())))
     assert counts["examples"] >= EXAMPLES + len(NAME_SWEEP) + 2
+    assert counts["kubetune-only refusals (queue label)"] >= 4  # Team_A, GPU, q_1, a..b
     assert counts["clean"] >= EXAMPLES // 3, "too few clean documents"
     assert not problems, f"{len(problems)} problem classes (printed above)"
