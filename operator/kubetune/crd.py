@@ -24,6 +24,12 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from kubetune.spec.adapters import ALL_LINEAR, AdapterSpec
+from kubetune.spec.kube_names import (
+    DNS_SUBDOMAIN_MAX,
+    ENV_NAME_PATTERN,
+    QUALIFIED_NAME_MAX,
+    QUALIFIED_NAME_PATTERN,
+)
 from kubetune.spec.models import (
     API_GROUP,
     API_VERSION,
@@ -31,6 +37,9 @@ from kubetune.spec.models import (
     KIND,
     MAX_JOB_NAME_LENGTH,
     PLURAL,
+    QUEUE_LABEL,
+    RESERVED_KEY_PREFIXES,
+    RESERVED_LABEL_KEYS,
     RESERVED_MOUNT_PATHS,
     RESERVED_VOLUME_NAMES,
     SHARED_VOLUME_SOURCES,
@@ -39,6 +48,7 @@ from kubetune.spec.models import (
     DatasetSpec,
     DeepSpeedSpec,
     FineTuneJobSpec,
+    KubernetesSpec,
     PodOverlay,
     TrainingSpec,
 )
@@ -94,6 +104,34 @@ def _covers_output(mount_path: str) -> str:
 
 _RESERVED_VOLUMES = "[" + ", ".join(f"'{name}'" for name in RESERVED_VOLUME_NAMES) + "]"
 _RESERVED_PATHS = "[" + ", ".join(f"'{path}'" for path in RESERVED_MOUNT_PATHS) + "]"
+
+
+# A label (or, lowercased, annotation) key: Kubernetes' IsQualifiedName (the prefix before '/' at most 253).
+def _qualified_key(key: str) -> str:
+    """CEL: `key` (a CEL expression) is a qualified name (a raw string: the pattern's backslashes stay)."""
+    return (
+        f"{key}.matches(r'{QUALIFIED_NAME_PATTERN}') && "
+        f"(!{key}.contains('/') || {key}.indexOf('/') <= {DNS_SUBDOMAIN_MAX})"
+    )
+
+
+_RESERVED_MESSAGE = (
+    "keys "
+    + " and ".join(f"{prefix}..." for prefix in RESERVED_KEY_PREFIXES)
+    + ", "
+    + ", ".join(RESERVED_LABEL_KEYS)
+    + " are kubetune's own or Kueue's (the operator sets them on the workers): pick other keys; a job's queue "
+    f"goes in the FineTuneJob's metadata.labels[{QUEUE_LABEL}]"
+)
+
+
+def _reserved(key: str) -> str:
+    """CEL: the label key `key` (a CEL expression) is one of RESERVED_LABEL_KEYS or in a reserved domain."""
+    keys = "[" + ", ".join(f"'{k}'" for k in RESERVED_LABEL_KEYS) + "]"
+    prefixes = " || ".join(f"{key}.startsWith('{prefix}')" for prefix in RESERVED_KEY_PREFIXES)
+    return f"{key} in {keys} || {prefixes}"
+
+
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     DatasetSpec: [
         _rule(
@@ -180,6 +218,47 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "kubernetes.podOverlay.extraResources must be extended resources (domain/name): set cpu and "
             "memory in kubernetes.resources",
             field_path=".extraResources",
+        ),
+    ],
+    KubernetesSpec: [
+        _rule(
+            f"!has(self.labels) || self.labels.all(k, {_qualified_key('k')})",
+            f"kubernetes.labels: every key must be a label key: [prefix/]name, the prefix a DNS subdomain of at "
+            f"most {DNS_SUBDOMAIN_MAX} characters, the name at most {QUALIFIED_NAME_MAX} letters, digits, '-', '_' "
+            "and '.', starting and ending with a letter or digit",
+            field_path=".labels",
+        ),
+        _rule(
+            f"!has(self.labels) || self.labels.all(k, !({_reserved('k')}))",
+            f"kubernetes.labels: {_RESERVED_MESSAGE}",
+            field_path=".labels",
+        ),
+        _rule(
+            f"!has(self.nodeSelector) || self.nodeSelector.all(k, {_qualified_key('k')})",
+            "kubernetes.nodeSelector: every key must be a label key: [prefix/]name, the prefix a DNS subdomain, "
+            f"the name at most {QUALIFIED_NAME_MAX} letters, digits, '-', '_' and '.'",
+            field_path=".nodeSelector",
+        ),
+        _rule(
+            f"!has(self.annotations) || self.annotations.all(k, {_qualified_key('k.lowerAscii()')})",
+            "kubernetes.annotations: every key must be an annotation key: ASCII, [prefix/]name, the prefix a DNS "
+            f"subdomain (any case), the name at most {QUALIFIED_NAME_MAX} letters, digits, '-', '_' and '.'",
+            field_path=".annotations",
+        ),
+        _rule(
+            f"!has(self.annotations) || self.annotations.all(k, !({_reserved('k.lowerAscii()')}))",
+            f"kubernetes.annotations: {_RESERVED_MESSAGE}",
+            field_path=".annotations",
+        ),
+        _rule(
+            f"!has(self.env) || self.env.all(k, k.matches(r'{ENV_NAME_PATTERN}'))",
+            "kubernetes.env: variable names must be printable ASCII characters other than '='",
+            field_path=".env",
+        ),
+        _rule(
+            f"!has(self.secretEnv) || self.secretEnv.all(k, k.matches(r'{ENV_NAME_PATTERN}'))",
+            "kubernetes.secretEnv: variable names must be printable ASCII characters other than '='",
+            field_path=".secretEnv",
         ),
     ],
     FineTuneJobSpec: [

@@ -207,9 +207,19 @@ def test_workers_leave_a_node_that_stopped_reporting_after_node_loss_timeout_sec
 
 
 def test_user_labels_and_env_cannot_override_the_operators_identity() -> None:
-    pod = worker(kubernetes={"labels": {"kubetune.io/job-name": "other"}, "env": {"KUBETUNE_NODE_RANK": "0"}})
-    assert pod["metadata"]["labels"]["kubetune.io/job-name"] == "bert"
+    """The operator's env wins over the job's; its label keys (and Kueue's, which would make Kueue take the
+    workers for plain pods of its own) are refused in the spec, naming the field."""
+    pod = worker(kubernetes={"env": {"KUBETUNE_NODE_RANK": "0", "HF_HOME": "/elsewhere"}})
     assert env_of(pod)["KUBETUNE_NODE_RANK"] == "1"
+    assert env_of(pod)["HF_HOME"] == "/cache"
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("HF_HOME") == 1
+    for key in ("kubetune.io/job-name", "kueue.x-k8s.io/queue-name", "app.kubernetes.io/component"):
+        with pytest.raises(SpecError) as refused:
+            spec(kubernetes={"labels": {key: "other"}})
+        assert [p.field for p in refused.value.problems] == ["spec.kubernetes.labels"]
+        assert "kubetune's own or Kueue's" in str(refused.value)
+    with pytest.raises(SpecError, match=r"spec\.kubernetes\.annotations"):
+        spec(kubernetes={"annotations": {"Kubetune.IO/spec-generation": "9"}})
 
 
 def test_workers_run_as_non_root_without_privileges() -> None:

@@ -111,7 +111,10 @@ def _from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
             return _few(optional).flatmap(lambda chosen: _object(schema, (*required, *chosen)))
         values = schema.get("additionalProperties")
         if isinstance(values, dict):
-            return st.dictionaries(_TEXT, from_schema(values), max_size=schema.get("maxProperties", 3))
+            # (a few entries: the bounds of maps, up to 512, are fuzzed by test_metadata_fuzz)
+            return st.dictionaries(
+                _TEXT, from_schema(values), max_size=min(schema.get("maxProperties", 3), 3)
+            )
         scalars = st.one_of(st.integers(-100, 100), st.booleans(), _TEXT, st.none())
         return st.dictionaries(_TEXT.filter(bool), scalars, max_size=3)
     if kind == "array":

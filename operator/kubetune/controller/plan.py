@@ -26,11 +26,13 @@ reconcile did", so running it twice on the same observation does the same thing 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune.controller.children import DEFAULT_IMAGE
+from kubetune.controller import names
+from kubetune.controller.children import DEFAULT_IMAGE, JobRef, config_files
 from kubetune.controller.failures import (
     close_attempt,
     deleted_failure,
@@ -45,7 +47,7 @@ from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
 from kubetune.launch import LaunchConfigError, deepspeed_config
 from kubetune.spec.loading import SpecError, parse_spec
-from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.models import FineTuneJobSpec, queue_label_problem
 from kubetune.spec.status import (
     FINAL_PHASES,
     Condition,
@@ -186,6 +188,31 @@ def _name_problem(name: str) -> str | None:
             "characters (it names the Service and worker hostnames): rename the job"
         )
     return None
+
+
+# The API server's bound on a ConfigMap's data, and the spec size (JSON) below which the job's files (the spec
+# as YAML, the accelerate and DeepSpeed configs) are far from it, so that only a huge spec costs a dump here.
+CONFIG_MAP_MAX_BYTES = 1024 * 1024
+_SMALL_SPEC_BYTES = 128 * 1024
+
+
+def _config_map_problem(job: ObservedJob, spec: FineTuneJobSpec) -> str | None:
+    """Why the job's ConfigMap (`children.config_files`) would be too large for the API server, or None.
+
+    A FineTuneJob may hold up to etcd's 1.5 MiB, a ConfigMap 1 MiB: a spec with megabytes of environment
+    values is accepted at `kubectl apply`, and its ConfigMap would be refused at every reconcile.
+    """
+    if len(json.dumps(job.spec)) < _SMALL_SPEC_BYTES:
+        return None
+    files = config_files(JobRef(job.name, job.namespace, job.uid), spec)
+    size = sum(len(key) + len(text.encode()) for key, text in files.items())
+    if size <= CONFIG_MAP_MAX_BYTES:
+        return None
+    return (
+        f"spec: the job's files (the spec as YAML and its launch configs, ConfigMap {names.config_map_name(job.name)}) take "
+        f"{size} bytes, and a ConfigMap holds at most {CONFIG_MAP_MAX_BYTES}: move large values out of the spec "
+        "(spec.kubernetes.env into a Secret of your own, read with kubernetes.envFromSecrets or secretEnv)"
+    )
 
 
 def _primary_metric(spec: FineTuneJobSpec | None, metrics: dict[str, float]) -> str:
@@ -403,7 +430,11 @@ class _Planner:
             spec = parse_spec(self.job.spec)
         except SpecError as error:
             problems.extend(str(p) for p in error.problems)
-        if self.queue is not None and not self.options.kueue:
+        queue_problem = queue_label_problem(self.queue) if self.queue is not None else None
+        if queue_problem:
+            # (the API server cannot check a label's meaning, and Kueue's schema would refuse the Workload)
+            problems.append(queue_problem)
+        elif self.queue is not None and not self.options.kueue:
             problems.append(
                 f"metadata.labels[kueue.x-k8s.io/queue-name] is '{self.queue}' but this operator runs without "
                 "the Kueue integration: enable it (Helm value kueue.enabled=true, operator flag --kueue) or "
@@ -414,6 +445,10 @@ class _Planner:
                 deepspeed_config(spec)
             except LaunchConfigError as error:
                 problems.append(f"spec.distribution.deepspeed.config: {error}")
+        if spec is not None and not problems:
+            files_problem = _config_map_problem(self.job, spec)
+            if files_problem:
+                problems.append(files_problem)
         if not problems:
             self.condition(ConditionType.ACCEPTED, True, "Valid", "the spec is valid")
             return spec

@@ -23,8 +23,8 @@ from typing import Any
 from kubetune.controller import names
 from kubetune.controller.children import JobRef, owner_reference
 from kubetune.controller.observe import format_time
+from kubetune.spec.models import QUEUE_LABEL
 
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta2"
 WORKLOAD_API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"

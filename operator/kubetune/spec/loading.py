@@ -135,10 +135,24 @@ def parse_job(document: dict[str, Any], source: str = "", *, for_cluster: bool =
         job = FineTuneJob.model_validate(document)
     except ValidationError as error:
         raise SpecError(problems_from_validation_error(error, FineTuneJob), source) from None
-    problems = cluster_problems(job.spec) if for_cluster else []
+    problems = [*metadata_problems(job), *cluster_problems(job.spec)] if for_cluster else []
     if problems:
         raise SpecError(problems, source)
     return job
+
+
+def metadata_problems(job: FineTuneJob) -> list[Problem]:
+    """What the API server refuses in a job's metadata that a local run does not need: a job without a name
+    (`kubetune run` calls it finetune) nor a generateName."""
+    if "name" in job.metadata.model_fields_set or job.metadata.generate_name:
+        return []
+    return [
+        Problem(
+            "metadata.name",
+            "required field is missing: name the job (metadata.name: my-job), or set metadata.generateName: "
+            "my-job- for a generated name",
+        )
+    ]
 
 
 def cluster_problems(spec: FineTuneJobSpec) -> list[Problem]:

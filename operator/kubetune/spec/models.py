@@ -6,13 +6,32 @@ This module must import without torch: the operator image does not ship it.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from kubetune.spec import kube_names
 from kubetune.spec.adapters import AdapterSpec
 from kubetune.spec.base import SpecModel
+from kubetune.spec.kube_names import (
+    CONFIG_KEY_MAX,
+    CONFIG_KEY_PATTERN,
+    DNS_SUBDOMAIN_MAX,
+    DNS_SUBDOMAIN_PATTERN,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+)
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -24,6 +43,12 @@ SHORT_NAMES = ["ftj"]
 # the headless Service is named after the job and Service names must start with a letter.
 MAX_JOB_NAME_LENGTH = 51
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# The API server makes a name from metadata.generateName by appending 5 characters (letters and digits).
+GENERATED_SUFFIX_LENGTH = 5
+MAX_GENERATE_NAME_LENGTH = MAX_JOB_NAME_LENGTH - GENERATED_SUFFIX_LENGTH
+GENERATE_NAME_PATTERN = r"^[a-z][-a-z0-9]*$"
+# Kueue's LocalQueue a job asks for (Kueue's own label; its value becomes the Workload's spec.queueName).
+QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 
 
 # --- model ---------------------------------------------------------------------------------------------------
@@ -476,6 +501,31 @@ class OutputSpec(SpecModel):
 # --- Kubernetes placement (read by the operator only) --------------------------------------------------------
 
 
+# What spec.kubernetes copies onto the worker pods is bounded so that every pod the API server would refuse is
+# refused at `kubectl apply` instead (the CRD's CEL rules on map keys need bounded maps to fit their cost).
+MAX_POD_LABELS = 64
+MAX_POD_ENV = 512
+# 30 x (a 317-character key + 8192 characters) stays under the API server's 256 KiB for all of a pod's
+# annotations, with room for kubetune's own.
+MAX_POD_ANNOTATIONS = 30
+MAX_POD_ANNOTATION_VALUE = 8192
+# Label and annotation keys the operator sets on a job's children (they identify its pods and Workload): a
+# job's own spec.kubernetes.labels/annotations may not use them, nor anything in these domains.
+RESERVED_KEY_PREFIXES = (f"{API_GROUP}/", "kueue.x-k8s.io/")
+RESERVED_LABEL_KEYS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
+)
+
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=MAX_POD_ANNOTATION_VALUE)]
+# The name of another object (a Secret, a ServiceAccount, a PriorityClass, a scheduler): a DNS subdomain.
+ObjectName = Annotated[
+    str, StringConstraints(min_length=1, max_length=DNS_SUBDOMAIN_MAX, pattern=DNS_SUBDOMAIN_PATTERN)
+]
+
+
 class VolumeSource(SpecModel):
     claim_name: str | None = Field(
         default=None, description="Name of a PersistentVolumeClaim to mount; unset uses an emptyDir."
@@ -489,8 +539,20 @@ class VolumeSource(SpecModel):
 
 
 class SecretKeyRef(SpecModel):
-    name: str = Field(min_length=1, max_length=253, description="Secret name in the job's namespace.")
-    key: str = Field(default="token", min_length=1, description="Key in the Secret holding the value.")
+    name: str = Field(
+        min_length=1,
+        max_length=DNS_SUBDOMAIN_MAX,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret name in the job's namespace (a DNS subdomain).",
+    )
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=CONFIG_KEY_MAX,
+        pattern=CONFIG_KEY_PATTERN,
+        description="Key in the Secret holding the value (letters, digits, '-', '_' and '.'; not '.' nor "
+        "'..'-prefixed).",
+    )
 
 
 class Toleration(SpecModel):
@@ -622,8 +684,10 @@ class KubernetesSpec(SpecModel):
     )
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets used to pull the image.")
     resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-worker resources.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the workers require."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_LABELS,
+        description="Node labels the workers require (label keys and values).",
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the workers tolerate.")
     affinity: dict[str, Any] | None = Field(
@@ -631,9 +695,11 @@ class KubernetesSpec(SpecModel):
         description="Pod affinity rules (core/v1 Affinity) copied to every worker.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass of the workers.")
-    scheduler_name: str | None = Field(default=None, description="Scheduler for the workers (e.g. volcano).")
-    service_account_name: str | None = Field(
+    priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the workers.")
+    scheduler_name: ObjectName | None = Field(
+        default=None, description="Scheduler for the workers (e.g. volcano)."
+    )
+    service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount the workers run as; a per-job one is created when unset."
     )
     hf_token_secret: SecretKeyRef | None = Field(
@@ -646,14 +712,20 @@ class KubernetesSpec(SpecModel):
     cache_volume: VolumeSource | None = Field(
         default=None, description="Volume for the Hugging Face cache (HF_HOME)."
     )
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for workers.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ENV,
+        description="Extra environment variables for workers (names: printable ASCII but '='); kubetune's own "
+        "(KUBETUNE_*, HF_HOME, ...) win over them.",
+    )
     # --- operator: secrets and the pod overlay (issue 11) ---
     secret_env: dict[str, SecretKeyRef] = Field(
         default_factory=dict,
+        max_length=MAX_POD_ENV,
         description="Environment variables read from Secret keys (valueFrom): the values never appear in the "
         "job, the pod spec or the ConfigMap, e.g. {WANDB_API_KEY: {name: wandb, key: api-key}}.",
     )
-    env_from_secrets: list[str] = Field(
+    env_from_secrets: list[ObjectName] = Field(
         default_factory=list, description="Secrets whose every key becomes an environment variable (envFrom)."
     )
     pod_overlay: PodOverlay = Field(
@@ -661,8 +733,18 @@ class KubernetesSpec(SpecModel):
         description="What real GPU clusters need beyond the basics: extra device resources, volumes and "
         "capabilities (network-attachment annotations go in annotations).",
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on worker pods.")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_LABELS,
+        description="Extra labels on the worker pods (label keys and values; not kubetune's own keys, nor keys "
+        f"in the {' or '.join(RESERVED_KEY_PREFIXES)} domains).",
+    )
+    annotations: dict[str, AnnotationValue] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ANNOTATIONS,
+        description=f"Extra annotations on worker pods (at most {MAX_POD_ANNOTATIONS}, values of at most "
+        f"{MAX_POD_ANNOTATION_VALUE} characters; not in the {' or '.join(RESERVED_KEY_PREFIXES)} domains).",
+    )
     # --- trainer field added for issue 10 (the operator writes it into the pods) ---
     termination_grace_period_seconds: int | None = Field(
         default=None,
@@ -676,6 +758,58 @@ class KubernetesSpec(SpecModel):
             "drains and a job's first save get this value only."
         ),
     )
+
+    @field_validator("labels", "node_selector", mode="after")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        problems = [
+            f"key {key[:80]!r} {problem}"
+            for key in labels
+            if (problem := kube_names.qualified_name_problem(key))
+        ]
+        if info.field_name == "labels":  # (a node selector matches the nodes' labels: any key)
+            problems += [f"key {key!r} {problem}" for key in labels if (problem := reserved_key_problem(key))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
+
+    @field_validator("annotations", mode="after")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        # ASCII only: the CRD's rule lowercases ASCII only, as its twin must (Kubernetes would lowercase 'K').
+        problems = [
+            f"key {key[:80]!r} {problem}"
+            for key in annotations
+            if (
+                problem := kube_names.annotation_key_problem(key, ascii_only=True)
+                or reserved_key_problem(key)
+            )
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return annotations
+
+    @field_validator("env", "secret_env", mode="after")
+    @classmethod
+    def _env_names(cls, env: dict[str, Any]) -> dict[str, Any]:
+        problems = [
+            f"{name[:80]!r} {problem}" for name in env if (problem := kube_names.env_name_problem(name))
+        ]
+        if problems:
+            raise ValueError("variable names " + "; ".join(problems))
+        return env
+
+
+def reserved_key_problem(key: str) -> str | None:
+    """Why a label or annotation key of spec.kubernetes is kubetune's (or Kueue's) own, or None."""
+    lowered = key.lower()
+    if lowered in RESERVED_LABEL_KEYS or lowered.startswith(RESERVED_KEY_PREFIXES):
+        return (
+            "is kubetune's own or Kueue's (the operator sets it on the workers: they identify the job's pods, and "
+            "Kueue would take the pods for its own): pick another key; a job's queue goes in the FineTuneJob's "
+            f"metadata.labels[{QUEUE_LABEL}]"
+        )
+    return None
 
 
 class RunPolicy(SpecModel):
@@ -874,6 +1008,93 @@ class ObjectMeta(BaseModel):
         f"most {MAX_JOB_NAME_LENGTH} characters (it names the Service and the worker hostnames).",
     )
     namespace: str | None = Field(default=None, description="Namespace of the job.")
+    generate_name: str | None = Field(
+        default=None,
+        alias="generateName",
+        exclude_if=lambda value: value is None,
+        description=f"Instead of a name: its start, to which the API server appends {GENERATED_SUFFIX_LENGTH} "
+        f"characters (so at most {MAX_GENERATE_NAME_LENGTH} characters, starting with a letter).",
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description=f"Labels of the job (not copied to its pods: see spec.kubernetes.labels). {QUEUE_LABEL} "
+        "names the Kueue LocalQueue the job waits in (a DNS subdomain).",
+    )
+    annotations: dict[str, str] | None = Field(
+        default=None, exclude_if=lambda value: value is None, description="Annotations of the job."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        """`name: null` (or "") is no name, as on the API server, which then makes one from generateName."""
+        if not isinstance(data, dict):
+            return data
+        unset = {
+            k
+            for k, v in data.items()
+            if (v is None and k in _OBJECT_META_KEYS) or (v == "" and k in _NAME_KEYS)
+        }
+        return {k: v for k, v in data.items() if k not in unset} if unset else data
+
+    @model_validator(mode="after")
+    def _generate_name(self) -> ObjectMeta:
+        value = self.generate_name
+        if not value:
+            return self
+        if "name" in self.model_fields_set:
+            # Ignored, but the API server still checks it: a DNS subdomain once a trailing '-' is masked.
+            problem = kube_names.dns_subdomain_problem(value[:-1] + "a" if value.endswith("-") else value)
+            if problem:
+                raise ValueError(
+                    f"metadata.generateName '{value[:80]}' {problem}; or remove it (name is set)"
+                )
+        elif len(value) > MAX_GENERATE_NAME_LENGTH or not re.fullmatch(GENERATE_NAME_PATTERN, value):
+            raise ValueError(
+                f"metadata.generateName '{value[:80]}' must start with a lowercase letter, hold only lowercase "
+                f"letters, digits and '-', and be at most {MAX_GENERATE_NAME_LENGTH} characters (the API server "
+                f"appends {GENERATED_SUFFIX_LENGTH}, and a job's name may have {MAX_JOB_NAME_LENGTH})"
+            )
+        return self
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        problems = kube_names.label_problems(labels or {})
+        queue = (labels or {}).get(QUEUE_LABEL)
+        if queue is not None and not problems:
+            problem = queue_label_problem(queue)
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
+
+    @field_validator("annotations", mode="after")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+        problems = kube_names.annotation_problems(annotations or {})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return annotations
+
+
+_NAME_KEYS = ("name", "generateName", "generate_name")
+_OBJECT_META_KEYS = (*_NAME_KEYS, "namespace", "labels", "annotations")
+
+
+def queue_label_problem(queue: str) -> str | None:
+    """Why the value of a job's queue label cannot name a Kueue LocalQueue (the Workload's spec.queueName, a DNS
+    subdomain, which Kueue's schema checks; the API server cannot check the label of a FineTuneJob for it), or
+    None. An empty value means no queue."""
+    problem = kube_names.dns_subdomain_problem(queue) if queue.strip() else None
+    if problem:
+        return (
+            f"metadata.labels[{QUEUE_LABEL}] is '{queue}': a Kueue LocalQueue name {problem}; use the name of "
+            "the LocalQueue, e.g. team-a"
+        )
+    return None
 
 
 class FineTuneJob(BaseModel):

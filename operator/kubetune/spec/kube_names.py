@@ -1,0 +1,153 @@
+"""Kubernetes' own rules for the strings kubetune copies onto the objects it creates: DNS names, label keys and
+values, annotation keys, environment variable names and Secret keys (k8s.io/apimachinery's
+`pkg/util/validation` and the pod validation of Kubernetes 1.36).
+
+A value the API server would refuse on a worker pod is refused here, where it enters the system (`kubetune
+validate`, and the CRD's schema and CEL rules at `kubectl apply`), instead of at reconcile time. Each check
+returns None when the value is valid, else a sentence saying what is wrong and what the rule is.
+
+The patterns are used by pydantic (Rust's regex), by the CRD's OpenAPI schema and CEL rules (Go's RE2) and
+here with Python's `re.fullmatch`: they keep to what all three read alike (ASCII classes only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+DNS_LABEL_MAX: Final = 63
+DNS_SUBDOMAIN_MAX: Final = 253
+LABEL_VALUE_MAX: Final = 63
+QUALIFIED_NAME_MAX: Final = 63  # the part after the prefix
+# The API server's bound on all annotations of one object together (keys and values, in bytes).
+TOTAL_ANNOTATION_BYTES: Final = 256 * 1024
+CONFIG_KEY_MAX: Final = 253
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_NAME_PART = r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]"
+
+DNS_SUBDOMAIN_PATTERN: Final = rf"^{_SUBDOMAIN}$"
+LABEL_VALUE_PATTERN: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters
+# (the prefix's own bound of 253 is checked apart: a regex cannot count across its parts).
+QUALIFIED_NAME_PATTERN: Final = rf"^({_SUBDOMAIN}/)?{_NAME_PART}$"
+# Kubernetes 1.34+ (RelaxedEnvironmentVariableValidation, GA): any printable ASCII character but '='.
+ENV_NAME_PATTERN: Final = r"^[ -<>-~]+$"
+# A key of a Secret or ConfigMap: letters, digits, '-', '_' and '.', but not '.', '..' nor '..'-prefixed (it
+# becomes a file name when mounted): RE2 has no look-ahead, so "a first character other than '.', or one '.'
+# and then such a character".
+CONFIG_KEY_PATTERN: Final = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+QUALIFIED_KEY_MAX: Final = DNS_SUBDOMAIN_MAX + 1 + QUALIFIED_NAME_MAX
+
+
+def dns_subdomain_problem(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 subdomain (the name of most objects), or None."""
+    if len(value) > DNS_SUBDOMAIN_MAX:
+        return f"is {len(value)} characters long: at most {DNS_SUBDOMAIN_MAX} are allowed"
+    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN[1:-1], value):
+        return (
+            "must be a DNS subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter "
+            "or digit"
+        )
+    return None
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why `key` is not a valid label key (Kubernetes' IsQualifiedName: [prefix/]name), or None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        return "has an empty prefix before '/': write prefix/name or just name"
+    if prefix and "/" in prefix:
+        return "has more than one '/': write prefix/name or just name"
+    if not name:
+        return "has an empty name: write prefix/name or just name"
+    if len(name) > QUALIFIED_NAME_MAX:
+        return f"has a name part of {len(name)} characters: at most {QUALIFIED_NAME_MAX} are allowed"
+    if not re.fullmatch(_NAME_PART, name):
+        return (
+            "has a name part that is not letters, digits, '-', '_' and '.', starting and ending with a letter "
+            "or digit"
+        )
+    if prefix:
+        problem = dns_subdomain_problem(prefix)
+        if problem:
+            return f"has a prefix that {problem}"
+    return None
+
+
+def _go_lower(key: str) -> str:
+    """Go's strings.ToLower for what matters here: the two characters whose simple lowercase is ASCII
+    (Python's own lower() makes 'İ' two characters)."""
+    return "".join("i" if char == "\u0130" else char.lower() for char in key)
+
+
+def annotation_key_problem(key: str, *, ascii_only: bool = False) -> str | None:
+    """Why `key` is not a valid annotation key, or None. The API server checks the lowercased key (so a
+    prefix may have capitals); `ascii_only` also refuses keys with non-ASCII characters that lowercase to
+    ASCII (what the CRD's CEL rules can check: they lowercase ASCII only)."""
+    if ascii_only and not key.isascii():
+        return "must be ASCII"
+    return qualified_name_problem(_go_lower(key))
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why `value` is not a valid label value, or None (empty is valid)."""
+    if len(value) > LABEL_VALUE_MAX:
+        return f"is {len(value)} characters long: at most {LABEL_VALUE_MAX} are allowed"
+    if not re.fullmatch(LABEL_VALUE_PATTERN[1:-1], value):
+        return (
+            "must be empty or letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        )
+    return None
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a container's environment variable, or None."""
+    if not re.fullmatch(ENV_NAME_PATTERN[1:-1], name):
+        return "must be one or more printable ASCII characters other than '='"
+    return None
+
+
+def config_key_problem(key: str) -> str | None:
+    """Why `key` is not a valid key of a Secret or ConfigMap, or None."""
+    if len(key) > CONFIG_KEY_MAX:
+        return f"is {len(key)} characters long: at most {CONFIG_KEY_MAX} are allowed"
+    if not re.fullmatch(CONFIG_KEY_PATTERN[1:-1], key):
+        return "must be letters, digits, '-', '_' and '.', and not '.', '..' or start with '..'"
+    return None
+
+
+def annotations_size(annotations: Mapping[str, str]) -> int:
+    """Bytes the API server counts against TOTAL_ANNOTATION_BYTES (every key and value, UTF-8)."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
+
+def label_problems(labels: Mapping[str, str]) -> list[str]:
+    """A message per invalid key or value of a label map."""
+    problems = []
+    for key, value in labels.items():
+        key_problem = qualified_name_problem(key)
+        if key_problem:
+            problems.append(f"label key {key[:80]!r} {key_problem}")
+        value_problem = label_value_problem(value)
+        if value_problem:
+            problems.append(f"the value {value[:80]!r} of label {key[:80]!r} {value_problem}")
+    return problems
+
+
+def annotation_problems(annotations: Mapping[str, str], *, ascii_only: bool = False) -> list[str]:
+    """A message per invalid key of an annotation map, and one when they are too large together."""
+    problems = []
+    for key in annotations:
+        problem = annotation_key_problem(key, ascii_only=ascii_only)
+        if problem:
+            problems.append(f"annotation key {key[:80]!r} {problem}")
+    size = annotations_size(annotations)
+    if size > TOTAL_ANNOTATION_BYTES:
+        problems.append(
+            f"the annotations take {size} bytes together: at most {TOTAL_ANNOTATION_BYTES} are allowed; move large "
+            "data elsewhere (a ConfigMap)"
+        )
+    return problems
