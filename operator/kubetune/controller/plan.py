@@ -659,7 +659,7 @@ class _Planner:
         are gone the Workload goes back to its queue. Waiting here never fails the job."""
         had_attempt = self.previous.phase in (Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING)
         if had_attempt:
-            message = f"preempted by Kueue ({admission.reason}): {admission.message}".strip()
+            message = f"preempted by Kueue ({admission.describe()}): {admission.message}".strip()
             self.plan.events.append(JobEvent("Warning", "Preempted", tail(message, 900)))
             if self.previous.phase != Phase.RESTARTING:  # (a restarting gang's attempt is closed already)
                 self.status.last_failure = Failure(
@@ -684,7 +684,7 @@ class _Planner:
             else:
                 self.plan.requeue_workload = True
                 waiting_for = "queued again"
-            self.status.message = tail(f"preempted by Kueue ({admission.reason}): {waiting_for}", 600)
+            self.status.message = tail(f"preempted by Kueue ({admission.describe()}): {waiting_for}", 600)
         else:
             self.status.message = tail(f"queued in LocalQueue {admission.queue}: {admission.message}", 600)
         self.status.phase = Phase.QUEUED
