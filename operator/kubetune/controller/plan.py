@@ -40,6 +40,7 @@ from kubetune.controller.failures import (
     terminating_summary,
 )
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
+from kubetune.controller.pod_groups import wants_pod_group
 from kubetune.controller.queueing import Admission, Placement, QueueState, observe_admission, queue_name
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
@@ -76,6 +77,8 @@ class PlanOptions:
     terminating_timeout_seconds: float = 300.0
     child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
     kueue: bool = False  # the Kueue integration is on (jobs may name a queue): `kubetune operator --kueue`
+    # The coscheduling integration is on (jobs may ask for a PodGroup): `kubetune operator --coscheduling`.
+    coscheduling: bool = False
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,12 @@ class _Planner:
                 f"metadata.labels[kueue.x-k8s.io/queue-name] is '{self.queue}' but this operator runs without "
                 "the Kueue integration: enable it (Helm value kueue.enabled=true, operator flag --kueue) or "
                 "remove the label"
+            )
+        if spec is not None and wants_pod_group(spec) and not self.options.coscheduling:
+            problems.append(
+                "spec.kubernetes.podGroupPolicy.coscheduling is set but this operator runs without the "
+                "coscheduling integration (it may not create PodGroups): enable it (Helm value "
+                "coscheduling.enabled=true, operator flag --coscheduling) or remove podGroupPolicy"
             )
         if spec is not None and spec.distribution.deepspeed.enabled:
             try:
