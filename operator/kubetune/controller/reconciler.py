@@ -83,9 +83,10 @@ class Reconciler:
 
     # --- from the event loop -----------------------------------------------------------------------------------
 
-    def request(self, key: JobKey, delay: float = 0.0) -> None:
-        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds."""
-        self.queue.request(key, delay)
+    def request(self, key: JobKey, delay: float = 0.0, urgent: bool = False) -> None:
+        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds; `urgent` when
+        it is on the path to a gang's pods (see WorkQueue.request)."""
+        self.queue.request(key, delay, urgent)
 
     def pause(self) -> None:
         """Another replica is active (kopf peering): no reconcile and no timer until `resume`."""
