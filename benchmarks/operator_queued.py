@@ -180,8 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             find_binaries(), gpu_nodes=pool_nodes, gpus_per_node=GPUS_PER_NODE, workdir=workdir
         ) as cluster:
             cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-            cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.io"
+            established = (
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/finetunejobs.kubetune.io",
+            )
+            # (kubectl wait errors out while a brand-new CRD has no conditions at all yet)
+            wait_for(
+                lambda: cluster.kubectl(*established, check=False).returncode == 0, 90, "the CRD Established"
             )
             kueue = KueueManager(kueue_build, cluster)
             kueue.start()

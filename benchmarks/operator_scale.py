@@ -40,12 +40,15 @@ import urllib3
 from kubernetes import client
 
 from tests.kube.harness import LocalCluster, wait_for
+from tests.kube.processes import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
 NODES_PER_JOB = 4
-METRICS_PORT = 19391
+# A port free when the benchmark starts, not a fixed one: two benchmarks on one machine (helpers, a CI run) would
+# otherwise have one operator fail to bind it and the other benchmark read the wrong operator's /metrics.
+METRICS_PORT = free_loopback_port()
 GPU_NODES = 32
 GPUS_PER_NODE = 32
 

@@ -41,6 +41,7 @@ RULES_HEADER = """\
 # namespacedMode.namespaced: the Role in each watched namespace (watch.namespaces).
 # namespacedMode.cluster: the only cluster-wide rights in namespaced mode (kopf's CRD and namespace scans).
 # kueue: KUEUE_RULES, added with the value kueue.enabled (namespaced: with the jobs; cluster: cluster-wide).
+# coscheduling: COSCHEDULING_RULES (PodGroups, namespaced: with the jobs), added with coscheduling.enabled.
 # No Secret appears: workers get the Hugging Face token through a secretKeyRef that the kubelet resolves.
 """
 RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
@@ -66,15 +67,18 @@ def _restrict(rules: list[dict[str, Any]], keep: Any) -> list[dict[str, Any]]:
 
 def chart_rules() -> dict[str, Any]:
     """The chart's RBAC rules for both modes, derived from the operator's OPERATOR_RULES."""
-    from kubetune.controller.rbac import KUEUE_RULES, OPERATOR_RULES
+    from kubetune.controller.rbac import COSCHEDULING_RULES, KUEUE_RULES, OPERATOR_RULES
 
     rules = [dict(rule) for rule in OPERATOR_RULES]
     kueue = [dict(rule) for rule in KUEUE_RULES]
+    coscheduling = [dict(rule) for rule in COSCHEDULING_RULES]
     return {
         "kueue": {
             "namespaced": _restrict(kueue, lambda r: r not in CLUSTER_SCOPED),
             "cluster": _restrict(kueue, lambda r: r in CLUSTER_SCOPED),
         },
+        # (PodGroups are namespaced: with the jobs only)
+        "coscheduling": {"namespaced": _restrict(coscheduling, lambda r: r not in CLUSTER_SCOPED)},
         "clusterMode": _restrict(rules, lambda r: r not in UNUSED_CLUSTER_WIDE),
         "namespacedMode": {
             "namespaced": _restrict(rules, lambda r: r not in CLUSTER_SCOPED),

@@ -23,6 +23,7 @@ EVERYTHING_ON = {
     "replicaCount": 2,
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "p"}}},
     "kueue": {"enabled": True},
+    "coscheduling": {"enabled": True},
 }
 VALUE_SETS = {"defaults": None, "namespaced": NAMESPACED, "everything-on": EVERYTHING_ON}
 
@@ -63,6 +64,31 @@ def test_the_kueue_value_adds_the_flag_and_only_the_rules_of_the_integration(
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_rules)
     for role in find(namespaced, "Role"):
         assert {"workloads", "workloads/status"} <= {r for rule in role["rules"] for r in rule["resources"]}
+
+
+def test_the_coscheduling_value_adds_the_flag_and_podgroups_where_the_jobs_are_only(
+    helm: Helm, values_dir: Path
+) -> None:
+    """Off by default; on, the ClusterRole (cluster mode) or each watched namespace's Role (namespaced mode)
+    gains COSCHEDULING_RULES and nothing else; no cluster-wide right on PodGroups in namespaced mode."""
+    from kubetune.controller.rbac import COSCHEDULING_RULES
+
+    def podgroup_rules(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+        return [r for o in find(objects, kind) for r in o["rules"] if "podgroups" in r["resources"]]
+
+    defaults = helm.render(None, values_dir)
+    assert "--coscheduling" not in _operator_pod(defaults)["containers"][0]["args"]
+    assert podgroup_rules(defaults, "ClusterRole") == []
+    objects = helm.render({"coscheduling": {"enabled": True}}, values_dir)
+    assert "--coscheduling" in _operator_pod(objects)["containers"][0]["args"]
+    rules = one(objects, "ClusterRole", FULLNAME)["rules"]
+    assert rules == _rules_file()["clusterMode"] + [dict(r) for r in COSCHEDULING_RULES]
+    namespaced = helm.render({**NAMESPACED, "coscheduling": {"enabled": True}}, values_dir)
+    assert podgroup_rules(namespaced, "ClusterRole") == []
+    roles = find(namespaced, "Role")
+    assert len(roles) == 2
+    for role in roles:
+        assert [r for r in role["rules"] if "podgroups" in r["resources"]] == [dict(COSCHEDULING_RULES[0])]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())

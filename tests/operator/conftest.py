@@ -133,15 +133,18 @@ def gpu_pool(kube_cluster: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def operator_account(kube_cluster: Any, namespace: str, kueue: bool = False) -> Iterator[Path]:
+def operator_account(
+    kube_cluster: Any, namespace: str, kueue: bool = False, coscheduling: bool = False
+) -> Iterator[Path]:
     """A ServiceAccount `kubetune-operator` in `namespace` holding exactly OPERATOR_RULES (plus KUEUE_RULES
-    with `kueue`), cluster-wide like the chart; yields a kubeconfig for it, removes its rights afterwards."""
+    with `kueue`, COSCHEDULING_RULES with `coscheduling`), cluster-wide like the chart; yields a kubeconfig
+    for it, removes its rights afterwards."""
     api = kube_cluster.api_client()
     core: Any = client.CoreV1Api(api)  # (dict bodies: the client serialises them as they are)
     rbac: Any = client.RbacAuthorizationV1Api(api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "kubetune-operator"}})
     role_name = f"kubetune-operator-{namespace}"
-    rbac.create_cluster_role(cluster_role(role_name, kueue=kueue))
+    rbac.create_cluster_role(cluster_role(role_name, kueue=kueue, coscheduling=coscheduling))
     rbac.create_cluster_role_binding(
         {
             "metadata": {"name": role_name},

@@ -9,6 +9,7 @@ these tests observe; the trainer's side of it is tested with real processes in t
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 from kubetune.controller.queueing import QUEUE_LABEL, workload_name
 
 from tests.kube.harness import LocalCluster, wait_for
@@ -39,6 +40,94 @@ NODES = 4  # 16 GPUs, the ClusterQueue's quota
 KUEUE_POOL_LABEL = "kubetune.test/kueue-pool"
 
 
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+
+
+def cluster_queue(
+    name: str, flavor: str, gpus: int, preemption: dict[str, Any], cohort: str | None = None
+) -> dict[str, Any]:
+    """A ClusterQueue of `gpus` GPUs (and CPU and memory to spare) of one flavor, in `cohort` if given."""
+    spec: dict[str, Any] = {
+        "namespaceSelector": {},
+        "preemption": preemption,
+        "resourceGroups": [
+            {
+                "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                "flavors": [
+                    {
+                        "name": flavor,
+                        "resources": [
+                            {"name": "cpu", "nominalQuota": "500"},
+                            {"name": "memory", "nominalQuota": "50Ti"},
+                            {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    if cohort is not None:
+        spec["cohortName"] = cohort
+    return {
+        "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@contextlib.contextmanager
+def kueue_objects(
+    cluster: LocalCluster,
+    namespace: str,
+    flavor: str,
+    cluster_queues: list[dict[str, Any]],
+    local_queues: dict[str, str],
+) -> Iterator[str]:
+    """4 KWOK nodes x 4 GPUs in a pool of their own (yielded: the pool's label value), ResourceFlavor `flavor`
+    selecting them, the `cluster_queues` (of that flavor) and the LocalQueues (name -> ClusterQueue) in
+    `namespace`; the cluster-scoped objects are deleted afterwards."""
+    pool = f"kueue-{uuid.uuid4().hex[:6]}"
+    cluster.add_gpu_nodes(NODES, gpus=GPUS_PER_NODE, labels={KUEUE_POOL_LABEL: pool})
+    cluster.wait_for_nodes_ready()
+    custom: Any = client.CustomObjectsApi(cluster.api_client())
+    created: list[tuple[str, str]] = []
+    try:
+        custom.create_cluster_custom_object(
+            KUEUE_GROUP,
+            KUEUE_VERSION,
+            "resourceflavors",
+            {
+                "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+                "kind": "ResourceFlavor",
+                "metadata": {"name": flavor},
+                "spec": {"nodeLabels": {KUEUE_POOL_LABEL: pool}},
+            },
+        )
+        created.append(("resourceflavors", flavor))
+        for queue in cluster_queues:
+            custom.create_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", queue)
+            created.insert(0, ("clusterqueues", queue["metadata"]["name"]))
+        for local, target in local_queues.items():
+            custom.create_namespaced_custom_object(
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                "localqueues",
+                {
+                    "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+                    "kind": "LocalQueue",
+                    "metadata": {"name": local},
+                    "spec": {"clusterQueue": target},
+                },
+            )
+        yield pool
+    finally:
+        for plural, name in created:
+            with contextlib.suppress(client.ApiException):
+                custom.delete_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, plural, name)
+
+
 @pytest.fixture
 def gpu_queue(
     kube_cluster: LocalCluster, kube_namespace: str, kube_kueue: KueueManager
@@ -46,68 +135,29 @@ def gpu_queue(
     """4 KWOK nodes x 4 GPUs of their own, a ResourceFlavor selecting them, a ClusterQueue with a 16-GPU quota
     (preempting lower priorities) and a LocalQueue `gpus` in the test's namespace."""
     suffix = uuid.uuid4().hex[:6]
-    pool = f"kueue-{suffix}"
-    kube_cluster.add_gpu_nodes(NODES, gpus=GPUS_PER_NODE, labels={KUEUE_POOL_LABEL: pool})
-    kube_cluster.wait_for_nodes_ready()
-    flavor, cluster_queue = f"gpu-{suffix}", f"cq-{suffix}"
-    custom: Any = client.CustomObjectsApi(kube_cluster.api_client())
-    group, version = "kueue.x-k8s.io", "v1beta2"
-    custom.create_cluster_custom_object(
-        group,
-        version,
-        "resourceflavors",
-        {
-            "apiVersion": f"{group}/{version}",
-            "kind": "ResourceFlavor",
-            "metadata": {"name": flavor},
-            "spec": {"nodeLabels": {KUEUE_POOL_LABEL: pool}},
-        },
-    )
-    custom.create_cluster_custom_object(
-        group,
-        version,
-        "clusterqueues",
-        {
-            "apiVersion": f"{group}/{version}",
-            "kind": "ClusterQueue",
-            "metadata": {"name": cluster_queue},
-            "spec": {
-                "namespaceSelector": {},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                        "flavors": [
-                            {
-                                "name": flavor,
-                                "resources": [
-                                    {"name": "cpu", "nominalQuota": "1000"},
-                                    {"name": "memory", "nominalQuota": "100Ti"},
-                                    {"name": "nvidia.com/gpu", "nominalQuota": str(NODES * GPUS_PER_NODE)},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
-        },
-    )
-    custom.create_namespaced_custom_object(
-        group,
-        version,
-        kube_namespace,
-        "localqueues",
-        {
-            "apiVersion": f"{group}/{version}",
-            "kind": "LocalQueue",
-            "metadata": {"name": "gpus"},
-            "spec": {"clusterQueue": cluster_queue},
-        },
-    )
-    yield {"pool": pool, "flavor": flavor, "cluster_queue": cluster_queue, "local_queue": "gpus"}
-    for plural, name in (("clusterqueues", cluster_queue), ("resourceflavors", flavor)):
-        with contextlib.suppress(client.ApiException):
-            custom.delete_cluster_custom_object(group, version, plural, name)
+    name, flavor = f"cq-{suffix}", f"gpu-{suffix}"
+    queue = cluster_queue(name, flavor, NODES * GPUS_PER_NODE, {"withinClusterQueue": "LowerPriority"})
+    with kueue_objects(kube_cluster, kube_namespace, flavor, [queue], {"gpus": name}) as pool:
+        yield {"pool": pool, "cluster_queue": name, "local_queue": "gpus"}
+
+
+TEAM_GPUS = NODES * GPUS_PER_NODE // 2  # each team's nominal quota: half the pool
+
+
+@pytest.fixture
+def cohort_queues(
+    kube_cluster: LocalCluster, kube_namespace: str, kube_kueue: KueueManager
+) -> Iterator[dict[str, str]]:
+    """The pool of 16 GPUs shared by two teams: ClusterQueues for team-a and team-b in one cohort, each with a
+    nominal quota of 8 GPUs that the other may borrow while it is unused, and `reclaimWithinCohort: Any`: a
+    queue takes its lent quota back from a borrower of any priority. LocalQueues team-a and team-b."""
+    suffix = uuid.uuid4().hex[:6]
+    flavor, cohort = f"gpu-{suffix}", f"cohort-{suffix}"
+    names = {"team-a": f"cq-a-{suffix}", "team-b": f"cq-b-{suffix}"}
+    preemption = {"reclaimWithinCohort": "Any", "withinClusterQueue": "Never"}
+    queues = [cluster_queue(name, flavor, TEAM_GPUS, preemption, cohort) for name in names.values()]
+    with kueue_objects(kube_cluster, kube_namespace, flavor, queues, names) as pool:
+        yield {"pool": pool, "cohort": cohort, **names}
 
 
 @pytest.fixture
@@ -275,3 +325,124 @@ def test_without_the_integration_a_job_asking_for_a_queue_fails_at_once_naming_t
     failed = wait_phase(kube_cluster, kube_namespace, "unqueued", "Failed")
     assert "kueue.enabled=true" in failed["message"]
     assert workers(kube_cluster, kube_namespace, "unqueued") == []
+
+
+def cluster_queue_usage(cluster: LocalCluster, name: str, resource: str = "nvidia.com/gpu") -> dict[str, str]:
+    """{'total': ..., 'borrowed': ...} of `resource` in ClusterQueue `name`'s status.flavorsUsage."""
+    custom: Any = client.CustomObjectsApi(cluster.api_client())
+    found = custom.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", name)
+    for flavor in (found.get("status") or {}).get("flavorsUsage") or []:
+        for entry in flavor.get("resources") or []:
+            if entry.get("name") == resource:
+                return {"total": str(entry.get("total", "0")), "borrowed": str(entry.get("borrowed", "0"))}
+    return {"total": "0", "borrowed": "0"}
+
+
+def deletion_graces(cluster: LocalCluster, namespace: str, job: str) -> tuple[dict[str, int], Any]:
+    """Starts recording the grace period of every deletion of `job`'s pods (name -> seconds, the first one seen:
+    KWOK removes a pod at once, so only a watch started beforehand sees it); returns the record and a stop()."""
+    graces: dict[str, int] = {}
+    stop = threading.Event()
+    core = client.CoreV1Api(cluster.api_client())
+
+    def record() -> None:
+        stream = watch.Watch()
+        while not stop.is_set():
+            for change in stream.stream(
+                core.list_namespaced_pod,
+                namespace,
+                label_selector=f"kubetune.io/job-name={job}",
+                timeout_seconds=10,
+            ):
+                pod = change["object"]
+                if pod.metadata.deletion_grace_period_seconds is not None:
+                    graces.setdefault(pod.metadata.name, pod.metadata.deletion_grace_period_seconds)
+                if stop.is_set():
+                    stream.stop()
+
+    watcher = threading.Thread(target=record, daemon=True)
+    watcher.start()
+
+    def finish() -> None:
+        stop.set()
+        watcher.join(15)
+
+    return graces, finish
+
+
+def test_a_gang_borrowing_its_cohorts_quota_is_reclaimed_requeues_uncounted_and_runs_again_once_it_is_free(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    cohort_queues: dict[str, str],
+    kueue_operator: OperatorProcess,
+    kube_kueue: KueueManager,
+) -> None:
+    """Team A's gang of 3 x 4 GPUs is more than its nominal 8: it runs on 4 GPUs borrowed from team B's idle
+    quota. Team B then sends 2 x 4 GPUs, within its own quota: Kueue reclaims the lent GPUs by preempting the
+    borrower (Evicted: Preempted, Preempted: InCohortReclamation). The borrower's workers get a graceful delete
+    (SIGTERM: a real trainer checkpoints and exits 75), it waits Queued with its restart budgets untouched
+    (backoffLimit and disruptionLimit 0: one counted failure or disruption would fail it), team B's gang runs,
+    and when team B's job is deleted the borrower is admitted again and resumes as a new attempt."""
+    began = time.monotonic()
+    budgets = {"backoffLimit": 0, "disruptionLimit": 0}
+    kubectl("apply", "-f", "-", input=queued_job("borrower", "team-a", nodes=3, runPolicy=budgets))
+    before = running_workers(kube_cluster, kube_namespace, "borrower", 3, timeout=60)
+    assert {p.spec.node_selector[KUEUE_POOL_LABEL] for p in before} == {cohort_queues["pool"]}
+    wait_for(
+        lambda: (
+            cluster_queue_usage(kube_cluster, cohort_queues["team-a"]) == {"total": "12", "borrowed": "4"}
+        ),
+        30,
+        "team A's ClusterQueue using 12 GPUs, 4 of them borrowed",
+    )
+    wait_phase(kube_cluster, kube_namespace, "borrower", "Running", timeout=30)
+
+    graces, stop_recording = deletion_graces(kube_cluster, kube_namespace, "borrower")
+    try:
+        kubectl("apply", "-f", "-", input=queued_job("owner", "team-b", nodes=2))
+        requeued = wait_phase(kube_cluster, kube_namespace, "borrower", "Queued", timeout=60)
+        wait_for(lambda: len(graces) == 3, 30, "the borrower's 3 workers being deleted")
+    finally:
+        stop_recording()
+    # The pods' own grace period (120 s), never a kill: the suspend path.
+    assert graces == {f"borrower-worker-{i}": 120 for i in range(3)}, graces
+    assert requeued["failedAttempts"] == 0 and requeued.get("disruptions", 0) == 0
+    assert requeued.get("restarts", 0) == 0
+    assert requeued["lastFailure"]["reason"] == "Preempted"
+    assert "InCohortReclamation" in requeued["lastFailure"]["message"], requeued["lastFailure"]
+    assert requeued["attempts"][-1]["counted"] is False
+    preempted = get_workload(kube_cluster, kube_namespace, "borrower")
+    assert preempted is not None
+    reasons = {c["type"]: c.get("reason") for c in preempted["status"]["conditions"] if c["status"] == "True"}
+    assert reasons.get("Preempted") == "InCohortReclamation", preempted["status"]["conditions"]
+    events_seen = events(kube_cluster, kube_namespace, "borrower")
+    assert any(r == "Preempted" and "InCohortReclamation" in m for _, r, m in events_seen), events_seen
+
+    owner = running_workers(kube_cluster, kube_namespace, "owner", 2, timeout=60)
+    assert {p.spec.node_selector[KUEUE_POOL_LABEL] for p in owner} == {cohort_queues["pool"]}
+    wait_for(
+        lambda: bound_pods(kube_cluster, kube_namespace, "borrower") == [], 30, "the borrower's workers gone"
+    )
+    # It cannot come back while team B uses its quota (8 + 12 > 16), and waiting fails nothing.
+    time.sleep(5)
+    waiting = status(kube_cluster, kube_namespace, "borrower")
+    assert waiting["phase"] == "Queued" and waiting["failedAttempts"] == 0, waiting
+    assert workers(kube_cluster, kube_namespace, "borrower") == []
+
+    kubectl("delete", "finetunejob", "owner", "--wait=false")
+    again = running_workers(kube_cluster, kube_namespace, "borrower", 3, timeout=120)
+    assert {p.metadata.labels["kubetune.io/attempt"] for p in again} == {"1"}  # a new attempt: resumes
+    resumed = wait_phase(kube_cluster, kube_namespace, "borrower", "Running", timeout=30)
+    assert resumed["failedAttempts"] == 0 and resumed.get("disruptions", 0) == 0
+    wait_for(
+        lambda: (
+            cluster_queue_usage(kube_cluster, cohort_queues["team-a"]) == {"total": "12", "borrowed": "4"}
+        ),
+        30,
+        "team A borrowing again",
+    )
+    finish(kube_cluster, kube_namespace, "borrower")
+    done = wait_phase(kube_cluster, kube_namespace, "borrower", "Succeeded", timeout=30)
+    assert done["failedAttempts"] == 0
+    print(f"cohort reclaim scenario: {time.monotonic() - began:.1f}s")

@@ -214,3 +214,55 @@ def test_the_quota_goes_back_only_once_no_worker_holds_its_gpus() -> None:
     assert not still.delete_workload
     gone = decide(body, [pod(0, phase="Succeeded", exit_code=0)], 12, None)
     assert gone.delete_workload
+
+
+# What Kueue v0.17 writes on a Workload that borrowed another ClusterQueue's quota when that queue takes it back
+# (reclaimWithinCohort): Evicted (reason Preempted) and Preempted (reason InCohortReclamation).
+RECLAIMED = workload(
+    ("QuotaReserved", "True", "QuotaReserved"),
+    ("Admitted", "True", "Admitted"),
+    ("Evicted", "True", "Preempted"),
+    ("Preempted", "True", "InCohortReclamation"),
+    admitted_to="gpus",
+)
+
+
+def test_a_reclaimed_borrower_is_stopped_uncounted_and_says_its_quota_was_reclaimed() -> None:
+    body = queued_body(runPolicy={"backoffLimit": 1, "disruptionLimit": 1})
+    body = written(body, decide(body, [], 0, observe_admission("team-a", ADMITTED, [FLAVOR])))
+    running = [pod(0), pod(1)]
+    body = written(body, decide(body, running, 5, observe_admission("team-a", ADMITTED, [FLAVOR])))
+    reclaimed = observe_admission("team-a", RECLAIMED)
+    assert reclaimed.state == QueueState.EVICTED and reclaimed.preemption == "InCohortReclamation"
+    stopping = decide(body, running, 60, reclaimed)
+    assert sorted(stopping.delete_workers) == ["demo-worker-0", "demo-worker-1"]
+    assert stopping.status.phase == Phase.QUEUED
+    # Neither budget is touched: a reclaim is the queue's decision, not a failure or a disruption of the job.
+    status = stopping.status
+    assert (status.failed_attempts, status.disruptions, status.restarts) == (0, 0, 0)
+    assert status.last_failure is not None and status.last_failure.reason == "Preempted"
+    assert "InCohortReclamation" in status.last_failure.message
+    assert "(Preempted, InCohortReclamation)" in status.message
+    assert [(e.reason, "InCohortReclamation" in e.message) for e in stopping.events] == [("Preempted", True)]
+    body = written(body, stopping)
+    gone = decide(body, [], 62, reclaimed)
+    assert gone.requeue_workload
+    # Reclaimed again after readmission: still nothing counted, however often it happens.
+    body = written(body, gone)
+    again = decide(body, [], 90, observe_admission("team-a", ADMITTED, [FLAVOR]))
+    assert again.create_workers == [0, 1] and again.status.attempt == 1
+    body = written(body, again)
+    second = decide(body, [pod(0, attempt=1), pod(1, attempt=1)], 95, reclaimed)
+    assert (second.status.failed_attempts, second.status.disruptions) == (0, 0)
+    assert second.status.phase == Phase.QUEUED and second.status.attempt == 2
+
+
+def test_an_eviction_that_is_not_a_preemption_names_only_its_reason() -> None:
+    stopped = workload(
+        ("QuotaReserved", "True", "QuotaReserved"),
+        ("Admitted", "True", "Admitted"),
+        ("Evicted", "True", "ClusterQueueStopped"),
+        admitted_to="gpus",
+    )
+    admission = observe_admission("team-a", stopped)
+    assert admission.state == QueueState.EVICTED and admission.describe() == "ClusterQueueStopped"

@@ -38,6 +38,32 @@ def test_a_running_jobs_reconcile_yields_to_new_jobs_but_only_for_a_while(
     asyncio.run(scenario())
 
 
+def test_an_urgent_reconcile_does_not_yield_to_new_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job Kueue just admitted (its Workload's event asks `urgent`) creates its gang at once, however many
+    new jobs' first reconciles are in flight; a follow-up reconcile still waits for them."""
+
+    async def scenario() -> None:
+        queue = Reconciler(cast(Kube, object())).queue
+        monkeypatch.setattr(workqueue, "FOLLOW_UP_MAX_DELAY", 30.0)
+        ran: list[tuple[str, str]] = []
+        queue.work = lambda key: ran.append(key)  # type: ignore[func-returns-value]
+        queue.is_new = lambda key: False
+        queue._count_new(+1)  # a new job's first reconcile in flight (for the whole test)
+        queue.request(("ns", "follow-up"))
+        queue.request(("ns", "admitted"), urgent=True)
+        await asyncio.sleep(0.2)
+        assert ran == [("ns", "admitted")]
+        queue.request(("ns", "admitted"))  # its next, ordinary look yields again
+        await asyncio.sleep(0.2)
+        assert ran == [("ns", "admitted")]
+        queue._count_new(-1)
+        await asyncio.sleep(0.2)
+        assert sorted(ran) == [("ns", "admitted"), ("ns", "admitted"), ("ns", "follow-up")]
+        queue.shutdown()
+
+    asyncio.run(scenario())
+
+
 def test_a_paused_replica_arms_no_timer_and_reconciles_nothing_until_it_resumes() -> None:
     """Peering single-writer: requeue timers armed before kopf pauses this replica must not keep
     reconciling (no API: the Kube is a bare object, so any reconcile would fail the test)."""

@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "only once Kueue admits its whole gang (needs the Kueue CRDs and the KUEUE_RULES permissions)",
     )
     parser.add_argument(
+        "--coscheduling",
+        action="store_true",
+        help="coscheduling integration: a job with spec.kubernetes.podGroupPolicy.coscheduling gets a "
+        "scheduling.x-k8s.io PodGroup for its gang (needs scheduler-plugins' PodGroup CRD and the "
+        "COSCHEDULING_RULES permissions)",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "plain", "full"), default="json", help="log format (default json)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         terminating_timeout_seconds=args.terminating_timeout_seconds,
         child_retry_seconds=args.child_retry_seconds,
         kueue=args.kueue,
+        coscheduling=args.coscheduling,
     )
     reconciler = Reconciler(Kube(load_client_config()), options, metrics, threads=args.threads)
     settings = OperatorSettings(

@@ -1,4 +1,5 @@
-"""Writing a job's children (Service, ConfigMap, progress RBAC): create-only, never taking over. I/O.
+"""Writing a job's children (Service, ConfigMap, progress RBAC, PodGroup): create-only, never taking over.
+I/O.
 
 Each child is created; when an object of its name exists, `ownership.control_of` decides: the job's own is
 converged by server-side apply (one field manager), a leftover of a deleted job of the same name is
@@ -21,8 +22,12 @@ from kubetune.controller.ownership import (
     control_of,
     not_controlled,
 )
+from kubetune.controller.pod_groups import MISSING_CRD_FIX
 
 logger = logging.getLogger("kubetune.operator")
+
+# Children of a kind that a CRD of someone else's defines: what to do when the API server does not serve it.
+MISSING_KIND_FIXES = {"PodGroup": MISSING_CRD_FIX}
 
 InParallel = Callable[[Callable[[dict[str, Any]], Any], list[dict[str, Any]]], list[Any]]
 
@@ -65,7 +70,11 @@ class ChildWriter:
                     kind, name, ChildProblemReason.CREATE_REFUSED, "was deleted while being created"
                 )
         except ApiError as error:
-            return ChildProblem(kind, name, ChildProblemReason.CREATE_REFUSED, f"cannot be created: {error}")
+            message = f"cannot be created: {error}"
+            if error.status == 404 and kind in MISSING_KIND_FIXES:
+                # The kind itself is not served (a CRD not installed): say which field needs it, and the fix.
+                message += f"; {MISSING_KIND_FIXES[kind]}"
+            return ChildProblem(kind, name, ChildProblemReason.CREATE_REFUSED, message)
         control = control_of(current, job_name, job_uid)
         if control == Control.OURS:
             try:

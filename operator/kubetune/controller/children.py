@@ -402,6 +402,14 @@ def node_loss_tolerations(own: Sequence[Toleration], seconds: int) -> list[dict[
     ]
 
 
+def pod_group_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
+    """spec.kubernetes.podGroupPolicy: the label that puts the worker in the job's PodGroup, which the
+    coscheduling plugin schedules all together or not at all (kubetune.controller.pod_groups)."""
+    policy = ctx.spec.kubernetes.pod_group_policy
+    if policy is not None and policy.coscheduling is not None:
+        pod["metadata"]["labels"][names.LABEL_POD_GROUP] = names.pod_group_name(ctx.job.name)
+
+
 def flavor_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     """Kueue's flavor assignment: the flavors' node labels join the node selector (a label the job sets
     itself to another value keeps the flavor's: Kueue admitted the gang for that flavor's nodes), their
@@ -484,6 +492,7 @@ WORKER_PLUGINS: tuple[WorkerPlugin, ...] = (
     volumes_plugin,
     secrets_plugin,
     placement_plugin,
+    pod_group_plugin,
     flavor_plugin,
     security_plugin,
     identity_plugin,

@@ -32,6 +32,8 @@ _RESOURCES = {
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),
     "ResourceFlavor": ("/apis/kueue.x-k8s.io/v1beta2", "resourceflavors"),
     "PriorityClass": ("/apis/scheduling.k8s.io/v1", "priorityclasses"),
+    # spec.kubernetes.podGroupPolicy.coscheduling (kubetune operator --coscheduling): the job's PodGroup.
+    "PodGroup": ("/apis/scheduling.x-k8s.io/v1alpha1", "podgroups"),
 }
 # Kinds without a namespace.
 _CLUSTER_SCOPED = frozenset({"ResourceFlavor", "PriorityClass"})

@@ -19,6 +19,9 @@ LABEL_ROLE = f"{API_GROUP}/role"
 LABEL_NODE_RANK = f"{API_GROUP}/node-rank"
 LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 ANNOTATION_SPEC_GENERATION = f"{API_GROUP}/spec-generation"
+# The label by which the coscheduling plugin of kubernetes-sigs/scheduler-plugins finds a pod's PodGroup
+# (apis/scheduling/v1alpha1 PodGroupLabel, v0.34.7).
+LABEL_POD_GROUP = "scheduling.x-k8s.io/pod-group"
 
 ROLE_WORKER = "worker"
 WORKER_CONTAINER = "trainer"
@@ -45,6 +48,12 @@ def service_account_name(job: str) -> str:
 
 def progress_role_name(job: str) -> str:
     return f"{job}-progress"
+
+
+def pod_group_name(job: str) -> str:
+    """The job's PodGroup (spec.kubernetes.podGroupPolicy): named like the job, as Kubeflow Trainer names a
+    TrainJob's, and one for every attempt (see kubetune.controller.pod_groups)."""
+    return job
 
 
 def worker_name(job: str, index: int) -> str:

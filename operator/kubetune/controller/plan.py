@@ -42,6 +42,7 @@ from kubetune.controller.failures import (
     terminating_summary,
 )
 from kubetune.controller.observe import WorkerPod, format_time, parse_time, tail
+from kubetune.controller.pod_groups import wants_pod_group
 from kubetune.controller.queueing import Admission, Placement, QueueState, observe_admission, queue_name
 from kubetune.crd import MAX_JOB_NAME_LENGTH
 from kubetune.events import JobSummary
@@ -78,6 +79,8 @@ class PlanOptions:
     terminating_timeout_seconds: float = 300.0
     child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
     kueue: bool = False  # the Kueue integration is on (jobs may name a queue): `kubetune operator --kueue`
+    # The coscheduling integration is on (jobs may ask for a PodGroup): `kubetune operator --coscheduling`.
+    coscheduling: bool = False
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,12 @@ class _Planner:
                 "the Kueue integration: enable it (Helm value kueue.enabled=true, operator flag --kueue) or "
                 "remove the label"
             )
+        if spec is not None and wants_pod_group(spec) and not self.options.coscheduling:
+            problems.append(
+                "spec.kubernetes.podGroupPolicy.coscheduling is set but this operator runs without the "
+                "coscheduling integration (it may not create PodGroups): enable it (Helm value "
+                "coscheduling.enabled=true, operator flag --coscheduling) or remove podGroupPolicy"
+            )
         if spec is not None and spec.distribution.deepspeed.enabled:
             try:
                 deepspeed_config(spec)
@@ -694,7 +703,7 @@ class _Planner:
         are gone the Workload goes back to its queue. Waiting here never fails the job."""
         had_attempt = self.previous.phase in (Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.RESTARTING)
         if had_attempt:
-            message = f"preempted by Kueue ({admission.reason}): {admission.message}".strip()
+            message = f"preempted by Kueue ({admission.describe()}): {admission.message}".strip()
             self.plan.events.append(JobEvent("Warning", "Preempted", tail(message, 900)))
             if self.previous.phase != Phase.RESTARTING:  # (a restarting gang's attempt is closed already)
                 self.status.last_failure = Failure(
@@ -719,7 +728,7 @@ class _Planner:
             else:
                 self.plan.requeue_workload = True
                 waiting_for = "queued again"
-            self.status.message = tail(f"preempted by Kueue ({admission.reason}): {waiting_for}", 600)
+            self.status.message = tail(f"preempted by Kueue ({admission.describe()}): {waiting_for}", 600)
         else:
             self.status.message = tail(f"queued in LocalQueue {admission.queue}: {admission.message}", 600)
         self.status.phase = Phase.QUEUED

@@ -54,6 +54,14 @@ class Admission:
     reason: str = ""
     message: str = ""
     placement: Placement = field(default_factory=Placement)
+    # Why Kueue preempted an evicted Workload: its Preempted condition's reason (InClusterQueue: a higher
+    # priority in the same ClusterQueue; InCohortReclamation: another ClusterQueue of the cohort took back the
+    # quota this job borrowed; InCohortReclaimWhileBorrowing, InCohortFairSharing). Empty otherwise.
+    preemption: str = ""
+
+    def describe(self) -> str:
+        """'Preempted, InCohortReclamation' (or the reason alone): what the job's messages say Kueue did."""
+        return ", ".join(part for part in (self.reason, self.preemption) if part)
 
 
 def queue_name(labels: dict[str, str] | None) -> str | None:
@@ -156,11 +164,13 @@ def observe_admission(
     evicted = _condition(workload, "Evicted")
     has_admission = bool((workload.get("status") or {}).get("admission"))
     if evicted is not None and _true(evicted) and (_true(reserved) or has_admission):
+        preempted = _condition(workload, "Preempted")
         return Admission(
             queue,
             QueueState.EVICTED,
             str(evicted.get("reason") or "Evicted"),
             str(evicted.get("message") or ""),
+            preemption=str(preempted.get("reason") or "") if preempted and _true(preempted) else "",
         )
     if _true(admitted) and has_admission:
         return Admission(

@@ -69,9 +69,26 @@ KUEUE_RULES: list[dict[str, Any]] = [
 ]
 
 
-def cluster_role(name: str = "kubetune-operator", kueue: bool = False) -> dict[str, Any]:
-    """OPERATOR_RULES (plus KUEUE_RULES with `kueue`) as a ClusterRole manifest."""
-    rules = OPERATOR_RULES + (KUEUE_RULES if kueue else [])
+# Only with the coscheduling integration (`--coscheduling`, Helm value coscheduling.enabled): one PodGroup per
+# job that asks for one (spec.kubernetes.podGroupPolicy), written like the other children: created, read when
+# it exists already, converged by server-side apply when the job controls it, replaced when a deleted earlier
+# job of the same name left it. Not watched (no list/watch): it is ensured again at every new attempt, and the
+# garbage collector deletes it with the job.
+COSCHEDULING_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["scheduling.x-k8s.io"],
+        "resources": ["podgroups"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+]
+
+
+def cluster_role(
+    name: str = "kubetune-operator", kueue: bool = False, coscheduling: bool = False
+) -> dict[str, Any]:
+    """OPERATOR_RULES (plus KUEUE_RULES with `kueue`, COSCHEDULING_RULES with `coscheduling`) as a
+    ClusterRole manifest."""
+    rules = OPERATOR_RULES + (KUEUE_RULES if kueue else []) + (COSCHEDULING_RULES if coscheduling else [])
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",

@@ -37,6 +37,7 @@ from kubetune.controller.plan import (
     plan,
     status_patch,
 )
+from kubetune.controller.pod_groups import build_pod_group, wants_pod_group
 from kubetune.controller.status_policy import WORKER_STATUS_FIELDS
 from kubetune.controller.worker_reports import new_warning_events
 from kubetune.controller.workload_sync import WorkloadSync
@@ -44,6 +45,8 @@ from kubetune.controller.workqueue import JobKey, WorkQueue
 from kubetune.spec.status import FINAL_PHASES
 
 logger = logging.getLogger("kubetune.operator")
+# Children ensured before the workers are created (see `_write_children_and_workers`).
+BEFORE_WORKERS = frozenset({"ServiceAccount", "PodGroup"})
 
 
 @dataclass
@@ -80,9 +83,10 @@ class Reconciler:
 
     # --- from the event loop -----------------------------------------------------------------------------------
 
-    def request(self, key: JobKey, delay: float = 0.0) -> None:
-        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds."""
-        self.queue.request(key, delay)
+    def request(self, key: JobKey, delay: float = 0.0, urgent: bool = False) -> None:
+        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds; `urgent` when
+        it is on the path to a gang's pods (see WorkQueue.request)."""
+        self.queue.request(key, delay, urgent)
 
     def pause(self) -> None:
         """Another replica is active (kopf peering): no reconcile and no timer until `resume`."""
@@ -289,7 +293,15 @@ class Reconciler:
             return []
         if self._ensured_marker(job, result) in self._ensured:
             return []
-        return build_job_children(JobRef(job.name, job.namespace, job.uid), result.spec)
+        ref = JobRef(job.name, job.namespace, job.uid)
+        children = build_job_children(ref, result.spec)
+        if wants_pod_group(result.spec):
+            image = result.spec.kubernetes.image or self.options.default_image
+            worker = build_worker_pod(WorkerContext(ref, result.spec, 0, result.status.attempt, image))
+            pod_group = build_pod_group(ref, result.spec, worker)
+            if pod_group is not None:
+                children.append(pod_group)
+        return children
 
     @staticmethod
     def _ensured_marker(job: ObservedJob, result: Plan) -> tuple[str, str, str, int, int]:
@@ -307,14 +319,15 @@ class Reconciler:
     ) -> int:
         """Ensure the children and create the plan's workers; returns how many workers already existed.
 
-        Order: only the ServiceAccount before the workers (pods naming a missing one are refused at
-        admission); the rest right after them, so they do not delay the pods (the kubelet waits for the
+        Order: only the ServiceAccount and the PodGroup before the workers (pods naming a missing
+        ServiceAccount are refused at admission; the coscheduling plugin denies pods whose PodGroup is missing,
+        and a PodGroup that cannot be made must hold the workers back); the rest right after them, so they do not delay the pods (the kubelet waits for the
         ConfigMap, ranks resolve the Service only once they run). A job whose children had a problem last
         time ensures all of them first, and creates no worker while a problem blocks (`report_children`).
         """
         children = self._children_to_ensure(job, result)
         troubled = key in self._child_trouble
-        early = children if troubled else [c for c in children if c["kind"] == "ServiceAccount"]
+        early = children if troubled else [c for c in children if c["kind"] in BEFORE_WORKERS]
         late = [c for c in children if c not in early]
         writer = ChildWriter(self.kube, self._in_parallel)
         problems = problems + writer.ensure(job.name, job.uid, early)

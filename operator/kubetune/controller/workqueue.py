@@ -32,6 +32,7 @@ class _KeyState:
     timer_due: float = 0.0
     errors: int = 0
     task: asyncio.Task[None] | None = None
+    urgent: bool = False  # the next reconcile is on the path to pods: no yielding (see `request`)
 
 
 class WorkQueue:
@@ -39,7 +40,8 @@ class WorkQueue:
 
     `work` returns seconds until the next look (None: only on request; 0: at once) and may raise;
     `is_new(key)` tells a job's first reconcile (it creates the pods: threads of its own, and running jobs'
-    reconciles yield to it); `on_error(key, error, attempts, retry_in)` hears about every failure.
+    reconciles yield to it; so does a reconcile requested `urgent`); `on_error(key, error, attempts,
+    retry_in)` hears about every failure.
     """
 
     def __init__(
@@ -61,13 +63,16 @@ class WorkQueue:
         self._paused = False
         self._asked_while_paused: set[JobKey] = set()
 
-    def request(self, key: JobKey, delay: float = 0.0) -> None:
-        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds."""
+    def request(self, key: JobKey, delay: float = 0.0, urgent: bool = False) -> None:
+        """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds. `urgent`: the
+        reconcile may create or stop a gang's pods (Kueue admitted or evicted the job), so it runs like a new
+        job's first reconcile, on their threads and without yielding to them."""
         if self._paused:
             self._asked_while_paused.add(key)
             return
         loop = asyncio.get_running_loop()
         state = self._states.setdefault(key, _KeyState())
+        state.urgent = state.urgent or urgent
         if delay > 0:
             due = loop.time() + delay
             if state.timer is not None and state.timer_due <= due:
@@ -127,7 +132,8 @@ class WorkQueue:
         try:
             while True:
                 state.dirty = False
-                first = self.is_new(key)
+                first = self.is_new(key) or state.urgent
+                state.urgent = False
                 if first:
                     self._count_new(+1)
                 else:

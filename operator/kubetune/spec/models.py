@@ -677,6 +677,38 @@ class PodOverlay(SpecModel):
         return self
 
 
+class CoschedulingPolicy(SpecModel):
+    schedule_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="How long the coscheduling plugin holds the workers it has placed while it waits for the "
+        "rest of the gang (the PodGroup's scheduleTimeoutSeconds); then it releases them all and tries again "
+        "later. As Kubeflow Trainer's default: 60.",
+    )
+
+
+class PodGroupPolicy(SpecModel):
+    coscheduling: CoschedulingPolicy | None = Field(
+        default=None,
+        description="Gang scheduling by the coscheduling plugin of kubernetes-sigs/scheduler-plugins: the "
+        "operator creates a PodGroup (scheduling.x-k8s.io/v1alpha1) named after the job with minMember = "
+        "distribution.nodes and the gang's total requests as minResources, and labels every worker "
+        "scheduling.x-k8s.io/pod-group. The scheduler that runs the plugin places all the workers or none. "
+        "Needs that scheduler, its PodGroup CRD and the operator's coscheduling integration (Helm value "
+        "coscheduling.enabled); set schedulerName when it runs as a second scheduler.",
+    )
+
+    @model_validator(mode="after")
+    def _names_a_scheduler(self) -> PodGroupPolicy:
+        if self.coscheduling is None:
+            raise ValueError(
+                "kubernetes.podGroupPolicy names no gang scheduler: set podGroupPolicy.coscheduling "
+                "({} for its defaults) or remove podGroupPolicy"
+            )
+        return self
+
+
 class KubernetesSpec(SpecModel):
     image: str | None = Field(default=None, description="Trainer image; the operator's default when unset.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -697,7 +729,16 @@ class KubernetesSpec(SpecModel):
     )
     priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the workers.")
     scheduler_name: ObjectName | None = Field(
-        default=None, description="Scheduler for the workers (e.g. volcano)."
+        default=None,
+        description="Scheduler for the workers (schedulerName), e.g. scheduler-plugins-scheduler for "
+        "scheduler-plugins installed as a second scheduler. The scheduler alone gives no gang: with "
+        "podGroupPolicy the operator also creates the PodGroup the coscheduling plugin reads. kubetune makes no "
+        "Volcano PodGroup, so Volcano does not place the workers as a gang (see docs/deploy.md).",
+    )
+    pod_group_policy: PodGroupPolicy | None = Field(
+        default=None,
+        description="Gang scheduling without Kueue: the PodGroup a gang scheduler needs to place all the "
+        "workers of an attempt or none (as Kubeflow Trainer's podGroupPolicy).",
     )
     service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount the workers run as; a per-job one is created when unset."
@@ -798,6 +839,18 @@ class KubernetesSpec(SpecModel):
         if problems:
             raise ValueError("variable names " + "; ".join(problems))
         return env
+
+    @model_validator(mode="after")
+    def _gang_scheduler(self) -> KubernetesSpec:
+        coscheduling = self.pod_group_policy is not None and self.pod_group_policy.coscheduling is not None
+        if coscheduling and (self.scheduler_name or "").strip().lower() == "volcano":
+            raise ValueError(
+                "kubernetes.podGroupPolicy.coscheduling makes a scheduling.x-k8s.io PodGroup, which Volcano "
+                "does not read (it wants its own scheduling.volcano.sh PodGroup, which kubetune does not "
+                "make): use a scheduler running the coscheduling plugin in kubernetes.schedulerName, or "
+                "remove podGroupPolicy"
+            )
+        return self
 
 
 def reserved_key_problem(key: str) -> str | None:
