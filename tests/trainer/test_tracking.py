@@ -13,7 +13,14 @@ from kubetune.events import EventKind, ProgressEvent
 from kubetune.status_sink import status_patch_for_event
 
 from tests.kube.processes import free_loopback_port
-from tests.trainer.helpers import Assets, Result, explain, make_job, train_in_process
+from tests.trainer.helpers import (
+    Assets,
+    Result,
+    explain,
+    make_job,
+    tensorboard_scalars,
+    train_in_process,
+)
 from tests.trainer.servers import MlflowServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,21 +51,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 def tracked_run(tmp_path: Path, assets: Assets, env: dict[str, str], name: str, uri: str) -> Result:
     job = make_job(tmp_path, assets, name, **TRACKED, tracking={"mlflow": {"trackingUri": uri}})
     return train_in_process(job, env)
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under `folder`, read with TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = list(folder.rglob("events.out.tfevents.*"))
-    assert files, f"no TensorBoard event file under {folder}"
-    series: dict[str, list[tuple[int, float]]] = {}
-    for file in files:
-        accumulator = EventAccumulator(str(file))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
-    return series
 
 
 def test_mlflow_receives_the_runs_parameters_and_metrics_and_tensorboard_files_parse(
@@ -92,7 +84,7 @@ def test_mlflow_receives_the_runs_parameters_and_metrics_and_tensorboard_files_p
     assert accuracy[-1].value > 0.5  # chance is 0.5; the run learned
 
     # TensorBoard: the same series, in event files TensorBoard's reader parses.
-    series = scalars(tmp_path / "tracked-out" / "tensorboard")
+    series = tensorboard_scalars(tmp_path / "tracked-out" / "tensorboard")
     assert [step for step, _ in series["train/loss"]] == [10, 20, 30, 40]
     assert [round(v, 5) for _, v in series["eval/accuracy"]] == [round(m.value, 5) for m in accuracy]
 
@@ -117,12 +109,8 @@ def test_an_unreachable_tracker_does_not_fail_training_and_is_reported_as_a_warn
     finished = next(e for e in result.events if e.event == EventKind.FINISHED)
     assert finished.metrics["eval_accuracy"] > 0.5
     # TensorBoard went on.
-    assert [step for step, _ in scalars(tmp_path / "untracked-out" / "tensorboard")["train/loss"]] == [
-        10,
-        20,
-        30,
-        40,
-    ]
+    series = tensorboard_scalars(tmp_path / "untracked-out" / "tensorboard")
+    assert [step for step, _ in series["train/loss"]] == [10, 20, 30, 40]
 
 
 def test_wandb_without_the_wandb_package_is_refused_with_the_fix(

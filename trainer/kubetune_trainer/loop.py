@@ -231,6 +231,7 @@ class Trainer:
         self.checkpoint_load_kwargs: dict[str, Any] = {}
         # Issue 13: output.objectStorage (None without it) and the experiment trackers (rank 0's).
         self.store: ObjectStore | None = None
+        self.store_writable = False  # rank 0's access check passed: files may be sent even when the run fails
         self.tracking: Tracking | None = None
 
     # --- reporting ---------------------------------------------------------------------------------------
@@ -451,6 +452,9 @@ class Trainer:
             if self.tracking is not None:
                 with contextlib.suppress(Exception):
                     self.tracking.finish()
+            if isinstance(error, Exception):
+                # Not after a second stop signal (SystemExit) or Ctrl-C during setup: those mean "stop now".
+                self._upload_tracking_files_best_effort("failed")
             message = f"{type(error).__name__}: {error}"
             self._event(EventKind.FAILED, message=message)
             self.reporter.close(self._summary(EventKind.FAILED, message))
@@ -478,6 +482,7 @@ class Trainer:
 
         if self.store is not None and self.accelerator.is_main_process:
             self.store.check_access()  # a wrong endpoint or key fails now, not at the first checkpoint
+            self.store_writable = True
         set_seed(self.spec.training.seed)
         # TF32 for the fp32 matmuls that autocast leaves (and for fp32 training) on Ampere or newer.
         torch.backends.cuda.matmul.allow_tf32 = self.spec.training.tf32
@@ -503,6 +508,7 @@ class Trainer:
             self.stop.uninstall()
         if preempted:
             self.tracking.finish()
+            self._upload_tracking_files_best_effort("preempted")
             self._event(
                 EventKind.PREEMPTED,
                 message=f"stopped by {self.stop.signal_name} after step {self.state.step}",
@@ -716,7 +722,7 @@ class Trainer:
                 self.store.remove("model")
                 sent = self.store.upload_folder(self.settings.model_dir, "model")
                 log.info("model uploaded to %s (%d bytes)", self.store.uri("model"), sent)
-            self.store.upload_folder(output / TENSORBOARD_FOLDER, TENSORBOARD_FOLDER)
+            self._upload_tracking_files()
             self.store.write_text(METRICS_FILE, (output / METRICS_FILE).read_text(encoding="utf-8"))
         if spec.output.hub is not None and spec.output.save_model:
             push_model(
@@ -724,6 +730,32 @@ class Trainer:
                 self.settings.model_dir,
                 os.environ,
                 f"kubetune: {self.settings.job.metadata.name} at step {self.state.step}",
+            )
+
+    def _upload_tracking_files(self) -> None:
+        """Rank 0: the trackers' local files (TensorBoard's event files in <output>/tensorboard) to the bucket's
+        tensorboard/, beside those of earlier attempts (each attempt's files have names of their own). Does nothing
+        without a bucket that passed its access check; raises what the object store raises."""
+        if self.store is None or not self.store_writable or self.tracking is None:
+            return
+        folder = self.tracking.tensorboard_dir
+        if self.tracking.trackers and folder.is_dir():
+            sent = self.store.upload_folder(folder, TENSORBOARD_FOLDER)
+            log.info("tracker files uploaded to %s (%d bytes)", self.store.uri(TENSORBOARD_FOLDER), sent)
+
+    def _upload_tracking_files_best_effort(self, outcome: str) -> None:
+        """`_upload_tracking_files` for a run that failed or was preempted: the curves up to the stop are what
+        tells why, and the pod's disk goes with the pod. An upload error is logged, never raised: it must not
+        replace the run's own error or its exit code."""
+        try:
+            self._upload_tracking_files()
+        except Exception as error:
+            log.warning(
+                "the tracker files (TensorBoard) of this %s run were not uploaded to the object store: "
+                "%s: %s",
+                outcome,
+                type(error).__name__,
+                error,
             )
 
     def _save_model(self) -> None:

@@ -5,8 +5,9 @@ cannot be installed beside this project's pins: every botocore release requires 
 the environment holds python-dateutil 4. pyarrow is already here (the datasets library needs it), and its
 S3 client speaks to AWS and to S3-compatible servers alike.
 
-Layout under `s3://bucket/prefix`: `model/` (the final model), `metrics.json`, `tensorboard/`, and
-`checkpoints/step-<N>/` (complete only once its `COMPLETE` marker exists: the marker is written last).
+Layout under `s3://bucket/prefix`: `model/` (the final model), `metrics.json`, `tensorboard/` (sent by a
+failed or preempted run too), and `checkpoints/step-<N>/` (complete only once its `COMPLETE` marker exists: the
+marker is written last).
 Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment (on Kubernetes the operator maps
 them from output.objectStorage.credentialsSecret), else the client's default chain.
 """
