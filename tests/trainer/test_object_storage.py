@@ -57,6 +57,14 @@ def s3(tmp_path: Path) -> Iterator[S3Server]:
         server.stop()
 
 
+@pytest.fixture
+def credentials_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CREDENTIALS in this process's environment: an in-process run's object store reads them there, where a
+    worker process has them (the `env` given to train_in_process reaches the run settings, not the store)."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
 def storage_spec(s3: S3Server, prefix: str, **extra: Any) -> dict[str, Any]:
     return {"uri": f"s3://{BUCKET}/{prefix}", "endpoint": s3.endpoint, **extra}
 
@@ -82,12 +90,12 @@ def job_with_storage(
 
 
 def test_a_run_extended_from_checkpoints_in_the_bucket_ends_exactly_like_an_uninterrupted_run(
-    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server, credentials_here: None
 ) -> None:
     """Each run's local output is deleted before the next (a new pod's empty disk): only the bucket carries
     the checkpoint. An incomplete checkpoint in the bucket (no COMPLETE marker: a crash mid-upload) is never
     resumed from."""
-    env = {**in_process_env, **CREDENTIALS, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
+    env = {**in_process_env, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
     straight = train_in_process(job_with_storage(tmp_path, assets, "straight", s3, 20), env)
     assert straight.returncode == 0, explain(straight)
 
@@ -196,15 +204,45 @@ def test_a_run_that_fails_mid_run_still_sends_its_tensorboard_files_to_the_bucke
 
 
 def test_a_bucket_that_cannot_be_written_fails_the_run_before_training_naming_the_field(
-    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server, credentials_here: None
 ) -> None:
     output = {
         "path": str(tmp_path / "out"),
         "objectStorage": {"uri": "s3://no-such-bucket/run", "endpoint": s3.endpoint},
     }
-    result = train_in_process(
-        make_job(tmp_path, assets, "nobucket", output=output), {**in_process_env, **CREDENTIALS}
-    )
+    result = train_in_process(make_job(tmp_path, assets, "nobucket", output=output), in_process_env)
     assert result.returncode != 0
     assert "output.objectStorage" in result.stderr + result.stdout
     assert "s3://no-such-bucket/run" in result.stderr + result.stdout
+
+
+def test_the_bucket_gets_the_keys_of_the_credentials_secret_and_a_wrong_secret_is_refused_at_the_start(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This S3 server refuses every request not signed (AWS Signature V4) with CREDENTIALS, so what it lets in
+    shows which keys the trainer really signs with: those of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which the
+    operator maps from output.objectStorage.credentialsSecret. The right key id with a wrong secret is refused
+    before training, naming the field; the right pair trains, checkpoints and delivers to the bucket. (The runs
+    are in this process, so the keys go into its environment, where a worker process has them.)"""
+    server = S3Server(
+        tmp_path / "s3", (CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    ).start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["AWS_ACCESS_KEY_ID"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        refused = train_in_process(job_with_storage(tmp_path, assets, "wrong", server, 10), in_process_env)
+        assert refused.returncode != 0, explain(refused)
+        output = refused.stderr + refused.stdout
+        assert "the server refused the credentials" in output, explain(refused)
+        assert "output.objectStorage.credentialsSecret" in output, explain(refused)
+        assert "SignatureDoesNotMatch" in server.log(), server.log()
+        assert not any(e.event == EventKind.STARTED for e in refused.events), "refused before training"
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        accepted = train_in_process(job_with_storage(tmp_path, assets, "right", server, 10), in_process_env)
+        assert accepted.returncode == 0, explain(accepted)
+        store = ObjectStore(ObjectStorageSpec.model_validate(storage_spec(server, "runs/right")), CREDENTIALS)
+        assert remote_complete_steps(store) == [10]
+        assert "model.safetensors" in store.children("model")
+    finally:
+        server.stop()

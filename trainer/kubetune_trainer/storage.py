@@ -34,6 +34,11 @@ _CHECKSUM_SETTINGS = {
 }
 
 
+# How the AWS SDK under pyarrow names S3's refusals of a request's credentials (SignatureDoesNotMatch,
+# InvalidAccessKeyId, AccessDenied) in its messages.
+_REFUSED_CREDENTIALS = ("SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "ACCESS_DENIED")
+
+
 class ObjectStoreError(RuntimeError):
     """The bucket could not be reached or written; the message names output.objectStorage and the fix."""
 
@@ -78,11 +83,18 @@ class ObjectStore:
             self.write_text(probe, "ok\n")
             self.fs.rm_file(self.key(probe))
         except Exception as error:
+            where = f"{self.uri()} (output.objectStorage, endpoint {self.spec.endpoint_url or 'AWS S3'})"
+            cause = f"{type(error).__name__}: {error}"
+            if any(code in str(error) for code in _REFUSED_CREDENTIALS):
+                raise ObjectStoreError(
+                    f"the server refused the credentials for {where}: {cause}. Check the keys "
+                    f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} in output.objectStorage.credentialsSecret (a wrong "
+                    "secret, a key id the server does not know, or keys without write access to the bucket)"
+                ) from error
             raise ObjectStoreError(
-                f"cannot write to {self.uri()} (output.objectStorage, endpoint "
-                f"{self.spec.endpoint_url or 'AWS S3'}): {type(error).__name__}: {error}. Check the bucket exists, "
-                f"the endpoint is reachable and {ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} (from "
-                "output.objectStorage.credentialsSecret) may write there"
+                f"cannot write to {where}: {cause}. Check the bucket exists, the endpoint is reachable and "
+                f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} (from output.objectStorage.credentialsSecret) may "
+                "write there"
             ) from error
 
     def write_text(self, relative: str, text: str) -> None:
