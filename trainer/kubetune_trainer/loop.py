@@ -733,15 +733,15 @@ class Trainer:
             )
 
     def _upload_tracking_files(self) -> None:
-        """Rank 0: the trackers' local files (TensorBoard's event files in <output>/tensorboard) to the bucket's
-        tensorboard/, beside those of earlier attempts (each attempt's files have names of their own). Does nothing
-        without a bucket that passed its access check; raises what the object store raises."""
+        """Rank 0: the trackers' local files (TensorBoard's event files in <output>/tensorboard, W&B's in
+        <output>/wandb) to the same folders in the bucket, beside those of earlier attempts (each attempt's files
+        have names of their own). Does nothing without a bucket that passed its access check; raises what the
+        object store raises."""
         if self.store is None or not self.store_writable or self.tracking is None:
             return
-        folder = self.tracking.tensorboard_dir
-        if self.tracking.trackers and folder.is_dir():
-            sent = self.store.upload_folder(folder, TENSORBOARD_FOLDER)
-            log.info("tracker files uploaded to %s (%d bytes)", self.store.uri(TENSORBOARD_FOLDER), sent)
+        for local, remote in self.tracking.local_folders():
+            sent = self.store.upload_folder(local, remote)
+            log.info("tracker files uploaded to %s (%d bytes)", self.store.uri(remote), sent)
 
     def _upload_tracking_files_best_effort(self, outcome: str) -> None:
         """`_upload_tracking_files` for a run that failed or was preempted: the curves up to the stop are what
@@ -751,7 +751,7 @@ class Trainer:
             self._upload_tracking_files()
         except Exception as error:
             log.warning(
-                "the tracker files (TensorBoard) of this %s run were not uploaded to the object store: "
+                "the tracker files (TensorBoard, W&B) of this %s run were not uploaded to the object store: "
                 "%s: %s",
                 outcome,
                 type(error).__name__,
