@@ -796,11 +796,20 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _write_weights_hash(self) -> None:
-        """Debug aid for tests: each rank writes a hash of the weights it holds (they must agree under DDP)."""
+        """Debug aid for tests: each rank writes a hash of the model's weights (they must agree under DDP). Under
+        ZeRO-3 a rank holds a shard of each weight only, so the weights are gathered first (a collective: every
+        rank calls this)."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        model = self.accelerator.unwrap_model(self.model)
+        gathered: Any = contextlib.nullcontext()
+        if self.spec.distribution.deepspeed.enabled and self.spec.distribution.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gathered:
+            for name, tensor in sorted(model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
         folder = self.settings.output_dir / "debug"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"weights-rank-{self.accelerator.process_index}.sha256").write_text(
