@@ -6,7 +6,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
 venv="${KUBETUNE_VENV:-$cache/venv}"
 python="${PYTHON:-python3}"
-key="$(cat "$root/pyproject.toml" "$root/requirements/constraints.txt" | sha256sum | cut -c1-16)"
+# This script is in the key too: it chooses the extras.
+key="$(cat "$root/pyproject.toml" "$root/requirements/constraints.txt" "$root/hack/setup-venv.sh" | sha256sum | cut -c1-16)"
 stamp="$venv/.kubetune-deps-$key"
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -18,7 +19,8 @@ if [[ ! -f "$stamp" ]]; then
   pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
   "${pip[@]}" --upgrade pip setuptools wheel >&2
   "${pip[@]}" -c "$root/requirements/constraints.txt" torch >&2
-  "${pip[@]}" -c "$root/requirements/constraints.txt" -e "$root[train,dev]" >&2
+  # wandb: the optional extra of the trainer image, here so that the tracking tests run W&B for real (offline).
+  "${pip[@]}" -c "$root/requirements/constraints.txt" -e "$root[train,dev,wandb]" >&2
   rm -f "$venv"/.kubetune-deps-*
   touch "$stamp"
 else

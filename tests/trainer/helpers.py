@@ -133,6 +133,31 @@ def start_nodes(
     return processes
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc), parents first."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                tree.extend(int(child) for child in task.read_text().split())
+        index += 1
+    return tree
+
+
+def kill_node(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a node's every process at once, as when its pod or machine is lost. (Its process group is not
+    enough: torchrun starts the workers in sessions of their own, and they would train on, orphaned.)"""
+    tree = process_tree(process.pid)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(
+                pid, signal.SIGSTOP
+            )  # none can react (or start another) while the rest are found and killed
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def wait_nodes(processes: list[subprocess.Popen[str]], timeout: float = 300) -> list[Result]:
     """Wait for every node; on timeout kill each node's whole process tree and fail with their output."""
     results = []
@@ -203,3 +228,19 @@ def train_in_process(job: Path, env: Mapping[str, str]) -> Result:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the TensorBoard event files under `folder`, read with TensorBoard's own reader.
+    Asserts there is at least one event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(folder.rglob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file under {folder}"
+    series: dict[str, list[tuple[int, float]]] = {}
+    for file in files:
+        accumulator = EventAccumulator(str(file))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return series

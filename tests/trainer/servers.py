@@ -1,10 +1,11 @@
 """Real servers on loopback for the object storage and tracking tests (issue 13).
 
-- `S3Server`: gofakes3's S3 server (Go, built by hack/s3/build.sh; `make test` exports its bin directory as
-  KUBETUNE_S3_BIN), its buckets in memory (its filesystem backend cannot store the directory marker objects
-  that pyarrow's S3 client writes, keys ending in "/"; the server lives as long as the test). The trainer talks HTTP to it through pyarrow's
-  S3 client, as to any S3-compatible store: no in-process mock. (gofakes3 accepts any credentials: that the
-  trainer sends the configured keys is not checked by it.)
+- `S3Server`: gofakes3's S3 server (Go, our command hack/s3/modules/gofakes3/main.go built by hack/s3/build.sh;
+  `make test` exports its bin directory as KUBETUNE_S3_BIN), its buckets in memory (gofakes3's filesystem backend
+  cannot store the directory marker objects that pyarrow's S3 client writes, keys ending in "/"; the server lives
+  as long as the test). The trainer talks HTTP to it through pyarrow's S3 client, as to any S3-compatible store:
+  no in-process mock. gofakes3 accepts any credentials; given `credentials`, our command refuses every request not
+  signed (AWS Signature V4) with that key pair, so a test can show which keys the trainer really sends.
 - `MlflowServer`: `mlflow server` from its own virtualenv (hack/mlflow/setup.sh; KUBETUNE_MLFLOW_VENV): the
   server needs pyarrow < 26, which this project's venv cannot hold beside datasets, and the trainer needs only
   the client (mlflow-skinny).
@@ -90,25 +91,29 @@ def _wait_http(url: str, process: ManagedProcess, timeout: float, name: str) -> 
 
 
 class S3Server:
-    """gofakes3 (memory backend, log under `folder`) with the bucket BUCKET; `endpoint` is its URL."""
+    """gofakes3 (memory backend, log under `folder`) with the bucket BUCKET; `endpoint` is its URL. With
+    `credentials` (access key id, secret) only requests signed with them are served."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, credentials: tuple[str, str] | None = None) -> None:
         self.port = free_loopback_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         folder.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(
-            "gofakes3",
-            [
-                str(find_s3_binary()),
-                "-host",
-                f"127.0.0.1:{self.port}",
-                "-backend",
-                "mem",
-                "-initialbucket",
-                BUCKET,
-            ],
-            folder,
-        )
+        argv = [
+            str(find_s3_binary()),
+            "-host",
+            f"127.0.0.1:{self.port}",
+            "-backend",
+            "mem",
+            "-initialbucket",
+            BUCKET,
+        ]
+        if credentials is not None:
+            argv += ["-credentials", ":".join(credentials)]
+        self.process = ManagedProcess("gofakes3", argv, folder)
+
+    def log(self) -> str:
+        """What the server logged so far (refused requests are logged with S3's error code)."""
+        return self.process.log_path.read_text(errors="replace")
 
     def start(self) -> S3Server:
         self.process.start()

@@ -11,6 +11,7 @@ What the tests show, all real (gloo on loopback, DeepSpeed's real ZeRO-2, peft's
 - 2 simulated nodes with ZeRO-2: the loss on completions falls, only adapter weights train, checkpoints hold
   only them (plus the optimizer state), the merged model generates the learned answers, and a run resumed from a
   mid-run checkpoint ends bit-identical to the uninterrupted one;
+- the same exact resume under ZeRO-3 (2 processes, the base partitioned too), kept to 20 steps;
 - the same exact resume without DeepSpeed (accelerate's save/load hooks do the filtering there);
 - QLoRA's 4-bit config is built on CPU, and the job is refused (exit 2) where CUDA is absent;
 - bad target layer names stop the job at model load, naming the field and the layers the model has.
@@ -300,6 +301,62 @@ def test_lora_on_two_nodes_with_zero2_learns_keeps_only_the_adapter_in_checkpoin
     assert hashes(resumed_output) == hashes(output), (
         "the resumed run's weights differ from the uninterrupted run's"
     )
+
+
+def test_lora_with_zero3_resumes_exactly_from_a_checkpoint_of_the_adapter_only(
+    tmp_path: Path, chat_assets: tuple[Path, Path, Path]
+) -> None:
+    """Given spec.adapter with ZeRO-3 on 2 processes (the frozen base and the adapter both partitioned), when a run
+    resumes from its step-10 checkpoint, then it ends with the adapter of the uninterrupted 20-step run, bit for
+    bit: the weights gathered on every rank and the saved adapter files. Small for CI: 20 steps, no evaluation,
+    no merge."""
+    train, _evaluation, base = chat_assets
+    env = child_env(tmp_path, KUBETUNE_DEBUG_WEIGHTS_HASH="1")
+    overrides = {
+        **_overrides(),
+        "distribution": {"nodes": 1, "processesPerNode": 2, "deepspeed": {"zeroStage": 3}},
+        "training": {**_overrides()["training"], "perDeviceTrainBatchSize": 8, "maxSteps": 20},
+    }
+
+    def run(name: str) -> list[Any]:
+        job = write_job_file(
+            tmp_path / f"{name}.yaml",
+            model=str(base),
+            train=str(train),
+            output=str(tmp_path / f"{name}-out"),
+            overrides=overrides,
+        )
+        results = run_nodes(job, env, nodes=1, procs_per_node=2, timeout=400)
+        assert [r.returncode for r in results] == [0], explain(results)
+        return results
+
+    straight = run("straight")
+    losses = [e.loss for e in straight[0].events if e.event == EventKind.STEP and e.loss is not None]
+    print(f"\nLoRA, ZeRO-3 on 2 processes: completion loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    assert losses[-1] < losses[0], losses
+    output = tmp_path / "straight-out"
+    # ZeRO-3 names its module states per rank (zero_pp_rank_<r>_mp_rank_00_model_states.pt).
+    checkpoint = output / "checkpoints" / "step-10" / "pytorch_model"
+    states = sorted(checkpoint.glob("*model_states.pt"))
+    assert states, sorted(p.name for p in checkpoint.iterdir())
+    module = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    assert module and all("lora_" in name for name in module), sorted(module)[:5]
+    assert len(sorted(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+
+    shutil.copytree(output / "checkpoints" / "step-10", tmp_path / "resumed-out" / "checkpoints" / "step-10")
+    resumed = run("resumed")
+    assert next(e for e in resumed[0].events if e.event == EventKind.STARTED).resumed_from_step == 10
+
+    def hashes(folder: Path) -> list[str]:
+        return [p.read_text() for p in sorted((folder / "debug").glob("weights-rank-*.sha256"))]
+
+    assert len(hashes(output)) == 2 and len(set(hashes(output))) == 1, "both ranks gather the same weights"
+    assert hashes(tmp_path / "resumed-out") == hashes(output), "the resumed run's weights differ"
+    expected = load_file(str(output / "model" / "adapter_model.safetensors"))
+    actual = load_file(str(tmp_path / "resumed-out" / "model" / "adapter_model.safetensors"))
+    assert expected and all("lora_" in name for name in expected), sorted(expected)[:5]
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected), "the saved adapters differ"
 
 
 def test_lora_without_deepspeed_checkpoints_only_trainable_weights_and_resumes_exactly(

@@ -1,5 +1,6 @@
 """Given output.objectStorage, the model, the reports, the TensorBoard files and the checkpoints go to an
-S3-compatible bucket, and a gang whose nodes share no disk resumes from the bucket (issue 13).
+S3-compatible bucket, and a gang whose nodes share no disk resumes from the bucket (issue 13). A run that is
+preempted or fails mid-run still sends its TensorBoard files there.
 
 The bucket is a real S3 server on loopback (gofakes3, tests/trainer/servers.py), spoken to over HTTP by the
 trainer's pyarrow S3 client; nothing is mocked.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune.contract import EXIT_PREEMPTED
+from kubetune.contract import EXIT_FAILED, EXIT_PREEMPTED
 from kubetune.events import EventKind, ProgressEvent
 from kubetune.spec.storage import ObjectStorageSpec
 from kubetune_trainer.checkpoint_store import remote_complete_steps
@@ -27,8 +28,10 @@ from tests.trainer.helpers import (
     Assets,
     child_env,
     explain,
+    kill_node,
     make_job,
     start_nodes,
+    tensorboard_scalars,
     train_in_process,
     wait_for_line,
     wait_nodes,
@@ -54,12 +57,26 @@ def s3(tmp_path: Path) -> Iterator[S3Server]:
         server.stop()
 
 
+@pytest.fixture
+def credentials_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CREDENTIALS in this process's environment: an in-process run's object store reads them there, where a
+    worker process has them (the `env` given to train_in_process reaches the run settings, not the store)."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
 def storage_spec(s3: S3Server, prefix: str, **extra: Any) -> dict[str, Any]:
     return {"uri": f"s3://{BUCKET}/{prefix}", "endpoint": s3.endpoint, **extra}
 
 
 def store_for(s3: S3Server, prefix: str) -> ObjectStore:
     return ObjectStore(ObjectStorageSpec.model_validate(storage_spec(s3, prefix)), CREDENTIALS)
+
+
+def bucket_scalars(store: ObjectStore, scratch: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalar series of the TensorBoard files in the bucket's tensorboard/, downloaded into `scratch`."""
+    store.download_folder("tensorboard", scratch)
+    return tensorboard_scalars(scratch)
 
 
 def job_with_storage(
@@ -73,12 +90,12 @@ def job_with_storage(
 
 
 def test_a_run_extended_from_checkpoints_in_the_bucket_ends_exactly_like_an_uninterrupted_run(
-    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server, credentials_here: None
 ) -> None:
     """Each run's local output is deleted before the next (a new pod's empty disk): only the bucket carries
     the checkpoint. An incomplete checkpoint in the bucket (no COMPLETE marker: a crash mid-upload) is never
     resumed from."""
-    env = {**in_process_env, **CREDENTIALS, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
+    env = {**in_process_env, "KUBETUNE_DEBUG_WEIGHTS_HASH": "1"}
     straight = train_in_process(job_with_storage(tmp_path, assets, "straight", s3, 20), env)
     assert straight.returncode == 0, explain(straight)
 
@@ -135,6 +152,9 @@ def test_two_nodes_without_a_shared_disk_stop_mid_run_and_the_gang_resumes_from_
     store = store_for(s3, "runs/gang")
     assert remote_complete_steps(store)[-1] == preempted.step
     assert store.exists(f"checkpoints/step-{preempted.step}/{MARKER}")
+    # The preempted attempt's TensorBoard curve, up to the step it stopped at, outlives its pod.
+    logged = [step for step, _ in bucket_scalars(store, tmp_path / "preempted-tb")["train/loss"]]
+    assert 10 in logged and logged == sorted(logged) and logged[-1] == preempted.step, logged
 
     shutil.rmtree(tmp_path / "gang-out")
     shutil.rmtree(tmp_path / "gang-node1-out")
@@ -158,16 +178,71 @@ def test_two_nodes_without_a_shared_disk_stop_mid_run_and_the_gang_resumes_from_
     assert "model.safetensors" in store.children("model")
 
 
+def test_a_run_that_fails_mid_run_still_sends_its_tensorboard_files_to_the_bucket(
+    tmp_path: Path, assets: Assets, s3: S3Server
+) -> None:
+    """2 nodes over gloo; node 1 is killed (SIGKILL: a lost node, nothing of it runs) after the first checkpoint.
+    Rank 0 fails at its next collective; before it exits, its TensorBoard curve up to that step is in the bucket
+    (the pod's disk goes with the pod), and the node still exits with the failure's code."""
+    events_file = tmp_path / "events.jsonl"
+    job = job_with_storage(tmp_path, assets, "lost", s3, 100, distribution={"nodes": 2})
+    env = child_env(tmp_path, KUBETUNE_EVENTS_FILE=str(events_file), **CREDENTIALS)
+
+    nodes = start_nodes(job, env, nodes=2)
+    wait_for_line(events_file, lambda line: '"event":"checkpoint"' in line, timeout=240)
+    kill_node(nodes[1])
+    results = wait_nodes(nodes, timeout=180)
+    assert results[0].returncode == EXIT_FAILED, explain(results)
+    failed = ProgressEvent.from_json(events_file.read_text().splitlines()[-1])
+    assert failed.event == EventKind.FAILED and 10 <= failed.step < 100, failed
+
+    store = store_for(s3, "runs/lost")
+    assert not store.exists("model") and not store.exists("metrics.json"), "a failed run delivers no model"
+    logged = [step for step, _ in bucket_scalars(store, tmp_path / "failed-tb")["train/loss"]]
+    print(f"failed at step {failed.step}; train/loss in the bucket at steps {logged}")
+    assert 10 in logged and logged == sorted(logged) and logged[-1] <= failed.step, logged
+
+
 def test_a_bucket_that_cannot_be_written_fails_the_run_before_training_naming_the_field(
-    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], s3: S3Server, credentials_here: None
 ) -> None:
     output = {
         "path": str(tmp_path / "out"),
         "objectStorage": {"uri": "s3://no-such-bucket/run", "endpoint": s3.endpoint},
     }
-    result = train_in_process(
-        make_job(tmp_path, assets, "nobucket", output=output), {**in_process_env, **CREDENTIALS}
-    )
+    result = train_in_process(make_job(tmp_path, assets, "nobucket", output=output), in_process_env)
     assert result.returncode != 0
     assert "output.objectStorage" in result.stderr + result.stdout
     assert "s3://no-such-bucket/run" in result.stderr + result.stdout
+
+
+def test_the_bucket_gets_the_keys_of_the_credentials_secret_and_a_wrong_secret_is_refused_at_the_start(
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This S3 server refuses every request not signed (AWS Signature V4) with CREDENTIALS, so what it lets in
+    shows which keys the trainer really signs with: those of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, which the
+    operator maps from output.objectStorage.credentialsSecret. The right key id with a wrong secret is refused
+    before training, naming the field; the right pair trains, checkpoints and delivers to the bucket. (The runs
+    are in this process, so the keys go into its environment, where a worker process has them.)"""
+    server = S3Server(
+        tmp_path / "s3", (CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    ).start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["AWS_ACCESS_KEY_ID"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        refused = train_in_process(job_with_storage(tmp_path, assets, "wrong", server, 10), in_process_env)
+        assert refused.returncode != 0, explain(refused)
+        output = refused.stderr + refused.stdout
+        assert "the server refused the credentials" in output, explain(refused)
+        assert "output.objectStorage.credentialsSecret" in output, explain(refused)
+        assert "SignatureDoesNotMatch" in server.log(), server.log()
+        assert not any(e.event == EventKind.STARTED for e in refused.events), "refused before training"
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        accepted = train_in_process(job_with_storage(tmp_path, assets, "right", server, 10), in_process_env)
+        assert accepted.returncode == 0, explain(accepted)
+        store = ObjectStore(ObjectStorageSpec.model_validate(storage_spec(server, "runs/right")), CREDENTIALS)
+        assert remote_complete_steps(store) == [10]
+        assert "model.safetensors" in store.children("model")
+    finally:
+        server.stop()

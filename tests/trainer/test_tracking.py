@@ -1,20 +1,34 @@
 """Experiment tracking (issue 13): a real MLflow tracking server on loopback receives the run's parameters and
 metrics, TensorBoard event files are written next to the outputs and parse, the run's id and URL are reported
-for status.tracking, and a tracker that cannot be reached does not fail the training."""
+for status.tracking, a tracker that cannot be reached does not fail the training, and real wandb in offline mode
+records the run's parameters and metrics in its run file."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubetune.events import EventKind, ProgressEvent
+from kubetune.spec.storage import ObjectStorageSpec
 from kubetune.status_sink import status_patch_for_event
+from kubetune_trainer.storage import ObjectStore
 
 from tests.kube.processes import free_loopback_port
-from tests.trainer.helpers import Assets, Result, explain, make_job, train_in_process
-from tests.trainer.servers import MlflowServer
+from tests.trainer.helpers import (
+    Assets,
+    Result,
+    child_env,
+    explain,
+    make_job,
+    run_single,
+    tensorboard_scalars,
+    train_in_process,
+)
+from tests.trainer.servers import BUCKET, MlflowServer, S3Server
+from tests.trainer.wandb_records import config_of, history_of, read_records, run_record
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,21 +58,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 def tracked_run(tmp_path: Path, assets: Assets, env: dict[str, str], name: str, uri: str) -> Result:
     job = make_job(tmp_path, assets, name, **TRACKED, tracking={"mlflow": {"trackingUri": uri}})
     return train_in_process(job, env)
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under `folder`, read with TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = list(folder.rglob("events.out.tfevents.*"))
-    assert files, f"no TensorBoard event file under {folder}"
-    series: dict[str, list[tuple[int, float]]] = {}
-    for file in files:
-        accumulator = EventAccumulator(str(file))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
-    return series
 
 
 def test_mlflow_receives_the_runs_parameters_and_metrics_and_tensorboard_files_parse(
@@ -92,7 +91,7 @@ def test_mlflow_receives_the_runs_parameters_and_metrics_and_tensorboard_files_p
     assert accuracy[-1].value > 0.5  # chance is 0.5; the run learned
 
     # TensorBoard: the same series, in event files TensorBoard's reader parses.
-    series = scalars(tmp_path / "tracked-out" / "tensorboard")
+    series = tensorboard_scalars(tmp_path / "tracked-out" / "tensorboard")
     assert [step for step, _ in series["train/loss"]] == [10, 20, 30, 40]
     assert [round(v, 5) for _, v in series["eval/accuracy"]] == [round(m.value, 5) for m in accuracy]
 
@@ -117,19 +116,84 @@ def test_an_unreachable_tracker_does_not_fail_training_and_is_reported_as_a_warn
     finished = next(e for e in result.events if e.event == EventKind.FINISHED)
     assert finished.metrics["eval_accuracy"] > 0.5
     # TensorBoard went on.
-    assert [step for step, _ in scalars(tmp_path / "untracked-out" / "tensorboard")["train/loss"]] == [
-        10,
-        20,
-        30,
-        40,
-    ]
+    series = tensorboard_scalars(tmp_path / "untracked-out" / "tensorboard")
+    assert [step for step, _ in series["train/loss"]] == [10, 20, 30, 40]
+
+
+def test_wandb_offline_run_holds_the_runs_config_and_metrics_and_reaches_the_bucket(
+    tmp_path: Path, assets: Assets
+) -> None:
+    """Real wandb (the `wandb` extra; wandb-core, the Go service shipped in its wheel, writes the run) in offline
+    mode (WANDB_MODE=offline: nothing leaves the machine): a job with spec.tracking.wandb, run as a worker process
+    is, writes its W&B run under <output>/wandb (a worker's root filesystem is read-only), reports the run's id,
+    and copies the files to the bucket's wandb/ with the rest. The run file in the bucket, read back with wandb's
+    own Record class, holds the run (project, the job's name), its parameters and the train/loss and eval/accuracy
+    series at their steps."""
+    keys = {"AWS_ACCESS_KEY_ID": "kubetune-test", "AWS_SECRET_ACCESS_KEY": "kubetune-test-secret"}
+    server = S3Server(tmp_path / "s3", (keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"])).start()
+    try:
+        job = make_job(
+            tmp_path,
+            assets,
+            "wandb",
+            **TRACKED,
+            output={
+                "path": str(tmp_path / "wandb-out"),
+                "objectStorage": {"uri": f"s3://{BUCKET}/wandb-run", "endpoint": server.endpoint},
+            },
+            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
+        )
+        # wandb's own settings and caches (normally under $HOME) stay in this test's folder too.
+        env = child_env(
+            tmp_path,
+            WANDB_MODE="offline",
+            WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+            WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+            WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+            **keys,
+        )
+        env.pop("WANDB_DIR", None)
+        result = run_single(job, env)
+        assert result.returncode == 0, explain(result)
+        started = next(e for e in result.events if e.event == EventKind.STARTED)
+        tracking = started.tracking or {}
+        assert tracking["warnings"] == [], tracking
+        run_id = tracking["wandbRunId"]
+        assert (tmp_path / "wandb-out" / "wandb").is_dir(), "W&B's files next to the outputs"
+
+        store = ObjectStore(
+            ObjectStorageSpec.model_validate(
+                {"uri": f"s3://{BUCKET}/wandb-run", "endpoint": server.endpoint}
+            ),
+            keys,
+        )
+        store.download_folder("wandb", tmp_path / "from-bucket")
+    finally:
+        server.stop()
+    [run_file] = list((tmp_path / "from-bucket").rglob(f"run-{run_id}.wandb"))
+    records = read_records(run_file)
+    run = run_record(records)
+    assert (run.run_id, run.project, run.display_name) == (run_id, "kubetune-test", "synthetic-job")
+    config = config_of(records)
+    assert config["learning_rate"] == 0.002 and config["max_steps"] == 40 and config["world_size"] == 1
+    assert config["model"] == str(assets.model)
+    history = history_of(records)
+    assert [step for step, _ in history["train/loss"]] == [10, 20, 30, 40]
+    accuracy = history["eval/accuracy"]
+    print(f"W&B offline run {run_id}: {len(records)} records, eval/accuracy {accuracy}")
+    assert [step for step, _ in accuracy] == [20, 40]
+    assert accuracy[-1][1] > 0.5  # chance is 0.5; the run learned
+    finished = next(e for e in result.events if e.event == EventKind.FINISHED)
+    assert accuracy[-1][1] == pytest.approx(finished.metrics["eval_accuracy"], abs=1e-6)
 
 
 def test_wandb_without_the_wandb_package_is_refused_with_the_fix(
-    tmp_path: Path, assets: Assets, in_process_env: dict[str, str]
+    tmp_path: Path, assets: Assets, in_process_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The project's venv does not install the optional wandb extra, so this is the refusal path; W&B logging
-    itself is not exercised here."""
+    """A trainer image without the optional wandb extra. The package is installed here (the test above needs it),
+    so its absence is made by hiding it from the import system in this process (sys.modules["wandb"] = None makes
+    `import wandb` raise ImportError, as when it is not installed); the rest of the run is real."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
     job = make_job(
         tmp_path,
         assets,

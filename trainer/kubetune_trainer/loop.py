@@ -231,6 +231,7 @@ class Trainer:
         self.checkpoint_load_kwargs: dict[str, Any] = {}
         # Issue 13: output.objectStorage (None without it) and the experiment trackers (rank 0's).
         self.store: ObjectStore | None = None
+        self.store_writable = False  # rank 0's access check passed: files may be sent even when the run fails
         self.tracking: Tracking | None = None
 
     # --- reporting ---------------------------------------------------------------------------------------
@@ -451,6 +452,9 @@ class Trainer:
             if self.tracking is not None:
                 with contextlib.suppress(Exception):
                     self.tracking.finish()
+            if isinstance(error, Exception):
+                # Not after a second stop signal (SystemExit) or Ctrl-C during setup: those mean "stop now".
+                self._upload_tracking_files_best_effort("failed")
             message = f"{type(error).__name__}: {error}"
             self._event(EventKind.FAILED, message=message)
             self.reporter.close(self._summary(EventKind.FAILED, message))
@@ -478,6 +482,7 @@ class Trainer:
 
         if self.store is not None and self.accelerator.is_main_process:
             self.store.check_access()  # a wrong endpoint or key fails now, not at the first checkpoint
+            self.store_writable = True
         set_seed(self.spec.training.seed)
         # TF32 for the fp32 matmuls that autocast leaves (and for fp32 training) on Ampere or newer.
         torch.backends.cuda.matmul.allow_tf32 = self.spec.training.tf32
@@ -503,6 +508,7 @@ class Trainer:
             self.stop.uninstall()
         if preempted:
             self.tracking.finish()
+            self._upload_tracking_files_best_effort("preempted")
             self._event(
                 EventKind.PREEMPTED,
                 message=f"stopped by {self.stop.signal_name} after step {self.state.step}",
@@ -716,7 +722,7 @@ class Trainer:
                 self.store.remove("model")
                 sent = self.store.upload_folder(self.settings.model_dir, "model")
                 log.info("model uploaded to %s (%d bytes)", self.store.uri("model"), sent)
-            self.store.upload_folder(output / TENSORBOARD_FOLDER, TENSORBOARD_FOLDER)
+            self._upload_tracking_files()
             self.store.write_text(METRICS_FILE, (output / METRICS_FILE).read_text(encoding="utf-8"))
         if spec.output.hub is not None and spec.output.save_model:
             push_model(
@@ -724,6 +730,32 @@ class Trainer:
                 self.settings.model_dir,
                 os.environ,
                 f"kubetune: {self.settings.job.metadata.name} at step {self.state.step}",
+            )
+
+    def _upload_tracking_files(self) -> None:
+        """Rank 0: the trackers' local files (TensorBoard's event files in <output>/tensorboard, W&B's in
+        <output>/wandb) to the same folders in the bucket, beside those of earlier attempts (each attempt's files
+        have names of their own). Does nothing without a bucket that passed its access check; raises what the
+        object store raises."""
+        if self.store is None or not self.store_writable or self.tracking is None:
+            return
+        for local, remote in self.tracking.local_folders():
+            sent = self.store.upload_folder(local, remote)
+            log.info("tracker files uploaded to %s (%d bytes)", self.store.uri(remote), sent)
+
+    def _upload_tracking_files_best_effort(self, outcome: str) -> None:
+        """`_upload_tracking_files` for a run that failed or was preempted: the curves up to the stop are what
+        tells why, and the pod's disk goes with the pod. An upload error is logged, never raised: it must not
+        replace the run's own error or its exit code."""
+        try:
+            self._upload_tracking_files()
+        except Exception as error:
+            log.warning(
+                "the tracker files (TensorBoard, W&B) of this %s run were not uploaded to the object store: "
+                "%s: %s",
+                outcome,
+                type(error).__name__,
+                error,
             )
 
     def _save_model(self) -> None:
@@ -764,11 +796,20 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _write_weights_hash(self) -> None:
-        """Debug aid for tests: each rank writes a hash of the weights it holds (they must agree under DDP)."""
+        """Debug aid for tests: each rank writes a hash of the model's weights (they must agree under DDP). Under
+        ZeRO-3 a rank holds a shard of each weight only, so the weights are gathered first (a collective: every
+        rank calls this)."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        model = self.accelerator.unwrap_model(self.model)
+        gathered: Any = contextlib.nullcontext()
+        if self.spec.distribution.deepspeed.enabled and self.spec.distribution.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gathered:
+            for name, tensor in sorted(model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
         folder = self.settings.output_dir / "debug"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"weights-rank-{self.accelerator.process_index}.sha256").write_text(

@@ -5,8 +5,9 @@ cannot be installed beside this project's pins: every botocore release requires 
 the environment holds python-dateutil 4. pyarrow is already here (the datasets library needs it), and its
 S3 client speaks to AWS and to S3-compatible servers alike.
 
-Layout under `s3://bucket/prefix`: `model/` (the final model), `metrics.json`, `tensorboard/`, and
-`checkpoints/step-<N>/` (complete only once its `COMPLETE` marker exists: the marker is written last).
+Layout under `s3://bucket/prefix`: `model/` (the final model), `metrics.json`, `tensorboard/` (sent by a
+failed or preempted run too), and `checkpoints/step-<N>/` (complete only once its `COMPLETE` marker exists: the
+marker is written last).
 Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment (on Kubernetes the operator maps
 them from output.objectStorage.credentialsSecret), else the client's default chain.
 """
@@ -31,6 +32,11 @@ _CHECKSUM_SETTINGS = {
     "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
 }
+
+
+# How the AWS SDK under pyarrow names S3's refusals of a request's credentials (SignatureDoesNotMatch,
+# InvalidAccessKeyId, AccessDenied) in its messages.
+_REFUSED_CREDENTIALS = ("SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "ACCESS_DENIED")
 
 
 class ObjectStoreError(RuntimeError):
@@ -77,11 +83,18 @@ class ObjectStore:
             self.write_text(probe, "ok\n")
             self.fs.rm_file(self.key(probe))
         except Exception as error:
+            where = f"{self.uri()} (output.objectStorage, endpoint {self.spec.endpoint_url or 'AWS S3'})"
+            cause = f"{type(error).__name__}: {error}"
+            if any(code in str(error) for code in _REFUSED_CREDENTIALS):
+                raise ObjectStoreError(
+                    f"the server refused the credentials for {where}: {cause}. Check the keys "
+                    f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} in output.objectStorage.credentialsSecret (a wrong "
+                    "secret, a key id the server does not know, or keys without write access to the bucket)"
+                ) from error
             raise ObjectStoreError(
-                f"cannot write to {self.uri()} (output.objectStorage, endpoint "
-                f"{self.spec.endpoint_url or 'AWS S3'}): {type(error).__name__}: {error}. Check the bucket exists, "
-                f"the endpoint is reachable and {ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} (from "
-                "output.objectStorage.credentialsSecret) may write there"
+                f"cannot write to {where}: {cause}. Check the bucket exists, the endpoint is reachable and "
+                f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} (from output.objectStorage.credentialsSecret) may "
+                "write there"
             ) from error
 
     def write_text(self, relative: str, text: str) -> None:

@@ -1,13 +1,15 @@
 """Experiment tracking through accelerate's tracker API (issue 13): TensorBoard always, MLflow, W&B.
 
-`plan_trackers` builds accelerate's tracker objects for rank 0 (TensorBoard into `<output>/tensorboard`,
-MLflow when spec.tracking.mlflow is set, W&B when spec.tracking.wandb is), each wrapped in a `GuardedTracker`:
+`Tracking` builds accelerate's tracker objects for rank 0 (TensorBoard into `<output>/tensorboard`, MLflow
+when spec.tracking.mlflow is set, W&B when spec.tracking.wandb is, its local files in `<output>/wandb` unless
+WANDB_DIR says otherwise), each wrapped in a `GuardedTracker`:
 an exception from a tracker (an unreachable server at start or mid-run) switches that tracker off, is
 reported as a warning (reason TrackerUnavailable) and never fails the training. The loop hands them to
 `Accelerator(log_with=...)`, calls `accelerator.init_trackers` and logs with `accelerator.log`.
 
 `Tracking.status()` is what goes into status.tracking: the TensorBoard folder, the MLflow run id and URL, the
-W&B run id and URL, and the warnings.
+W&B run id and URL, and the warnings. `Tracking.local_folders()` are the folders of the trackers' files next to
+the outputs, which the trainer copies to the object store (at the end, and when the run fails or is preempted).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from kubetune.spec.tracking import TRACKER_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 TENSORBOARD_FOLDER = "tensorboard"
+# W&B's files (the run's record, its config, its console log; in offline mode all there is of the run, for
+# `wandb sync`) go to <output>/wandb: a worker's root filesystem is read-only, and the output is what reaches the
+# bucket. wandb makes the `wandb` folder itself inside the `dir` it is given.
+WANDB_FOLDER = "wandb"
+WANDB_DIR_ENV = "WANDB_DIR"
 # MLflow's client retries a refused request 7 times with exponential backoff (minutes); a tracker that cannot
 # be reached must cost the training seconds, not minutes. Values the user set in the environment are kept.
 _MLFLOW_CLIENT_SETTINGS = {
@@ -78,7 +85,9 @@ class GuardedTracker(GeneralTracker):
         self._guard("finish", self.inner.finish)
 
 
-def _wandb_tracker(spec: FineTuneJobSpec, run_name: str) -> GeneralTracker:
+def _wandb_tracker(spec: FineTuneJobSpec, run_name: str, files_dir: Path | None) -> GeneralTracker:
+    """accelerate's WandBTracker for spec.tracking.wandb: the run `run_name` in its project (and entity), its local
+    files under `files_dir` (None: wandb's own choice, WANDB_DIR). Raises TrackerConfigError without wandb."""
     wandb = spec.tracking.wandb
     assert wandb is not None
     try:
@@ -90,10 +99,13 @@ def _wandb_tracker(spec: FineTuneJobSpec, run_name: str) -> GeneralTracker:
         ) from None
     from accelerate.tracking import WandBTracker
 
-    options = {"project": wandb.project, "name": run_name}
+    # WandBTracker's first argument is the project: it calls wandb.init(project=<it>, **options).
+    options: dict[str, Any] = {"name": run_name}
     if wandb.entity:
         options["entity"] = wandb.entity
-    return WandBTracker(run_name, **options)
+    if files_dir is not None:
+        options["dir"] = str(files_dir)
+    return WandBTracker(wandb.project, **options)
 
 
 def run_params(spec: FineTuneJobSpec, world_size: int) -> dict[str, Any]:
@@ -178,8 +190,27 @@ class Tracking:
                 )
             )
         if self.spec.tracking.wandb is not None:
-            inner.append(_wandb_tracker(self.spec, self.run_name))
+            files_dir = None
+            if not env.get(WANDB_DIR_ENV):
+                files_dir = self.wandb_dir.parent
+                files_dir.mkdir(parents=True, exist_ok=True)
+            inner.append(_wandb_tracker(self.spec, self.run_name, files_dir))
         return [GuardedTracker(tracker, self._failed) for tracker in inner]
+
+    @property
+    def wandb_dir(self) -> Path:
+        """<output>/wandb, where W&B's files go unless WANDB_DIR is set (the TensorBoard folder's sibling)."""
+        return self.tensorboard_dir.parent / WANDB_FOLDER
+
+    def local_folders(self) -> list[tuple[Path, str]]:
+        """(local folder, folder in the object store) of the trackers' files next to the outputs that exist:
+        TensorBoard's, and W&B's when it writes there. Empty on ranks without trackers."""
+        if not self.trackers:
+            return []
+        folders = [(self.tensorboard_dir, TENSORBOARD_FOLDER)]
+        if any(t.name == "wandb" for t in self.trackers):
+            folders.append((self.wandb_dir, WANDB_FOLDER))
+        return [(local, remote) for local, remote in folders if local.is_dir()]
 
     def start(self, accelerator: Any, world_size: int) -> None:
         """init_trackers with the run's parameters (a tracker that fails is switched off and warned about)."""
