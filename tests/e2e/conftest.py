@@ -92,7 +92,10 @@ def operator_release(e2e_cluster: LocalCluster, images: Images) -> dict[str, Any
     values = {
         "image": {"repository": operator_repo, "tag": operator_tag, "pullPolicy": "Never"},
         "trainer": {"image": {"repository": trainer_repo, "tag": trainer_tag}},
-        "nodeSelector": {"type": "real"},
+        # On real-1: test_a_lost_node_does_not_hang_the_job stops real-2, and an operator there would go with
+        # it (its StatefulSet pod stays Terminating on the lost node), which is another scenario than the one
+        # that test checks (a CI run failed that way when the scheduler happened to pick real-2).
+        "nodeSelector": {"type": "real", "kubernetes.io/hostname": "real-1"},
         "logFormat": "plain",
         # Force-delete a worker left Terminating on a lost node 30 s after its grace period (default 300 s).
         "recovery": {"terminatingTimeoutSeconds": 30},
