@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import urllib3
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -353,18 +353,7 @@ def generate(counts: Counter[str]) -> list[Example]:
     """The sweep and EXAMPLES drawn documents, each already through `validate`."""
     found = sweep()
 
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=[
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
+    @spec_fuzz.fuzz_settings(EXAMPLES)
     @given(examples())
     def one(example: Example) -> None:
         found.append(example)

@@ -466,12 +466,11 @@ class Example:
     fields: list[str] | None  # validate's problem fields; None: valid
 
 
-def generate(counts: Counter[str]) -> list[Example]:
-    """EXAMPLES documents, each already through `validate` (the API server's verdicts come in a batch)."""
-    examples: list[Example] = []
-
-    @settings(
-        max_examples=EXAMPLES,
+def fuzz_settings(examples: int) -> Any:
+    """Hypothesis settings of the fuzzes: reproducible in CI (a fixed sequence of `examples`, no example
+    database), no per-example deadline (the API server's verdicts come in batches), generation only."""
+    return settings(
+        max_examples=examples,
         derandomize=True,
         database=None,
         deadline=None,
@@ -482,6 +481,13 @@ def generate(counts: Counter[str]) -> list[Example]:
             HealthCheck.large_base_example,
         ],
     )
+
+
+def generate(counts: Counter[str]) -> list[Example]:
+    """EXAMPLES documents, each already through `validate` (the API server's verdicts come in a batch)."""
+    examples: list[Example] = []
+
+    @fuzz_settings(EXAMPLES)
     @given(documents())
     def one(drawn: tuple[dict[str, Any], str, tuple[str, ...] | None, dict[str, Any]]) -> None:
         document, kind, mutated, base = drawn
