@@ -49,6 +49,7 @@ from kubetune.spec.models import (
     DeepSpeedSpec,
     FineTuneJobSpec,
     KubernetesSpec,
+    PodGroupPolicy,
     PodOverlay,
     TrainingSpec,
 )
@@ -220,7 +221,23 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             field_path=".extraResources",
         ),
     ],
+    PodGroupPolicy: [
+        _rule(
+            "has(self.coscheduling)",
+            "kubernetes.podGroupPolicy names no gang scheduler: set podGroupPolicy.coscheduling ({} for its "
+            "defaults) or remove podGroupPolicy",
+            field_path=".coscheduling",
+        ),
+    ],
     KubernetesSpec: [
+        _rule(
+            "!has(self.podGroupPolicy) || !has(self.podGroupPolicy.coscheduling) || !has(self.schedulerName) || "
+            "self.schedulerName != 'volcano'",
+            "kubernetes.podGroupPolicy.coscheduling makes a scheduling.x-k8s.io PodGroup, which Volcano does not "
+            "read: use a scheduler running the coscheduling plugin in kubernetes.schedulerName, or remove "
+            "podGroupPolicy",
+            field_path=".podGroupPolicy",
+        ),
         _rule(
             f"!has(self.labels) || self.labels.all(k, {_qualified_key('k')})",
             f"kubernetes.labels: every key must be a label key: [prefix/]name, the prefix a DNS subdomain of at "
