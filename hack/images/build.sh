@@ -29,7 +29,13 @@
 #   KUBETUNE_TORCH_INDEX_URL  the Dockerfile's TORCH_INDEX_URL (default empty: PyPI; "auto" for PyTorch's CPU
 #                             index, which is the Dockerfile's own default but unreachable on some machines)
 #   KUBETUNE_IMAGE_BASES      debian (default) or upstream (the Dockerfile's default bases, pulled by Docker)
-#   KUBETUNE_IMAGE_TARS_KEPT  tars kept per image, the most recently used (default 2: checkouts share a cache)
+#   KUBETUNE_IMAGE_TARS_KEPT  tars kept per image, the most recently used (default 1; more when several checkouts
+#                             share a cache and the disk has room: the trainer's tar is 7 GB)
+#
+# Disk: the machine's disk is shared and its free space varies, so the script keeps what it leaves small and
+# checks the room a build needs before it starts one (see `need_room`). What stays: the dependency stages
+# (the next build's cache; the trainer's is 7.5 GB) and one tar per image. The built images themselves are
+# removed from Docker once saved: their copy is the tar.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -118,13 +124,32 @@ images_key() { # -> key of both images' inputs, given the bases' ids
 
 tar_path() { echo "$images_dir/$1-$2.tar"; } # NAME KEY
 
-# Tars of other keys take disk space (the trainer's: several GB), but other checkouts sharing this cache may
-# be using theirs: keep the $keep_tars most recently used of each image (a use touches the tar). A reader
-# that must not lose a tar while it reads it holds a hard link to it.
-keep_tars="${KUBETUNE_IMAGE_TARS_KEPT:-2}"
-prune_tars() { # NAME
-  find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%T@ %p\n' | sort -rn | tail -n +"$((keep_tars + 1))" \
+# Tars of other keys take disk space (the trainer's: 7 GB), and other checkouts sharing this cache may be using
+# theirs: before a new tar is made, the older ones beyond the $keep_tars - 1 most recently used go (a use
+# touches the tar). A reader that must not lose a tar while it reads it holds a hard link to it.
+keep_tars="${KUBETUNE_IMAGE_TARS_KEPT:-1}"
+prune_tars() { # NAME KEEP
+  find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%T@ %p\n' | sort -rn | tail -n +"$(($2 + 1))" \
     | cut -d' ' -f2- | xargs -r rm -f
+  rm -f "$images_dir/$1"-*.tar.partial
+}
+
+# A build of NAME needs room for the image in Docker, the daemon's export copy (`docker save` stages the whole
+# image in the data root before streaming it) and the tar: three times the image. The last tar of NAME, when
+# there is one, gives its size; otherwise DEFAULT_GB. Fails, naming the fix, rather than stopping on ENOSPC
+# minutes into a build.
+need_room() { # NAME DEFAULT_GB
+  local last size_gb free_gb need_gb
+  last=$(find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%s\n' | sort -rn | head -n 1)
+  size_gb=$(((${last:-$(($2 << 30))} >> 30) + 1))
+  need_gb=$((3 * size_gb + 1))
+  free_gb=$(($(df --output=avail -k "$images_dir" | tail -n 1) >> 20))
+  if ((free_gb < need_gb)); then
+    log "$1: not enough disk to build it: $need_gb GB needed (3 x its $size_gb GB: the image, Docker's export" \
+      "copy, the tar), $free_gb GB free on $(df --output=target "$images_dir" | tail -n 1). Free some space," \
+      "or point KUBETUNE_CACHE at a larger disk; \`du -sh $cache/*\` shows what the cache holds."
+    exit 1
+  fi
 }
 
 report() { # KEY: prints the two result lines
@@ -198,6 +223,8 @@ build() { # NAME TARGET REF DEPS_TARGET
     return
   fi
   local build_log="$images_dir/logs/$name.log"
+  prune_tars "$name" "$((keep_tars - 1))"
+  need_room "$name" "$room_gb"
   log "$name: building $ref (target $target; full log $build_log)"
   # The dependency stage gets a tag of its own, so that the prune below keeps it (and the stages under it)
   # as the next build's cache: a multi-stage build's other stages are untagged, "dangling", once it ends.
@@ -214,13 +241,17 @@ build() { # NAME TARGET REF DEPS_TARGET
   # top layers, each a few GB for the trainer) only fills the disk. The current chain stays as the cache.
   docker image prune --force >/dev/null
   started=$SECONDS
+  local size
+  size=$(docker image inspect --format '{{.Size}}' "$ref" | numfmt --to=iec)
   docker save --output "$tar.partial" "$ref"
   mv "$tar.partial" "$tar"
-  prune_tars "$name"
-  log "$name: saved $tar in $((SECONDS - started)) s: image $(docker image inspect --format '{{.Size}}' "$ref" \
-    | numfmt --to=iec), tar $(stat -c %s "$tar" | numfmt --to=iec)"
+  # The tar is the image's copy now. The dependency stage stays tagged as the next build's cache; the final
+  # stage's layers would serve a build only if nothing of ours changed, and then this tar is up to date.
+  docker image rm "$ref" >/dev/null
+  docker image prune --force >/dev/null
+  log "$name: saved $tar in $((SECONDS - started)) s: image $size, tar $(stat -c %s "$tar" | numfmt --to=iec)"
 }
-build operator operator "$operator_ref" operator-deps
-build "trainer-$variant" trainer "$trainer_ref" trainer-deps
+room_gb=1 build operator operator "$operator_ref" operator-deps
+room_gb=7 build "trainer-$variant" trainer "$trainer_ref" trainer-deps
 log "docker data root: $(du -sh "${KUBETUNE_DOCKER_DATA:-$cache/docker/data}" 2>/dev/null | cut -f1)"
 report "$key"

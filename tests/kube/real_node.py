@@ -176,7 +176,12 @@ class RealNode:
         - Once unpacked, the layer blobs are removed from the content store: only a push or an export needs
           them (containerd 1.7's `discard_unpacked_layers`; 1.6's `ctr images import` has no such option).
           That halves the disk an image takes per node (7 GB instead of 14 GB for the trainer).
-        - Other tags of the same repository are removed (containerd's collector then frees their layers).
+        - Other tags of the same repository are removed, and so is every image-ID reference (`sha256:...`, which
+          the CRI plugin adds beside each tag) whose image no tag names any more; containerd's collector then
+          frees their layers. A rebuilt image keeps its tag: the older build's ID reference alone would keep it
+          on disk for good (6.6 GB per node for the trainer).
+        - A node that holds an older build of `ref` removes it before the import: a rebuilt trainer shares no
+          layer with it, and importing beside it would hold both on disk at once.
         Raises ContainerdError.
         """
         started = time.monotonic()
@@ -186,21 +191,14 @@ class RealNode:
         wanted = normalized_image_ref(ref)
         source = f"{archive.name}.{archive.stat().st_size}"
         if self._image_labels(wanted).get(ARCHIVE_LABEL) != source:
-            # No removal of an older build first: the import moves the tag and shares the layers that did not
-            # change (and finishes an import that was interrupted).
+            self._remove_unwanted_images(_repository(wanted), keep=None)
+            self._check_room_for(archive)
             import_image(self.node_dir, archive)
             if wanted not in self.image_refs():
                 raise ContainerdError(f"importing {archive} did not create {wanted}")
             self._discard_layer_blobs(wanted)
             ctr(self.node_dir, "images", "label", wanted, f"{ARCHIVE_LABEL}={source}")
-        repository = _repository(wanted)
-        stale = [
-            r
-            for r in self.image_refs()
-            if r != wanted and not r.startswith("sha256:") and _repository(r) == repository
-        ]
-        if stale:
-            ctr(self.node_dir, "images", "remove", *stale)
+        self._remove_unwanted_images(_repository(wanted), keep=wanted)
         return time.monotonic() - started
 
     def image_refs(self) -> list[str]:
@@ -208,6 +206,35 @@ class RealNode:
         return ctr(self.node_dir, "images", "list", "--quiet").split()
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_room_for(self, archive: Path) -> None:
+        """Raises ContainerdError, naming the sizes, when the disk cannot take `archive`'s import: its layer
+        blobs and their unpacked snapshots exist at once until the blobs are discarded (twice the archive)."""
+        need = 2 * archive.stat().st_size + (1 << 30)
+        free = shutil.disk_usage(self.containerd_root).free
+        if free < need:
+            raise ContainerdError(
+                f"not enough disk on {self.name} to import {archive.name}: {need / 2**30:.1f} GB needed (twice"
+                f" the archive), {free / 2**30:.1f} GB free under {self.containerd_root}; free some space"
+                " (`du -sh $KUBETUNE_CACHE/*` shows what the cache holds)"
+            )
+
+    def _remove_unwanted_images(self, repository: str, keep: str | None) -> None:
+        """Removes the tags of `repository` other than `keep` (all of them when None), then every image-ID
+        reference whose image no remaining tag names."""
+        listing = self._image_digests()
+        doomed = [
+            r for r in listing if r != keep and not r.startswith("sha256:") and _repository(r) == repository
+        ]
+        named = {digest for r, digest in listing.items() if not r.startswith("sha256:") and r not in doomed}
+        doomed += [r for r, digest in listing.items() if r.startswith("sha256:") and digest not in named]
+        if doomed:
+            ctr(self.node_dir, "images", "remove", *doomed)
+
+    def _image_digests(self) -> dict[str, str]:
+        """Each image reference in this node's containerd -> the digest of the manifest it points at."""
+        rows = [line.split() for line in ctr(self.node_dir, "images", "list").splitlines()[1:]]
+        return {fields[0]: fields[2] for fields in rows if len(fields) > 2}
 
     def _image_labels(self, ref: str) -> dict[str, str]:
         """The labels of image `ref` in this node's containerd ({} when it has none or no such image)."""
