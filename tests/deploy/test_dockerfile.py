@@ -158,13 +158,21 @@ def test_the_operator_image_installs_the_wheel_without_extras(dockerfile: Docker
 
 
 def test_the_trainer_image_installs_the_train_extra(dockerfile: Dockerfile, pyproject: dict) -> None:
-    """The dependencies of `kubetune[train]` (printed by hack/images/requirements.py), and the extra exists in
-    pyproject.toml with torch and DeepSpeed in it."""
-    installs = dockerfile.stage("trainer-deps").run_text()
-    assert "requirements.py /tmp/build/pyproject.toml train > /tmp/build/requirements.txt" in installs
-    assert "--requirement /tmp/build/requirements.txt" in installs
+    """The dependencies of `kubetune[train]` (requirements/trainer.txt), and the extra exists in pyproject.toml
+    with torch and DeepSpeed in it."""
+    stage = dockerfile.stage("trainer-deps")
+    assert "--requirement /tmp/build/trainer.txt" in stage.run_text()
+    assert any(i.text == "requirements/trainer.txt /tmp/build/" for i in stage.all("COPY"))
     train = {_requirement_name(r) for r in pyproject["project"]["optional-dependencies"]["train"]}
     assert {"torch", "deepspeed", "transformers", "accelerate"} <= train
+
+
+def test_the_dependency_layers_do_not_depend_on_pyproject(dockerfile: Dockerfile) -> None:
+    """A change of pyproject.toml's tool settings (pytest, ruff, mypy) must not rebuild the multi-GB dependency
+    layers: they copy the generated requirements files, never pyproject.toml itself."""
+    for name in ("operator-deps", "trainer-deps"):
+        stage = dockerfile.stage(name)
+        assert not any("pyproject.toml" in i.text for i in stage.instructions), name
 
 
 def test_the_requirements_script_prints_pyprojects_lists(pyproject: dict) -> None:
@@ -172,12 +180,25 @@ def test_the_requirements_script_prints_pyprojects_lists(pyproject: dict) -> Non
     naming the extras that exist."""
     script = [sys.executable, str(REPO / "hack" / "images" / "requirements.py"), str(REPO / "pyproject.toml")]
     project = pyproject["project"]
-    core = subprocess.run(script, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert core == project["dependencies"]
-    train = subprocess.run([*script, "train"], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert train == project["dependencies"] + project["optional-dependencies"]["train"]
+
+    def listed(*extras: str) -> list[str]:
+        out = subprocess.run([*script, *extras], capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if not line.startswith("#")]
+
+    assert listed() == project["dependencies"]
+    assert listed("train") == project["dependencies"] + project["optional-dependencies"]["train"]
     wrong = subprocess.run([*script, "gpu"], capture_output=True, text=True, check=False)
     assert wrong.returncode != 0 and "no extra 'gpu'" in wrong.stderr and "train" in wrong.stderr
+
+
+@pytest.mark.parametrize(("name", "extras"), [("operator.txt", []), ("trainer.txt", ["train"])])
+def test_the_committed_requirements_files_are_up_to_date(name: str, extras: list[str]) -> None:
+    """requirements/NAME is what the script prints today; else run `python hack/images/requirements.py --write`."""
+    script = [sys.executable, str(REPO / "hack" / "images" / "requirements.py"), str(REPO / "pyproject.toml")]
+    expected = subprocess.run([*script, *extras], capture_output=True, text=True, check=True).stdout
+    assert (REPO / "requirements" / name).read_text() == expected, (
+        f"requirements/{name} is stale: run `python hack/images/requirements.py --write`"
+    )
 
 
 @pytest.mark.parametrize("image", FINAL_STAGES)
