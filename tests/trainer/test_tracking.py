@@ -279,6 +279,7 @@ def test_an_offline_wandb_run_without_an_object_store_is_synced_from_its_own_fol
         elsewhere = wandb_run_status(run, tmp_path / "elsewhere" / "wandb", "s3://bucket/job/wandb")
     finally:
         run.finish()
+        wandb.teardown()  # wandb's process-wide setup read this test's environment: the next run reads its own
     [run_dir] = (output / "wandb").glob(f"offline-run-*-{run_id}")
     assert (alone.wandb_run_id, alone.wandb_mode, alone.wandb_run_dir) == (
         run_id,
@@ -299,6 +300,55 @@ def test_an_offline_wandb_run_without_an_object_store_is_synced_from_its_own_fol
     assert sync.returncode == 0 and "Would sync 1 run(s)" in sync.stdout + sync.stderr, (
         sync.stdout + sync.stderr
     )
+
+
+def test_an_online_wandb_run_that_cannot_start_is_a_warning_that_says_to_go_offline(
+    tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real wandb online (WANDB_MODE unset) with its server a loopback port nothing listens on, as on a cluster
+    without network to W&B: wandb.init gives up (init timeout 10 s here), the tracker is switched off with a
+    TrackerUnavailable warning that says to set WANDB_MODE offline, status.tracking names no W&B run, and
+    TensorBoard's tracker goes on."""
+    settings = {
+        "WANDB_BASE_URL": f"http://127.0.0.1:{free_loopback_port()}",
+        "WANDB_API_KEY": "a" * 40,
+        "WANDB_INIT_TIMEOUT": "10",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    job = load_job(
+        make_job(
+            tmp_path,
+            assets,
+            "online",
+            **TRACKED,
+            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
+        )
+    )
+    tensorboard = tmp_path / "online-out" / "tensorboard"
+    tracking = Tracking(job.spec, job.metadata.name, tensorboard, str(tensorboard), is_main=True)
+    import wandb
+    from accelerate import Accelerator
+
+    wandb.teardown()  # a wandb setup left in this process by another test would keep that test's settings
+    accelerator = Accelerator(log_with=list(tracking.trackers), cpu=True)
+    try:
+        tracking.start(accelerator, 1)
+        accelerator.log({"train/loss": 0.7}, step=10)
+        tracking.finish()
+    finally:
+        wandb.teardown()
+    status = tracking.status()
+    [warning] = status["warnings"]
+    assert warning["tracker"] == "wandb" and warning["reason"] == "TrackerUnavailable", warning
+    assert "set WANDB_MODE: offline in spec.kubernetes.env" in warning["message"], warning
+    assert not any(key.startswith("wandb") for key in status), status
+    assert [step for step, _ in tensorboard_scalars(tensorboard)["train/loss"]] == [10]
 
 
 def test_the_mlflow_run_url_is_given_for_tracking_servers_only() -> None:
