@@ -4,9 +4,10 @@ Least privilege: the operator gives each job's workers a ServiceAccount whose Ro
 on `finetunejobs/status` for *that one job* (`resourceNames`), nothing else: no spec, no other jobs, no
 pods, no secrets. A compromised worker could at worst scribble on its own job's status; the fields the
 operator owns (phase, conditions, restarts) are recomputed from the pods on every reconcile. This sink
-writes only `status.progress` and `status.metrics`, as JSON merge patches (so it never clobbers the
-operator's fields), rate-limited, from a background thread: a slow or unreachable API server never stalls
-training, and failures are logged, never raised.
+writes only `status.progress`, `status.metrics`, `status.lastCheckpoint` and `status.tracking` (the fields
+`TrackingStatus` declares), as JSON merge patches (so it never clobbers the operator's fields), rate-limited,
+from a background thread: a slow or unreachable API server never stalls training, and failures are logged,
+never raised.
 
 Without live reporting (runPolicy.reportProgress: false) the final metrics still reach the status: rank 0
 writes the JobSummary to its termination message and the operator reads it from the pod.
@@ -24,10 +25,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from kubetune.contract import NodeContext
 from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.mappings import deep_merge
 from kubetune.spec.models import FineTuneJob
+from kubetune.spec.status import TrackingStatus
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,19 @@ def _metrics(
     return metrics
 
 
+def _tracking(reported: dict[str, Any] | None) -> dict[str, Any] | None:
+    """status.tracking from what rank 0 reported, through the status model: only its typed fields (camelCase),
+    nothing else; None when nothing was reported or it does not fit the model (logged: the sink never raises)."""
+    if reported is None:
+        return None
+    try:
+        tracking = TrackingStatus.model_validate(reported)
+    except ValidationError as error:
+        log.warning("status.tracking not written: rank 0 reported %r: %s", reported, error)
+        return None
+    return tracking.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
 def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[str, Any]:
     """The `status` merge patch that reports one progress event."""
     patch: dict[str, Any] = {
@@ -96,8 +113,9 @@ def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[st
     metrics = _metrics(event.loss, event.samples_per_second, event.metrics, primary_metric)
     if metrics:
         patch["metrics"] = metrics
-    if event.tracking is not None:
-        patch["tracking"] = event.tracking  # whole: a merge patch replaces its warnings list
+    tracking = _tracking(event.tracking)
+    if tracking is not None:
+        patch["tracking"] = tracking  # whole: a merge patch replaces its warnings list
     if event.event == EventKind.CHECKPOINT and _finite(event.checkpoint_seconds) is not None:
         patch["lastCheckpoint"] = {
             "step": event.step,

@@ -486,13 +486,23 @@ def test_a_tracker_warning_rank_0_writes_into_the_status_becomes_a_warning_event
     kubectl("apply", "-f", "-", input=job_manifest("tracked", nodes=1))
     wait_phase(kube_cluster, kube_namespace, "tracked", "Running")
     warning = {"tracker": "mlflow", "reason": "TrackerUnavailable", "message": "http://mlflow:5000 refused"}
-    client.CustomObjectsApi(kube_cluster.api_client()).patch_namespaced_custom_object_status(
+    # Beside it, where an offline W&B run is: the API server keeps these fields (the CRD's status schema has them).
+    offline_run = "offline-run-20261202_050948-piw7xwfg"
+    wandb_run = {
+        "wandbRunId": "piw7xwfg",
+        "wandbMode": "offline",
+        "wandbRunDir": f"/output/wandb/{offline_run}",
+        "wandbRunLocation": f"s3://bucket/tracked/wandb/{offline_run}",
+        "wandbSyncCommand": f"wandb sync {offline_run}",
+    }
+    api = client.CustomObjectsApi(kube_cluster.api_client())
+    api.patch_namespaced_custom_object_status(
         "kubetune.io",
         "v1alpha1",
         kube_namespace,
         "finetunejobs",
         "tracked",
-        {"status": {"tracking": {"warnings": [warning]}}},
+        {"status": {"tracking": {**wandb_run, "warnings": [warning]}}},
     )
     found = wait_event_reasons(kube_cluster, kube_namespace, "tracked", "TrackerUnavailable")
     assert (
@@ -500,3 +510,8 @@ def test_a_tracker_warning_rank_0_writes_into_the_status_becomes_a_warning_event
         "TrackerUnavailable",
         "mlflow: http://mlflow:5000 refused; training goes on without it",
     ) in found
+    job = api.get_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", kube_namespace, "finetunejobs", "tracked"
+    )
+    tracking = job["status"]["tracking"]
+    assert {key: tracking.get(key) for key in wandb_run} == wandb_run, tracking

@@ -14,6 +14,7 @@ import yaml
 from kubetune.contract import NodeContext
 from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.spec import parse_job
+from kubetune.spec.status import FineTuneJobStatus, WandbMode
 from kubetune.status_sink import StatusSink, make_sink, status_patch_for_event, status_patch_for_summary
 
 
@@ -129,3 +130,37 @@ def test_make_sink_applies_only_to_operator_run_jobs_that_report_progress(
     sink = make_sink(on_cluster, job)
     assert isinstance(sink, StatusSink)
     sink.close(JobSummary(outcome=EventKind.FINISHED))  # the unreachable server is logged, not raised
+
+
+OFFLINE_RUN = "offline-run-20261202_050948-piw7xwfg"
+
+
+def test_an_offline_wandb_run_reaches_status_tracking_typed_and_nothing_else_does() -> None:
+    """What rank 0 reports for an offline W&B run (e.g. on an air-gapped cluster) goes into status.tracking
+    through the status model: its id, mode, folder, that folder's copy in the bucket and the sync command; a key
+    the model does not declare is dropped."""
+    reported = {
+        "tensorboardDir": "s3://bucket/job/tensorboard",
+        "wandbRunId": "piw7xwfg",
+        "wandbMode": "offline",
+        "wandbRunDir": f"/output/wandb/{OFFLINE_RUN}",
+        "wandbRunLocation": f"s3://bucket/job/wandb/{OFFLINE_RUN}",
+        "wandbSyncCommand": f"wandb sync {OFFLINE_RUN}",
+        "warnings": [],
+        "apiKey": "must-not-reach-the-status",
+    }
+    event = ProgressEvent(event=EventKind.STARTED, step=0, total_steps=40, tracking=reported)
+    tracking = status_patch_for_event(event, "accuracy")["tracking"]
+    assert tracking == {k: v for k, v in reported.items() if k != "apiKey"}
+    status = FineTuneJobStatus.model_validate({"tracking": tracking})
+    assert status.tracking is not None
+    assert status.tracking.wandb_mode == WandbMode.OFFLINE and status.tracking.wandb_run_url is None
+    assert status.tracking.wandb_sync_command == f"wandb sync {OFFLINE_RUN}"
+
+
+def test_a_malformed_tracking_report_is_left_out_of_the_patch_without_raising() -> None:
+    event = ProgressEvent(
+        event=EventKind.WARNING, tracking={"wandbMode": "sideways", "warnings": "not a list"}
+    )
+    patch = status_patch_for_event(event, "accuracy")
+    assert "tracking" not in patch and "progress" in patch

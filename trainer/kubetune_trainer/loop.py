@@ -40,7 +40,7 @@ from kubetune_trainer.reporting import Reporter, Sink, default_sinks
 from kubetune_trainer.sampling import EpochSampler
 from kubetune_trainer.settings import RunSettings
 from kubetune_trainer.storage import ObjectStore, open_store
-from kubetune_trainer.tracking import TENSORBOARD_FOLDER, Tracking
+from kubetune_trainer.tracking import TENSORBOARD_FOLDER, WANDB_FOLDER, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -471,6 +471,7 @@ class Trainer:
             folder,
             location,
             is_main=os.environ.get("RANK", "0") == "0",
+            wandb_location=self.store.uri(WANDB_FOLDER) if self.store else None,
         )
         tracking.on_warning = lambda message: self._event(
             EventKind.WARNING, message=message, tracking=tracking.status()

@@ -7,9 +7,11 @@ an exception from a tracker (an unreachable server at start or mid-run) switches
 reported as a warning (reason TrackerUnavailable) and never fails the training. The loop hands them to
 `Accelerator(log_with=...)`, calls `accelerator.init_trackers` and logs with `accelerator.log`.
 
-`Tracking.status()` is what goes into status.tracking: the TensorBoard folder, the MLflow run id and URL, the
-W&B run id and URL, and the warnings. `Tracking.local_folders()` are the folders of the trackers' files next to
-the outputs, which the trainer copies to the object store (at the end, and when the run fails or is preempted).
+`Tracking.status()` is what goes into status.tracking (a `TrackingStatus`): the TensorBoard folder, the MLflow
+run id and URL, the W&B run id, and where the W&B run is: its URL online; offline (WANDB_MODE=offline, e.g. an
+air-gapped cluster) its folder, that folder's copy in the object store and the `wandb sync` command that uploads
+it later. `Tracking.local_folders()` are the folders of the trackers' files next to the outputs, which the trainer
+copies to the object store (at the end, and when the run fails or is preempted).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker
 from kubetune.events import EventKind, ProgressEvent
 from kubetune.spec.models import FineTuneJobSpec
+from kubetune.spec.status import TrackerWarning, TrackingStatus, WandbMode
 from kubetune.spec.tracking import TRACKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,13 @@ TENSORBOARD_FOLDER = "tensorboard"
 # bucket. wandb makes the `wandb` folder itself inside the `dir` it is given.
 WANDB_FOLDER = "wandb"
 WANDB_DIR_ENV = "WANDB_DIR"
+WANDB_MODE_ENV = "WANDB_MODE"
+WANDB_OFFLINE_MODES = ("offline", "dryrun")
+# An online W&B run that cannot start is lost (TensorBoard's files remain); an offline one needs no network.
+WANDB_OFFLINE_HINT = (
+    "; on a cluster without network to W&B, set WANDB_MODE: offline in spec.kubernetes.env: the run is then "
+    "written next to the outputs and status.tracking.wandbSyncCommand uploads it later"
+)
 # MLflow's client retries a refused request 7 times with exponential backoff (minutes); a tracker that cannot
 # be reached must cost the training seconds, not minutes. Values the user set in the environment are kept.
 _MLFLOW_CLIENT_SETTINGS = {
@@ -145,6 +155,37 @@ def event_values(event: ProgressEvent) -> dict[str, float]:
     return values
 
 
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page on an http(s) tracking server; None for databricks URIs (no host in them)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def wandb_run_status(run: Any, files_dir: Path, files_location: str | None) -> TrackingStatus:
+    """Where the W&B `run` is: its id and mode; online its URL; its folder (`run.sync_dir`, what `wandb sync`
+    takes), that folder's copy under `files_location` when the folder is inside `files_dir` (the folder the
+    trainer copies there) and, offline, the `wandb sync` command that uploads it: beside a copy of the folder
+    when there is one (wandb tells offline from online runs by the folder's name, so the copy keeps it), else
+    at the folder itself."""
+    offline = bool(run.offline)
+    run_dir = Path(run.sync_dir)
+    location = None
+    if files_location is not None and run_dir.is_relative_to(files_dir):
+        location = f"{files_location}/{run_dir.relative_to(files_dir).as_posix()}"
+    sync_command = None
+    if offline:
+        sync_command = f"wandb sync {run_dir.name if location else run_dir}"
+    return TrackingStatus(
+        wandb_run_id=run.id,
+        wandb_mode=WandbMode.OFFLINE if offline else WandbMode.ONLINE,
+        wandb_run_url=None if offline else (run.url or None),
+        wandb_run_dir=str(run_dir),
+        wandb_run_location=location,
+        wandb_sync_command=sync_command,
+    )
+
+
 class Tracking:
     """The trackers of one run, their status and their warnings. Only rank 0 has trackers."""
 
@@ -156,19 +197,28 @@ class Tracking:
         tensorboard_location: str,
         is_main: bool,
         env: Mapping[str, str] | None = None,
+        wandb_location: str | None = None,
     ) -> None:
+        """`tensorboard_location` is where status.tracking says the TensorBoard files are; `wandb_location` is
+        where the trainer copies `<output>/wandb` (the object store's wandb/ folder; None without one)."""
         self.spec = spec
         self.run_name = run_name
         self.tensorboard_dir = tensorboard_dir
         self.tensorboard_location = tensorboard_location
+        self.wandb_location = wandb_location
+        self.runs = TrackingStatus()  # where the trackers' runs are, once they started
         self.warnings: list[dict[str, str]] = []
         self.on_warning: Callable[[str], object] = lambda message: None
         self.accelerator: Any = None
         self.trackers: list[GuardedTracker] = []
+        env = os.environ if env is None else env
+        self.wandb_offline = env.get(WANDB_MODE_ENV) in WANDB_OFFLINE_MODES
         if is_main:
-            self.trackers = self._plan(os.environ if env is None else env)
+            self.trackers = self._plan(env)
 
     def _failed(self, tracker: str, message: str) -> None:
+        if tracker == "wandb" and not self.wandb_offline:
+            message += WANDB_OFFLINE_HINT
         log.warning("%s; training goes on without it", message)
         self.warnings.append({"tracker": tracker, "reason": TRACKER_UNAVAILABLE, "message": message[-900:]})
         self.on_warning(message)
@@ -216,6 +266,7 @@ class Tracking:
         """init_trackers with the run's parameters (a tracker that fails is switched off and warned about)."""
         self.accelerator = accelerator
         accelerator.init_trackers(self.run_name, config=run_params(self.spec, world_size))
+        self.runs = self._locate_runs()
 
     def log_event(self, event: ProgressEvent) -> None:
         """Log a step's or an eval's metrics at the event's step."""
@@ -232,26 +283,35 @@ class Tracking:
                 tracker.finish()
             self.accelerator = None
 
-    def _live(self, name: str) -> GuardedTracker | None:
-        return next((t for t in self.trackers if t.name == name and not t.failed), None)
+    def _started(self, name: str) -> GuardedTracker | None:
+        return next((t for t in self.trackers if t.name == name), None)
+
+    def _locate_runs(self) -> TrackingStatus:
+        """Where the MLflow and W&B runs that started are (read once: a tracker that fails later switches off,
+        but its run, with what was logged until then, stays where it is)."""
+        found: dict[str, Any] = {}
+        mlflow_tracker = self._started("mlflow")
+        run = getattr(mlflow_tracker.inner, "active_run", None) if mlflow_tracker else None
+        mlflow_spec = self.spec.tracking.mlflow
+        if run is not None and mlflow_spec is not None:
+            found["mlflow_run_id"] = run.info.run_id
+            found["mlflow_run_url"] = mlflow_run_url(
+                mlflow_spec.tracking_uri, run.info.experiment_id, run.info.run_id
+            )
+        wandb_tracker = self._started("wandb")
+        if wandb_tracker is not None and not wandb_tracker.failed:
+            wandb_run = getattr(wandb_tracker.inner, "run", None)
+            if wandb_run is not None:
+                located = wandb_run_status(wandb_run, self.wandb_dir, self.wandb_location)
+                found.update(located.model_dump(exclude_none=True))
+        return TrackingStatus(**found)
 
     def status(self) -> dict[str, Any]:
-        """status.tracking (camelCase), as rank 0 reports it."""
-        status: dict[str, Any] = {"tensorboardDir": self.tensorboard_location}
-        mlflow_tracker = self._live("mlflow")
-        run = getattr(mlflow_tracker.inner, "active_run", None) if mlflow_tracker else None
-        if run is not None and self.spec.tracking.mlflow is not None:
-            status["mlflowRunId"] = run.info.run_id
-            status["mlflowRunUrl"] = (
-                f"{self.spec.tracking.mlflow.tracking_uri}/#/experiments/{run.info.experiment_id}"
-                f"/runs/{run.info.run_id}"
-            )
-        wandb_tracker = self._live("wandb")
-        wandb_run = getattr(wandb_tracker.inner, "run", None) if wandb_tracker else None
-        if wandb_run is not None:
-            status["wandbRunId"] = wandb_run.id
-            url = getattr(wandb_run, "url", None)
-            if url:
-                status["wandbRunUrl"] = url
-        status["warnings"] = list(self.warnings)
-        return status
+        """status.tracking (camelCase), as rank 0 reports it: `TrackingStatus`'s fields that are set."""
+        status = self.runs.model_copy(
+            update={
+                "tensorboard_dir": self.tensorboard_location,
+                "warnings": [TrackerWarning.model_validate(w) for w in self.warnings],
+            }
+        )
+        return status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -7,14 +7,18 @@ validate`, and the CRD's schema and CEL rules at `kubectl apply`), instead of at
 returns None when the value is valid, else a sentence saying what is wrong and what the rule is.
 
 The patterns are used by pydantic (Rust's regex), by the CRD's OpenAPI schema and CEL rules (Go's RE2) and
-here with Python's `re.fullmatch`: they keep to what all three read alike (ASCII classes only).
+here with Python's `re.fullmatch`: they keep to what all three read alike (ASCII classes only). The annotated
+types at the end (`ObjectName`, `SecretKey`) carry them into the spec's fields, so a Secret's name or key has one
+set of constraints wherever the spec asks for one.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Annotated, Final
+
+from pydantic import StringConstraints
 
 DNS_LABEL_MAX: Final = 63
 DNS_SUBDOMAIN_MAX: Final = 253
@@ -40,6 +44,16 @@ ENV_NAME_PATTERN: Final = r"^[ -<>-~]+$"
 # and then such a character".
 CONFIG_KEY_PATTERN: Final = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 QUALIFIED_KEY_MAX: Final = DNS_SUBDOMAIN_MAX + 1 + QUALIFIED_NAME_MAX
+
+# The name of another object in the job's namespace (a Secret, a ServiceAccount, a PriorityClass, a scheduler):
+# a DNS subdomain.
+ObjectName = Annotated[
+    str, StringConstraints(min_length=1, max_length=DNS_SUBDOMAIN_MAX, pattern=DNS_SUBDOMAIN_PATTERN)
+]
+# A key of a Secret (or ConfigMap) that a worker reads a value from.
+SecretKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=CONFIG_KEY_MAX, pattern=CONFIG_KEY_PATTERN)
+]
 
 
 def dns_subdomain_problem(value: str) -> str | None:

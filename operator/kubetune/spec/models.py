@@ -25,12 +25,10 @@ from kubetune.spec import kube_names
 from kubetune.spec.adapters import AdapterSpec
 from kubetune.spec.base import SpecModel
 from kubetune.spec.kube_names import (
-    CONFIG_KEY_MAX,
-    CONFIG_KEY_PATTERN,
-    DNS_SUBDOMAIN_MAX,
-    DNS_SUBDOMAIN_PATTERN,
     LABEL_VALUE_MAX,
     LABEL_VALUE_PATTERN,
+    ObjectName,
+    SecretKey,
 )
 
 API_GROUP = "kubetune.io"
@@ -520,10 +518,6 @@ RESERVED_LABEL_KEYS = (
 
 LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN)]
 AnnotationValue = Annotated[str, StringConstraints(max_length=MAX_POD_ANNOTATION_VALUE)]
-# The name of another object (a Secret, a ServiceAccount, a PriorityClass, a scheduler): a DNS subdomain.
-ObjectName = Annotated[
-    str, StringConstraints(min_length=1, max_length=DNS_SUBDOMAIN_MAX, pattern=DNS_SUBDOMAIN_PATTERN)
-]
 
 
 class VolumeSource(SpecModel):
@@ -539,17 +533,9 @@ class VolumeSource(SpecModel):
 
 
 class SecretKeyRef(SpecModel):
-    name: str = Field(
-        min_length=1,
-        max_length=DNS_SUBDOMAIN_MAX,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="Secret name in the job's namespace (a DNS subdomain).",
-    )
-    key: str = Field(
+    name: ObjectName = Field(description="Secret name in the job's namespace (a DNS subdomain).")
+    key: SecretKey = Field(
         default="token",
-        min_length=1,
-        max_length=CONFIG_KEY_MAX,
-        pattern=CONFIG_KEY_PATTERN,
         description="Key in the Secret holding the value (letters, digits, '-', '_' and '.'; not '.' nor "
         "'..'-prefixed).",
     )

@@ -158,12 +158,45 @@ class TrackerWarning(StatusModel):
     message: str = Field(default="", description="What failed; training went on without that tracker.")
 
 
+class WandbMode(StrEnum):
+    ONLINE = "online"  # the run streams to the W&B server; wandbRunUrl is its page
+    OFFLINE = "offline"  # WANDB_MODE=offline (air-gapped clusters): the run is only in its files until synced
+
+
 class TrackingStatus(StatusModel):
+    """Where each tracker has this run: a page to open, or (W&B offline) the files and the command that
+    uploads them. Rank 0 writes it whole; the status sink keeps only these fields."""
+
     tensorboard_dir: str | None = Field(default=None, description="Where the TensorBoard event files are.")
-    mlflow_run_id: str | None = Field(default=None, description="The MLflow run of this job.")
-    mlflow_run_url: str | None = Field(default=None, description="The MLflow run's page.")
+    mlflow_run_id: str | None = Field(
+        default=None,
+        description="The MLflow run of this job (kept after the server became unreachable mid-run: the run "
+        "holds what was logged until then).",
+    )
+    mlflow_run_url: str | None = Field(
+        default=None, description="The MLflow run's page (an http(s) tracking server; none for databricks)."
+    )
     wandb_run_id: str | None = Field(default=None, description="The W&B run of this job.")
-    wandb_run_url: str | None = Field(default=None, description="The W&B run's page (none offline).")
+    wandb_mode: WandbMode | None = Field(
+        default=None, description="online or offline (WANDB_MODE=offline: nothing leaves the pod)."
+    )
+    wandb_run_url: str | None = Field(default=None, description="The W&B run's page (online only).")
+    wandb_run_dir: str | None = Field(
+        default=None,
+        description="The W&B run's folder in rank 0's pod (its run-<id>.wandb log and files), on the output "
+        "volume unless WANDB_DIR is set.",
+    )
+    wandb_run_location: str | None = Field(
+        default=None,
+        description="Where that folder is copied to outlive the pod: the object store's wandb/ folder (at the "
+        "end, and when the run fails or is preempted); none without output.objectStorage.",
+    )
+    wandb_sync_command: str | None = Field(
+        default=None,
+        description="Offline: the command that uploads the run to W&B later; run it in the folder you copied "
+        "wandbRunLocation into (the copy keeps its name) or, without an object store, where wandbRunDir can be "
+        "read (it names that folder).",
+    )
     warnings: list[TrackerWarning] = Field(
         default_factory=list,
         description="Trackers that could not be reached (training went on without them).",

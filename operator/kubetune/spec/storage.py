@@ -13,12 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from pydantic import Field, field_validator
 
-from kubetune.spec.kube_names import (
-    CONFIG_KEY_MAX,
-    CONFIG_KEY_PATTERN,
-    DNS_SUBDOMAIN_MAX,
-    DNS_SUBDOMAIN_PATTERN,
-)
+from kubetune.spec.kube_names import ObjectName, SecretKey
 from kubetune.spec.models import SecretKeyRef, SpecModel
 
 if TYPE_CHECKING:
@@ -41,25 +36,12 @@ REPO_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]
 
 
 class ObjectStoreCredentials(SpecModel):
-    name: str = Field(
-        min_length=1,
-        max_length=DNS_SUBDOMAIN_MAX,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="Secret in the job's namespace (a DNS subdomain).",
+    name: ObjectName = Field(description="Secret in the job's namespace (a DNS subdomain).")
+    access_key_id_key: SecretKey = Field(
+        default=ACCESS_KEY_ID_ENV, description="Key in the Secret holding the access key id."
     )
-    access_key_id_key: str = Field(
-        default=ACCESS_KEY_ID_ENV,
-        min_length=1,
-        max_length=CONFIG_KEY_MAX,
-        pattern=CONFIG_KEY_PATTERN,
-        description="Key in the Secret holding the access key id.",
-    )
-    secret_access_key_key: str = Field(
-        default=SECRET_ACCESS_KEY_ENV,
-        min_length=1,
-        max_length=CONFIG_KEY_MAX,
-        pattern=CONFIG_KEY_PATTERN,
-        description="Key in the Secret holding the secret access key.",
+    secret_access_key_key: SecretKey = Field(
+        default=SECRET_ACCESS_KEY_ENV, description="Key in the Secret holding the secret access key."
     )
 
 

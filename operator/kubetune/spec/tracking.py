@@ -56,5 +56,7 @@ class TrackingSpec(SpecModel):
     mlflow: MlflowSpec | None = Field(default=None, description="Log to an MLflow tracking server.")
     wandb: WandbSpec | None = Field(
         default=None,
-        description="Log to Weights & Biases (needs the trainer image's `wandb` extra; refused without it).",
+        description="Log to Weights & Biases (needs the trainer image's `wandb` extra; refused without it). On a "
+        "cluster without network to W&B, set WANDB_MODE: offline in kubernetes.env: the run is written next to "
+        "the outputs (and copied to the object store) and status.tracking says where and how to `wandb sync` it.",
     )
