@@ -44,14 +44,15 @@ DNS_LABEL_PATTERN: Final = rf"^{_DNS_LABEL}$"
 
 # A resource quantity (k8s.io/apimachinery's resource.Quantity: <sign><number><suffix>, the suffix a binary SI
 # (Ki..Ei), decimal SI (n, u, m, k, M..E) or e<integer>), here without the '-' sign: every quantity a pod takes
-# from a FineTuneJob (requests, limits, emptyDir sizes) must be >= 0. The exponent is at most 18 digits, so it
-# always fits the int64 ParseQuantity reads it into (the grammar of controller-gen's Quantity pattern allows a
-# fraction there, which ParseQuantity refuses: this one does not).
+# from a FineTuneJob (requests, limits, emptyDir sizes) must be >= 0. The exponent is an integer (the grammar of
+# controller-gen's Quantity pattern allows a fraction there, which ParseQuantity refuses) of at most 2 digits:
+# 1e99 is far beyond any resource (the scheduler saturates at int64), and a larger exponent would make the
+# operator's sums for a PodGroup's minResources overflow.
 _QUANTITY_NUMBER = r"([0-9]+(\.[0-9]*)?|\.[0-9]+)"
-QUANTITY_PATTERN: Final = rf"^\+?{_QUANTITY_NUMBER}([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{{1,18}})?$"
+QUANTITY_PATTERN: Final = rf"^\+?{_QUANTITY_NUMBER}([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{{1,2}})?$"
 # An extended resource (a device) is counted in whole units (the API server refuses a fraction of one): a
 # whole number, optionally with a suffix that keeps it whole.
-WHOLE_QUANTITY_PATTERN: Final = r"^\+?[0-9]+([KMGTPE]i|[kMGTPE]|[eE]\+?[0-9]{1,18})?$"
+WHOLE_QUANTITY_PATTERN: Final = r"^\+?[0-9]+([KMGTPE]i|[kMGTPE]|[eE]\+?[0-9]{1,2})?$"
 QUANTITY_MAX: Final = 64
 
 
