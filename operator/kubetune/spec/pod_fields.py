@@ -4,9 +4,9 @@ Kubernetes 1.36), so that a value the API server would refuse on a pod is refuse
 `kubetune validate`, naming the field, instead of failing every pod create of a running job.
 
 Each model's cross-field rules have CEL twins in `kubetune.crd.CEL_RULES`; single-field rules are OpenAPI
-patterns and bounds (and, for the one thing a pattern cannot count, a CEL rule on the field: `FIELD_RULES`).
-Lists are bounded (Kubernetes does not bound them) so that the CRD's CEL rules fit the API server's cost
-budget; the bounds are far above what a placement rule needs.
+patterns and bounds, plus a CEL rule on the field for the one thing a pattern cannot count (the length of a label
+key's prefix: `PREFIX_RULE`). Lists are bounded (Kubernetes does not bound them) so that the CRD's CEL rules
+fit the API server's cost budget; the bounds are far above what a placement rule needs.
 """
 
 from __future__ import annotations
