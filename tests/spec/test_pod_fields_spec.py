@@ -263,6 +263,17 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
         "",
         "",
     ),
+    "quantities at the edges of the grammar": (
+        document(
+            resources={"cpu": "+.5", "memory": "1e99", "shmSize": "1."},
+            outputVolume={"mountPath": "/output", "sizeLimit": "1n"},
+            podOverlay={
+                "extraResources": {"example.com/a": "1E", "example.com/b": "9Ei", "example.com/c": "1e99"}
+            },
+        ),
+        "",
+        "",
+    ),
     "memory in words": (
         document(resources={"memory": "64 gigabytes"}),
         "spec.kubernetes.resources.memory",
