@@ -27,6 +27,7 @@ from kubetune.spec.adapters import ALL_LINEAR, AdapterSpec
 from kubetune.spec.kube_names import (
     DNS_SUBDOMAIN_MAX,
     ENV_NAME_PATTERN,
+    EXTENDED_RESOURCE_DOMAIN_MAX,
     QUALIFIED_NAME_MAX,
     QUALIFIED_NAME_PATTERN,
 )
@@ -51,7 +52,18 @@ from kubetune.spec.models import (
     KubernetesSpec,
     PodGroupPolicy,
     PodOverlay,
+    ResourceSpec,
     TrainingSpec,
+)
+from kubetune.spec.pod_fields import (
+    INTEGER_VALUE_PATTERN,
+    VOLUME_SOURCE_KINDS,
+    LabelSelector,
+    LabelSelectorRequirement,
+    NodeSelectorRequirement,
+    PodAffinityTerm,
+    PodVolumeSource,
+    Toleration,
 )
 from kubetune.spec.status import ACTIVE_PHASES, FineTuneJobStatus
 
@@ -77,6 +89,8 @@ _KEPT_KEYS = {
     "format",
     "nullable",
     "x-kubernetes-preserve-unknown-fields",
+    # (a rule on one string field, which a pattern cannot say: kubetune.spec.pod_fields.PREFIX_RULE)
+    "x-kubernetes-validations",
 }
 
 
@@ -132,6 +146,35 @@ def _reserved(key: str) -> str:
     prefixes = " || ".join(f"{key}.startsWith('{prefix}')" for prefix in RESERVED_KEY_PREFIXES)
     return f"{key} in {keys} || {prefixes}"
 
+
+def _extended_resource(name: str) -> str:
+    """CEL: `name` (a CEL expression) names an extended resource (as kube_names.extended_resource_name_problem)."""
+    return (
+        f"{name}.contains('/') && !{name}.startsWith('requests.') && !{name}.contains('kubernetes.io/') && "
+        f"{_qualified_key(name)} && {name}.indexOf('/') <= {EXTENDED_RESOURCE_DOMAIN_MAX}"
+    )
+
+
+_EXTENDED_RESOURCE_MESSAGE = (
+    "must be a device plugin's extended resource: domain/name (a label key, the domain at most "
+    f"{EXTENDED_RESOURCE_DOMAIN_MAX} characters), not in kubernetes.io/ nor starting with requests., e.g. "
+    "nvidia.com/gpu"
+)
+
+
+def _values_count(operators: str) -> str:
+    """CEL: a selector requirement has as many values as its operator takes (as pod_fields._values_problem)."""
+    values = "(has(self.values) ? size(self.values) : 0)"
+    rule = f"self.operator in ['In', 'NotIn'] ? {values} > 0 : "
+    if "Gt" in operators:
+        rule += (
+            f"self.operator in ['Gt', 'Lt'] ? ({values} == 1 && self.values[0].matches('{INTEGER_VALUE_PATTERN}'))"
+            " : "
+        )
+    return rule + f"{values} == 0"
+
+
+_ONE_VOLUME_KIND = " + ".join(f"(has(self.{kind}) ? 1 : 0)" for kind in VOLUME_SOURCE_KINDS) + " == 1"
 
 CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
     DatasetSpec: [
@@ -219,6 +262,84 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "kubernetes.podOverlay.extraResources must be extended resources (domain/name): set cpu and "
             "memory in kubernetes.resources",
             field_path=".extraResources",
+        ),
+        _rule(
+            "!has(self.extraResources) || self.extraResources.all(k, !k.contains('/') || "
+            + _extended_resource("k")
+            + ")",
+            f"kubernetes.podOverlay.extraResources: every name {_EXTENDED_RESOURCE_MESSAGE}",
+            field_path=".extraResources",
+        ),
+    ],
+    ResourceSpec: [
+        _rule(
+            _extended_resource("self.gpuResourceName"),
+            f"kubernetes.resources.gpuResourceName {_EXTENDED_RESOURCE_MESSAGE}",
+            field_path=".gpuResourceName",
+        ),
+    ],
+    Toleration: [
+        _rule(
+            "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            "a toleration without a key must have operator: Exists (it then tolerates every taint): set key, or "
+            "operator: Exists",
+            field_path=".operator",
+        ),
+        _rule(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "operator Exists matches every value: remove value, or use operator: Equal",
+            field_path=".value",
+        ),
+        _rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies to NoExecute taints only: set effect: NoExecute, or remove "
+            "tolerationSeconds",
+            field_path=".effect",
+        ),
+    ],
+    LabelSelectorRequirement: [
+        _rule(
+            _values_count("In NotIn Exists DoesNotExist"),
+            "operators In and NotIn need at least one value; Exists and DoesNotExist take none",
+            field_path=".values",
+        ),
+    ],
+    NodeSelectorRequirement: [
+        _rule(
+            _values_count("In NotIn Exists DoesNotExist Gt Lt"),
+            "operators In and NotIn need at least one value; Gt and Lt exactly one, an integer (e.g. '8'); "
+            "Exists and DoesNotExist none",
+            field_path=".values",
+        ),
+    ],
+    LabelSelector: [
+        _rule(
+            f"!has(self.matchLabels) || self.matchLabels.all(k, {_qualified_key('k')})",
+            "matchLabels: every key must be a label key: [prefix/]name, the prefix a DNS subdomain, the name at "
+            f"most {QUALIFIED_NAME_MAX} letters, digits, '-', '_' and '.'",
+            field_path=".matchLabels",
+        ),
+    ],
+    PodAffinityTerm: [
+        _rule(
+            "has(self.labelSelector) || ((!has(self.matchLabelKeys) || size(self.matchLabelKeys) == 0) && "
+            "(!has(self.mismatchLabelKeys) || size(self.mismatchLabelKeys) == 0))",
+            "matchLabelKeys and mismatchLabelKeys refine labelSelector, which is unset: set labelSelector, or "
+            "remove them",
+            field_path=".labelSelector",
+        ),
+        _rule(
+            "!has(self.matchLabelKeys) || !has(self.mismatchLabelKeys) || "
+            "self.matchLabelKeys.all(k, !(k in self.mismatchLabelKeys))",
+            "a key is in both matchLabelKeys and mismatchLabelKeys: keep each key in one of them",
+            field_path=".mismatchLabelKeys",
+        ),
+    ],
+    PodVolumeSource: [
+        _rule(
+            _ONE_VOLUME_KIND,
+            "a volume has exactly one source kind (e.g. {nfs: {server: ..., path: ...}} or {emptyDir: {}}): keep "
+            "one; split several into volumes of their own",
         ),
     ],
     PodGroupPolicy: [

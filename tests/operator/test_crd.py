@@ -12,6 +12,7 @@ import yaml
 from kubetune.cli import main
 from kubetune.crd import CEL_RULES, PRINTER_COLUMNS, build_crd, render_crd
 from kubetune.spec.models import FineTuneJobSpec, RunPolicy, SpecModel, TrainingSpec
+from kubetune.spec.pod_fields import PREFIX_RULE
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "manifests" / "crd" / "finetunejobs.kubetune.io.yaml"
@@ -99,7 +100,15 @@ def test_defaults_enums_bounds_and_descriptions_come_from_the_models() -> None:
     assert spec["training"]["properties"]["maxGradNorm"]["nullable"] is True
     assert "nullable" not in spec["model"]["properties"]["numLabels"]
     # free-form blocks are kept as written
-    assert spec["kubernetes"]["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["distribution"]["properties"]["deepspeed"]["properties"]["config"][
+        "x-kubernetes-preserve-unknown-fields"
+    ]
+    # what goes onto the pods is typed, so the API server checks it (issue 11)
+    affinity = spec["kubernetes"]["properties"]["affinity"]
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+    source = spec["kubernetes"]["properties"]["podOverlay"]["properties"]["volumes"]["items"]["properties"]
+    assert "x-kubernetes-preserve-unknown-fields" not in source["source"]
     for path, node in walk(spec_schema()):
         if path.count(".") == 1:
             assert node.get("description"), f"spec{path} has no description"
@@ -117,8 +126,12 @@ def test_every_cross_field_validator_has_a_cel_rule() -> None:
     assert validated <= set(CEL_RULES), (
         f"models with validators but no CEL rule: {validated - set(CEL_RULES)}"
     )
-    rules = [n for _, n in walk(spec_schema()) if "x-kubernetes-validations" in n]
-    assert sum(len(n["x-kubernetes-validations"]) for n in rules) == sum(len(r) for r in CEL_RULES.values())
+    # Every model's rules are on its schema (a model used in several places, e.g. LabelSelector, has them at
+    # each), and the only other rules are the field rules of pod_fields.
+    found = [rule for _, n in walk(spec_schema()) for rule in n.get("x-kubernetes-validations", [])]
+    expected = [rule for rules in CEL_RULES.values() for rule in rules] + [PREFIX_RULE]
+    assert all(rule in found for rule in expected)
+    assert all(rule in expected for rule in found)
 
 
 def test_the_spec_is_locked_while_running_except_suspend_and_ttl() -> None:

@@ -377,8 +377,8 @@ def placement_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
     tolerations += node_loss_tolerations(kube.tolerations, ctx.spec.run_policy.node_loss_timeout_seconds)
     if tolerations:
         spec["tolerations"] = tolerations
-    if kube.affinity:
-        spec["affinity"] = kube.affinity
+    if kube.affinity is not None and kube.affinity.to_pod():
+        spec["affinity"] = kube.affinity.to_pod()
     if kube.priority_class_name:
         spec["priorityClassName"] = kube.priority_class_name
     if kube.scheduler_name:
@@ -473,7 +473,7 @@ def overlay_plugin(pod: dict[str, Any], ctx: WorkerContext) -> None:
             resources[part] = {**resources.get(part, {}), **overlay.extra_resources}
     mounts = {m.name: m for m in overlay.volume_mounts}
     for volume in overlay.volumes:
-        pod["spec"].setdefault("volumes", []).append({"name": volume.name, **volume.source})
+        pod["spec"].setdefault("volumes", []).append({"name": volume.name, **volume.source.to_pod()})
     for mount in mounts.values():
         entry: dict[str, Any] = {"name": mount.name, "mountPath": mount.mount_path}
         if mount.read_only:

@@ -44,6 +44,20 @@ ENV_NAME_PATTERN: Final = r"^[ -<>-~]+$"
 # and then such a character".
 CONFIG_KEY_PATTERN: Final = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 QUALIFIED_KEY_MAX: Final = DNS_SUBDOMAIN_MAX + 1 + QUALIFIED_NAME_MAX
+DNS_LABEL_PATTERN: Final = rf"^{_DNS_LABEL}$"
+
+# A resource quantity (k8s.io/apimachinery's resource.Quantity: <sign><number><suffix>, the suffix a binary SI
+# (Ki..Ei), decimal SI (n, u, m, k, M..E) or e<integer>), here without the '-' sign: every quantity a pod takes
+# from a FineTuneJob (requests, limits, emptyDir sizes) must be >= 0. The exponent is an integer (the grammar of
+# controller-gen's Quantity pattern allows a fraction there, which ParseQuantity refuses) of at most 2 digits:
+# 1e99 is far beyond any resource (the scheduler saturates at int64), and a larger exponent would make the
+# operator's sums for a PodGroup's minResources overflow.
+_QUANTITY_NUMBER = r"([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+QUANTITY_PATTERN: Final = rf"^\+?{_QUANTITY_NUMBER}([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]{{1,2}})?$"
+# An extended resource (a device) is counted in whole units (the API server refuses a fraction of one): a
+# whole number, optionally with a suffix that keeps it whole.
+WHOLE_QUANTITY_PATTERN: Final = r"^\+?[0-9]+([KMGTPE]i|[kMGTPE]|[eE]\+?[0-9]{1,2})?$"
+QUANTITY_MAX: Final = 64
 
 # The name of another object in the job's namespace (a Secret, a ServiceAccount, a PriorityClass, a scheduler):
 # a DNS subdomain.
@@ -165,3 +179,55 @@ def annotation_problems(annotations: Mapping[str, str], *, ascii_only: bool = Fa
             "data elsewhere (a ConfigMap)"
         )
     return problems
+
+
+def dns_label_problem(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 label (a namespace name), or None."""
+    if len(value) > DNS_LABEL_MAX:
+        return f"is {len(value)} characters long: at most {DNS_LABEL_MAX} are allowed"
+    if not re.fullmatch(DNS_LABEL_PATTERN[1:-1], value):
+        return "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+    return None
+
+
+def quantity_problem(value: str, *, whole: bool = False) -> str | None:
+    """Why `value` is not a resource quantity the API server takes on a pod (>= 0; `whole`: a whole number, as
+    for extended resources), or None."""
+    if len(value) > QUANTITY_MAX:
+        return f"is {len(value)} characters long: at most {QUANTITY_MAX} are allowed"
+    pattern = WHOLE_QUANTITY_PATTERN if whole else QUANTITY_PATTERN
+    if re.fullmatch(pattern[1:-1], value):
+        return None
+    if whole:
+        return (
+            "is not a whole number of devices: write a count such as 1 or 8 (extended resources cannot be "
+            "shared in fractions)"
+        )
+    return (
+        "is not a Kubernetes quantity >= 0: write a number with an optional suffix, e.g. 500m, 8, 64Gi, 20G "
+        "or 1e9 (suffixes Ki Mi Gi Ti Pi Ei, n u m k M G T P E)"
+    )
+
+
+EXTENDED_RESOURCE_EXAMPLE: Final = "nvidia.com/gpu"
+EXTENDED_RESOURCE_DOMAIN_MAX: Final = DNS_SUBDOMAIN_MAX - len("requests.")
+
+
+def extended_resource_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an extended resource (a device plugin's: domain/name, outside Kubernetes' own
+    kubernetes.io domain; Kubernetes' IsExtendedResourceName), or None."""
+    if "/" not in name:
+        return f"is not an extended resource: write domain/name, e.g. {EXTENDED_RESOURCE_EXAMPLE}"
+    if name.startswith("requests.") or "kubernetes.io/" in name:
+        return (
+            "is in a namespace Kubernetes keeps for its own resources (kubernetes.io/, requests.): use the device "
+            f"plugin's name, e.g. {EXTENDED_RESOURCE_EXAMPLE}"
+        )
+    problem = qualified_name_problem(name)
+    if problem:
+        return f"is not a valid resource name: it {problem.replace('prefix', 'domain')}"
+    # (The API server also checks "requests." + name, the name of its quota: the domain has 9 characters less.)
+    domain = name.partition("/")[0]
+    if len(domain) > EXTENDED_RESOURCE_DOMAIN_MAX:
+        return f"has a domain of {len(domain)} characters: at most {EXTENDED_RESOURCE_DOMAIN_MAX} are allowed"
+    return None

@@ -30,6 +30,17 @@ from kubetune.spec.kube_names import (
     ObjectName,
     SecretKey,
 )
+from kubetune.spec.pod_fields import (
+    MAX_TOLERATIONS,
+    SHARED_VOLUME_SOURCES,
+    Affinity,
+    PodVolumeSource,
+    Quantity,
+    SecretName,
+    Toleration,
+    VolumeName,
+    WholeQuantity,
+)
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -507,6 +518,7 @@ MAX_POD_ENV = 512
 # annotations, with room for kubetune's own.
 MAX_POD_ANNOTATIONS = 30
 MAX_POD_ANNOTATION_VALUE = 8192
+MAX_PULL_SECRETS = 16
 # Label and annotation keys the operator sets on a job's children (they identify its pods and Workload): a
 # job's own spec.kubernetes.labels/annotations may not use them, nor anything in these domains.
 RESERVED_KEY_PREFIXES = (f"{API_GROUP}/", "kueue.x-k8s.io/")
@@ -527,8 +539,8 @@ class VolumeSource(SpecModel):
     mount_path: str = Field(
         min_length=1, max_length=1024, description="Where the volume is mounted in the worker container."
     )
-    size_limit: str | None = Field(
-        default=None, description="emptyDir size limit, e.g. 20Gi (no claim only)."
+    size_limit: Quantity | None = Field(
+        default=None, description="emptyDir size limit, a quantity, e.g. 20Gi (no claim only)."
     )
 
 
@@ -541,21 +553,18 @@ class SecretKeyRef(SpecModel):
     )
 
 
-class Toleration(SpecModel):
-    key: str | None = Field(default=None, description="Taint key the toleration matches.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value (operator Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect matched; empty matches all."
-    )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
-
-
 class ResourceSpec(SpecModel):
-    cpu: str | None = Field(default=None, description="CPU request (and limit) per worker, e.g. '8'.")
-    memory: str | None = Field(default=None, description="Memory request (and limit) per worker, e.g. 64Gi.")
+    cpu: Quantity | None = Field(
+        default=None, description="CPU request (and limit) per worker, a quantity, e.g. '8' or 7500m."
+    )
+    memory: Quantity | None = Field(
+        default=None, description="Memory request (and limit) per worker, a quantity, e.g. 64Gi."
+    )
     gpu_resource_name: str = Field(
-        default="nvidia.com/gpu", min_length=1, description="Extended resource requested per process."
+        default="nvidia.com/gpu",
+        min_length=1,
+        max_length=kube_names.QUALIFIED_KEY_MAX,
+        description="Extended resource requested per process (a device plugin's domain/name).",
     )
     gpus_per_node: int | None = Field(
         default=None,
@@ -563,9 +572,17 @@ class ResourceSpec(SpecModel):
         le=64,
         description="GPUs per worker; defaults to processesPerNode (0 for CPU runs).",
     )
-    shm_size: str = Field(
-        default="8Gi", description="Size of the /dev/shm memory volume for data loaders/NCCL."
+    shm_size: Quantity = Field(
+        default="8Gi", description="Size of the /dev/shm memory volume for data loaders/NCCL, a quantity."
     )
+
+    @field_validator("gpu_resource_name", mode="after")
+    @classmethod
+    def _extended_resource(cls, name: str) -> str:
+        problem = kube_names.extended_resource_name_problem(name)
+        if problem:
+            raise ValueError(f"'{name[:80]}' {problem}")
+        return name
 
 
 # --- operator: the pod overlay (issue 11) ---
@@ -574,37 +591,15 @@ RESERVED_VOLUME_NAMES = ("kubetune-config", "dshm", "output", "hf-cache", "tmp")
 RESERVED_MOUNT_PATHS = ("/etc/kubetune", "/dev/shm", "/tmp")
 
 
-# Volume sources that one directory can come from on every node at once (a claim is assumed ReadWriteMany: a
-# ReadWriteOnce claim cannot attach to pods on several nodes, which the pods' events say loudly).
-SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "csi", "cephfs", "glusterfs", "azureFile")
-
-
 class ExtraVolume(SpecModel):
-    name: str = Field(min_length=1, max_length=63, description="Volume name (not one of kubetune's own).")
-    source: dict[str, Any] = Field(
-        description="The core/v1 volume source, e.g. {hostPath: {path: /dev/infiniband}} or "
-        "{csi: {...}}, as it would appear in a pod's volume next to its name.",
-        json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
-            # Named, so that the CRD's rule on shared output can ask whether a volume is one of them.
-            "properties": {
-                kind: {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                for kind in SHARED_VOLUME_SOURCES
-            },
-        },
+    name: VolumeName = Field(
+        description="Volume name: a DNS label (lowercase letters, digits and '-'), not one of kubetune's own.",
     )
-
-    @field_validator("source", mode="after")
-    @classmethod
-    def _known_sources_are_objects(cls, source: dict[str, Any]) -> dict[str, Any]:
-        """As the CRD's schema has them: a null is unset (the API server prunes it), anything else an object."""
-        kept = {k: v for k, v in source.items() if v is not None or k not in SHARED_VOLUME_SOURCES}
-        wrong = sorted(
-            key for key in SHARED_VOLUME_SOURCES if key in kept and not isinstance(kept[key], dict)
-        )
-        if wrong:
-            raise ValueError(f"volume sources {wrong} must be objects, e.g. nfs: {{server: ..., path: ...}}")
-        return kept
+    source: PodVolumeSource = Field(
+        description="The core/v1 volume source, exactly one kind, e.g. {hostPath: {path: /dev/infiniband}}, "
+        "{nfs: {server: ..., path: ...}} or {csi: {...}}, as it would appear in a pod's volume next to its "
+        "name. hostPath is accepted (clusters that forbid it refuse the pods, which the job's status reports)."
+    )
 
 
 class ExtraVolumeMount(SpecModel):
@@ -617,11 +612,12 @@ class ExtraVolumeMount(SpecModel):
 
 
 class PodOverlay(SpecModel):
-    extra_resources: dict[str, str] = Field(
+    extra_resources: dict[str, WholeQuantity] = Field(
         default_factory=dict,
         max_length=8,
         description="Extended resources per worker as requests = limits, e.g. "
-        "{'rdma/hca_shared_devices_a': '1'} for InfiniBand/RoCE (names must contain a '/').",
+        "{'rdma/hca_shared_devices_a': '1'} for InfiniBand/RoCE (names: a device plugin's domain/name; counts: "
+        "whole numbers).",
     )
     volumes: list[ExtraVolume] = Field(
         default_factory=list, max_length=16, description="Extra volumes for every worker."
@@ -660,6 +656,13 @@ class PodOverlay(SpecModel):
                 f"kubernetes.podOverlay.extraResources {plain} are not extended resources (domain/name): set "
                 "cpu and memory in kubernetes.resources"
             )
+        problems = [
+            f"{name[:80]!r} {problem}"
+            for name in self.extra_resources
+            if "/" in name and (problem := kube_names.extended_resource_name_problem(name))
+        ]
+        if problems:
+            raise ValueError("kubernetes.podOverlay.extraResources: " + "; ".join(problems))
         return self
 
 
@@ -700,18 +703,23 @@ class KubernetesSpec(SpecModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy for the worker containers."
     )
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets used to pull the image.")
+    image_pull_secrets: list[SecretName] = Field(
+        default_factory=list,
+        max_length=MAX_PULL_SECRETS,
+        description="Secrets used to pull the image (Secret names: DNS subdomains).",
+    )
     resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-worker resources.")
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_POD_LABELS,
         description="Node labels the workers require (label keys and values).",
     )
-    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the workers tolerate.")
-    affinity: dict[str, Any] | None = Field(
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=MAX_TOLERATIONS, description="Taints the workers tolerate."
+    )
+    affinity: Affinity | None = Field(
         default=None,
-        description="Pod affinity rules (core/v1 Affinity) copied to every worker.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Node affinity, pod affinity and anti-affinity (core/v1 Affinity) copied to every worker.",
     )
     priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the workers.")
     scheduler_name: ObjectName | None = Field(
@@ -1020,7 +1028,7 @@ def unshared_output_problem(spec: FineTuneJobSpec) -> str | None:
         and covers(kube.output_volume.mount_path, path)
     ):
         return None
-    shared = {v.name for v in kube.pod_overlay.volumes if set(v.source) & set(SHARED_VOLUME_SOURCES)}
+    shared = {v.name for v in kube.pod_overlay.volumes if set(v.source.kinds()) & set(SHARED_VOLUME_SOURCES)}
     if any(m.name in shared and covers(m.mount_path, path) for m in kube.pod_overlay.volume_mounts):
         return None
     return (
