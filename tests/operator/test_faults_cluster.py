@@ -4,12 +4,14 @@ deleted children and a permanent trainer error. Each test fails on the operator 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.kube.harness import LocalCluster, wait_for
@@ -22,7 +24,6 @@ from tests.operator.test_operator_cluster import (
     status,
     wait_event_reasons,
     wait_phase,
-    workers,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -43,6 +44,50 @@ def wait_condition(
         return wait_for(reached, timeout, f"condition {kind}={value} on {name}")
     except Exception as error:
         raise AssertionError(f"{error}; status: {status(cluster, namespace, name)}") from None
+
+
+@contextlib.contextmanager
+def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
+    """Every pod created in `namespace` from now on (names, in order), seen by a watch that starts at the
+    resourceVersion of a listing taken on entry: a pod that lives for a millisecond is in it too, which
+    polling could miss. The record is complete when the block ends (the watch is stopped then)."""
+    core: Any = client.CoreV1Api(cluster.api_client())
+    start = core.list_namespaced_pod(namespace).metadata.resource_version
+    created: list[str] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def record() -> None:
+        version = start
+        stream = watch.Watch()
+        try:
+            while not stop.is_set():
+                for change in stream.stream(
+                    core.list_namespaced_pod,
+                    namespace,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=2,
+                ):
+                    pod = change["object"]
+                    version = pod.metadata.resource_version
+                    if change["type"] == "ADDED" and pod.metadata.name not in created:
+                        created.append(pod.metadata.name)
+                    if stop.is_set():
+                        stream.stop()
+        except BaseException as error:  # (a 410 Gone would make the record incomplete: fail the test)
+            failures.append(error)
+
+    watcher = threading.Thread(target=record, daemon=True)
+    watcher.start()
+    try:
+        yield created
+    finally:
+        time.sleep(1)  # (the watch delivers what the API server has written, a moment later)
+        stop.set()
+        watcher.join(10)
+    assert not failures, f"the pod watch failed, its record is incomplete: {failures[0]!r}"
+    assert not watcher.is_alive(), "the pod watch did not stop"
 
 
 @pytest.fixture
@@ -80,46 +125,39 @@ def test_a_users_objects_under_child_names_are_never_adopted_or_changed_but_repo
         },
     )
 
-    # When the job is applied
-    kubectl("apply", "-f", "-", input=job_manifest("mine", nodes=2))
+    # When the job is applied (every pod created in the namespace from before the apply on is recorded)
+    with pods_created(kube_cluster, kube_namespace) as created:
+        kubectl("apply", "-f", "-", input=job_manifest("mine", nodes=2))
 
-    # Then the job reports both objects by name, with the fix, on a condition and in Warning Events
-    reported = wait_condition(kube_cluster, kube_namespace, "mine", "ChildrenReady", "False")
-    assert reported["reason"] == "ChildNotControlled"
-    assert "ConfigMap mine-config" in reported["message"] and "Service mine" in reported["message"]
-    assert "delete or rename" in reported["message"]
-    # One Warning Event per object, posted in the background: wait for both, not the first.
-    wait_for(
-        lambda: (
-            {"ConfigMap mine-config", "Service mine"}
-            <= {
-                message.split(":", 1)[0]
-                for _, reason, message in events(kube_cluster, kube_namespace, "mine")
-                if reason == "ChildNotControlled"
-            }
-        ),
-        10,
-        "a ChildNotControlled Event for each of the user's objects",
-    )
-    # and neither object was adopted or changed, and no worker runs with them
-    time.sleep(2)
-    config = core.read_namespaced_config_map("mine-config", kube_namespace)
-    assert config.data == {"owner": "the user"} and not config.metadata.owner_references
-    service = core.read_namespaced_service("mine", kube_namespace)
-    assert [r.uid for r in service.metadata.owner_references] == [holder.metadata.uid]
-    assert service.spec.selector == {"app": "theirs"}
-    wait_for(
-        lambda: (
-            not [
-                p for p in workers(kube_cluster, kube_namespace, "mine") if not p.metadata.deletion_timestamp
-            ]
-        ),
-        30,
-        "no live worker while the job's children are someone else's",
-    )
-    # (the first reconcile creates the workers before the other children, so the job may show Running for the
-    # moment it takes to find the conflict and delete them: a CI run caught it there)
-    wait_phase(kube_cluster, kube_namespace, "mine", "Pending")
+        # Then the job reports both objects by name, with the fix, on a condition and in Warning Events
+        reported = wait_condition(kube_cluster, kube_namespace, "mine", "ChildrenReady", "False")
+        assert reported["reason"] == "ChildNotControlled"
+        assert "ConfigMap mine-config" in reported["message"] and "Service mine" in reported["message"]
+        assert "delete or rename" in reported["message"]
+        # One Warning Event per object, posted in the background: wait for both, not the first.
+        wait_for(
+            lambda: (
+                {"ConfigMap mine-config", "Service mine"}
+                <= {
+                    message.split(":", 1)[0]
+                    for _, reason, message in events(kube_cluster, kube_namespace, "mine")
+                    if reason == "ChildNotControlled"
+                }
+            ),
+            10,
+            "a ChildNotControlled Event for each of the user's objects",
+        )
+        assert status(kube_cluster, kube_namespace, "mine")["phase"] == "Pending"
+        # and neither object was adopted or changed
+        time.sleep(2)
+        config = core.read_namespaced_config_map("mine-config", kube_namespace)
+        assert config.data == {"owner": "the user"} and not config.metadata.owner_references
+        service = core.read_namespaced_service("mine", kube_namespace)
+        assert [r.uid for r in service.metadata.owner_references] == [holder.metadata.uid]
+        assert service.spec.selector == {"app": "theirs"}
+        assert status(kube_cluster, kube_namespace, "mine")["phase"] == "Pending"
+    # and no worker was ever created, not even for a moment, that would mount the user's ConfigMap
+    assert created == [], f"worker pods were created while the job's children were someone else's: {created}"
 
     # When the user removes them, the job creates its own and runs, without counting a restart
     core.delete_namespaced_config_map("mine-config", kube_namespace)
@@ -135,6 +173,82 @@ def test_a_users_objects_under_child_names_are_never_adopted_or_changed_but_repo
     time.sleep(3)
     assert core.read_namespaced_config_map("kept", kube_namespace).data == {"a": "b"}
     assert core.read_namespaced_config_map("holder", kube_namespace) is not None
+
+
+# A user's object under the name of a child the workers use: the ConfigMap they mount, the ServiceAccount they
+# run as (its token), and the Role the job's RoleBinding would grant that ServiceAccount. The Role here holds
+# rules the operator holds too, so RBAC would let the operator bind it: only the operator's check stops it.
+USERS_OBJECTS = {
+    "ConfigMap": {"apiVersion": "v1", "kind": "ConfigMap", "data": {"owner": "the user"}},
+    "ServiceAccount": {"apiVersion": "v1", "kind": "ServiceAccount"},
+    "Role": {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create", "delete"]}],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("ConfigMap", "taken-config"), ("ServiceAccount", "taken-worker"), ("Role", "taken-progress")],
+)
+def test_no_worker_is_ever_created_while_a_child_it_uses_is_a_users_object(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    operator: OperatorProcess,
+    kind: str,
+    name: str,
+) -> None:
+    api = kube_cluster.api_client()
+    core: Any = client.CoreV1Api(api)
+    rbac: Any = client.RbacAuthorizationV1Api(api)
+    # Given a user's object named like a child of job `taken`
+    users = {**USERS_OBJECTS[kind], "metadata": {"name": name, "namespace": kube_namespace}}
+    if kind == "Role":
+        rbac.create_namespaced_role(kube_namespace, users)
+    elif kind == "ServiceAccount":
+        core.create_namespaced_service_account(kube_namespace, users)
+    else:
+        core.create_namespaced_config_map(kube_namespace, users)
+
+    # When the job is applied (every pod created in the namespace from before the apply on is recorded)
+    with pods_created(kube_cluster, kube_namespace) as created:
+        kubectl("apply", "-f", "-", input=job_manifest("taken", nodes=2))
+
+        # Then the job reports the object and stays Pending
+        reported = wait_condition(kube_cluster, kube_namespace, "taken", "ChildrenReady", "False")
+        assert reported["reason"] == "ChildNotControlled" and f"{kind} {name}" in reported["message"]
+        assert status(kube_cluster, kube_namespace, "taken")["phase"] == "Pending"
+        wait_event_reasons(kube_cluster, kube_namespace, "taken", "ChildNotControlled")
+        time.sleep(3)  # (child retries every second: several reconciles)
+        assert status(kube_cluster, kube_namespace, "taken")["phase"] == "Pending"
+        if kind == "Role":
+            # and the job's ServiceAccount was never bound to the user's Role
+            with pytest.raises(ApiException) as missing:
+                rbac.read_namespaced_role_binding("taken-progress", kube_namespace)
+            assert missing.value.status == 404
+    # and no worker pod was ever created, not even for a moment
+    assert created == [], f"worker pods were created while {kind} {name} was the user's: {created}"
+
+    # When the user deletes their object, the job creates its own and its workers (which the watch sees)
+    with pods_created(kube_cluster, kube_namespace) as created:
+        if kind == "Role":
+            rbac.delete_namespaced_role(name, kube_namespace)
+        elif kind == "ServiceAccount":
+            core.delete_namespaced_service_account(name, kube_namespace)
+        else:
+            core.delete_namespaced_config_map(name, kube_namespace)
+        pods = running_workers(kube_cluster, kube_namespace, "taken", 2)
+        assert wait_phase(kube_cluster, kube_namespace, "taken", "Running")["restarts"] == 0
+    assert sorted(created) == ["taken-worker-0", "taken-worker-1"]
+    assert {p.spec.service_account_name for p in pods} == {"taken-worker"}
+    binding = rbac.read_namespaced_role_binding("taken-progress", kube_namespace)
+    assert binding.role_ref.name == "taken-progress"
+    assert [r.uid for r in binding.metadata.owner_references] == [
+        get_job(kube_cluster, kube_namespace, "taken")["metadata"]["uid"]
+    ]
 
 
 def test_a_child_refused_by_a_resource_quota_still_gets_the_status_written_and_the_deadline_runs(

@@ -11,9 +11,10 @@ written with what failed (`plan.report_children`), and failure handling, deadlin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from kubetune.controller.child_order import binding_blocked_by
 from kubetune.controller.kube import ApiError, Kube
 from kubetune.controller.ownership import (
     ChildProblem,
@@ -39,26 +40,46 @@ class ChildWriter:
         self.kube = kube
         self.in_parallel = in_parallel
 
-    def ensure(self, job_name: str, job_uid: str, children: list[dict[str, Any]]) -> list[ChildProblem]:
+    def ensure(
+        self,
+        job_name: str,
+        job_uid: str,
+        children: list[dict[str, Any]],
+        known: Sequence[ChildProblem] = (),
+    ) -> list[ChildProblem]:
         """Create or converge `children` of the job; returns the problems (empty: all as wanted).
 
+        A RoleBinding whose Role has a blocking problem (among `known` or found here) is not written: it
+        would bind someone else's Role to the job's ServiceAccount (`child_order.binding_blocked_by`).
         Raises only what is not an answer of the API server (connection errors), for the caller's retry.
         """
         problems: list[ChildProblem] = []
-        # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist.
-        for wave in (
-            [c for c in children if c["kind"] != "RoleBinding"],
-            [c for c in children if c["kind"] == "RoleBinding"],
-        ):
-            outcomes = self.in_parallel(lambda child: self._ensure_one(job_name, job_uid, child), wave)
-            for outcome in outcomes:
-                if isinstance(outcome, ChildProblem):
-                    problems.append(outcome)
-                elif isinstance(outcome, Exception):
-                    raise outcome
+        # Two round trips: a RoleBinding is checked against its Role, so it goes once the rest exist (and
+        # only when its Role is the job's: that is known after the first).
+        problems += self._write_all(job_name, job_uid, [c for c in children if c["kind"] != "RoleBinding"])
+        bindings = [
+            c
+            for c in children
+            if c["kind"] == "RoleBinding" and binding_blocked_by(c, [*known, *problems]) is None
+        ]
+        problems += self._write_all(job_name, job_uid, bindings)
         return problems
 
-    def _ensure_one(self, job_name: str, job_uid: str, child: dict[str, Any]) -> ChildProblem | None:
+    def _write_all(self, job_name: str, job_uid: str, children: list[dict[str, Any]]) -> list[ChildProblem]:
+        problems: list[ChildProblem] = []
+        outcomes = self.in_parallel(lambda child: self.ensure_one(job_name, job_uid, child), children)
+        for outcome in outcomes:
+            if isinstance(outcome, ChildProblem):
+                problems.append(outcome)
+            elif isinstance(outcome, Exception):
+                raise outcome
+        return problems
+
+    def ensure_one(self, job_name: str, job_uid: str, child: dict[str, Any]) -> ChildProblem | None:
+        """Create or converge one child; returns its problem, or None when it is as wanted.
+
+        Raises what is not an answer of the API server (connection errors).
+        """
         kind, metadata = child["kind"], child["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
         try:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.controller import names
+from kubetune.controller.child_order import order_children
 from kubetune.controller.child_report import report_children
 from kubetune.controller.child_sync import ChildWriter
 from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
@@ -45,8 +46,6 @@ from kubetune.controller.workqueue import JobKey, WorkQueue
 from kubetune.spec.status import FINAL_PHASES
 
 logger = logging.getLogger("kubetune.operator")
-# Children ensured before the workers are created (see `_write_children_and_workers`).
-BEFORE_WORKERS = frozenset({"ServiceAccount", "PodGroup"})
 
 
 @dataclass
@@ -319,33 +318,28 @@ class Reconciler:
     ) -> int:
         """Ensure the children and create the plan's workers; returns how many workers already existed.
 
-        Order: only the ServiceAccount and the PodGroup before the workers (pods naming a missing
-        ServiceAccount are refused at admission; the coscheduling plugin denies pods whose PodGroup is missing,
-        and a PodGroup that cannot be made must hold the workers back); the rest right after them, so they do not delay the pods (the kubelet waits for the
-        ConfigMap, ranks resolve the Service only once they run). A job whose children had a problem last
-        time ensures all of them first, and creates no worker while a problem blocks (`report_children`).
+        Order (`child_order`): every child a worker uses (ConfigMap, ServiceAccount, Service, Role, PodGroup)
+        at once, then the workers, only when none of those has a blocking problem (`report_children` clears
+        them), in one parallel batch with the RoleBinding. So a worker never mounts a user's ConfigMap or runs
+        with a user's ServiceAccount's token, not even for a moment, and the path from apply to the pods is
+        still two round trips. A job whose children had a problem last time ensures all of them first.
         """
         children = self._children_to_ensure(job, result)
-        troubled = key in self._child_trouble
-        early = children if troubled else [c for c in children if c["kind"] in BEFORE_WORKERS]
-        late = [c for c in children if c not in early]
+        order = order_children(children, troubled=key in self._child_trouble)
+        with_workers = order.with_workers
         writer = ChildWriter(self.kube, self._in_parallel)
-        problems = problems + writer.ensure(job.name, job.uid, early)
-        if problems and late:
-            problems += writer.ensure(job.name, job.uid, late)
-            late = []
+        problems = problems + writer.ensure(job.name, job.uid, order.before_workers)
+        if problems and with_workers:
+            # Off the fast path now (a blocking problem holds the workers back): report every problem at once.
+            problems += writer.ensure(job.name, job.uid, with_workers, known=problems)
+            with_workers = []
         if problems:
             report_children(result, problems, pods, now, job.generation, self.options)
-        existed, taken = self._create_workers(job, result, untouched)
-        if taken:
-            problems = problems + taken
-            report_children(result, problems, pods, now, job.generation, self.options, True)
-        if late:
-            found = writer.ensure(job.name, job.uid, late)
-            if found:
-                problems = found
-                created = bool(result.create_workers)
-                report_children(result, found, pods, now, job.generation, self.options, created)
+        existed, found = self._create_workers(job, result, untouched, writer, with_workers)
+        if found:
+            problems = problems + found
+            created = bool(result.create_workers)
+            report_children(result, problems, pods, now, job.generation, self.options, created)
         if not problems:
             report_children(result, [], pods, now, job.generation, self.options)
             self._child_trouble.discard(key)
@@ -359,19 +353,72 @@ class Reconciler:
         return existed
 
     def _create_workers(
-        self, job: ObservedJob, result: Plan, untouched: bool
+        self,
+        job: ObservedJob,
+        result: Plan,
+        untouched: bool,
+        writer: ChildWriter,
+        with_workers: list[dict[str, Any]],
     ) -> tuple[int, list[ChildProblem]]:
-        """Create the plan's worker pods; returns how many already existed, and a problem for each that
-        exists and is someone else's (a pod without our labels is not in the listing the planner saw)."""
-        if not result.create_workers or result.spec is None:
+        """Create the plan's worker pods, and ensure the children `with_workers`, in one parallel batch;
+        returns how many workers already existed, and the problems: the children's, and one for each worker
+        that exists and is someone else's (a pod without our labels is not in the listing the planner saw).
+
+        Raises what is not an answer of the API server (connection errors), for the caller's retry.
+        """
+        pods = self._worker_pods(job, result)
+        if not pods and not with_workers:
             return 0, []
+
+        def write(obj: dict[str, Any]) -> Any:
+            if obj["kind"] == "Pod":
+                return self.kube.create(obj)
+            return writer.ensure_one(job.name, job.uid, obj)
+
+        outcomes = self._in_parallel(write, pods + with_workers)
+        problems: list[ChildProblem] = []
+        for outcome in outcomes[len(pods) :]:
+            if isinstance(outcome, ChildProblem):
+                problems.append(outcome)
+            elif isinstance(outcome, Exception):
+                raise outcome
         existed = 0
         taken: list[str] = []
+        failures: list[str] = []
+        for pod, outcome in zip(pods, outcomes[: len(pods)], strict=True):
+            if isinstance(outcome, ApiError):
+                failures.append(f"{pod['metadata']['name']}: {outcome}")
+            elif isinstance(outcome, Exception):
+                raise outcome
+            elif outcome:
+                self.metrics.pods_created.inc()
+            else:
+                existed += 1
+                taken.append(pod["metadata"]["name"])
+        if not untouched:  # (a new job's first look saw no pods at all: it looks again properly first)
+            foreign: list[ChildProblem] = []
+            for name in taken:
+                current = self.kube.get("Pod", job.namespace, name)
+                if current is not None and control_of(current, job.name, job.uid) == Control.FOREIGN:
+                    foreign.append(not_controlled("Pod", name, current))
+            result.status.workers.created -= len(foreign)
+            problems += foreign
+        if failures:
+            # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
+            result.status.workers.created -= len(failures)
+            result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
+            result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
+            result.requeue(10.0)
+        return existed, problems
+
+    def _worker_pods(self, job: ObservedJob, result: Plan) -> list[dict[str, Any]]:
+        """The worker pods the plan creates (none when it creates none)."""
+        if not result.create_workers or result.spec is None:
+            return []
         ref = JobRef(job.name, job.namespace, job.uid)
         image = result.spec.kubernetes.image or self.options.default_image
-        failures: list[str] = []
         placement = result.placement
-        pods = [
+        return [
             build_worker_pod(
                 WorkerContext(
                     ref,
@@ -386,27 +433,3 @@ class Reconciler:
             )
             for index in result.create_workers
         ]
-        for pod, outcome in zip(pods, self._in_parallel(self.kube.create, pods), strict=True):
-            if isinstance(outcome, ApiError):
-                failures.append(f"{pod['metadata']['name']}: {outcome}")
-            elif isinstance(outcome, Exception):
-                raise outcome
-            elif outcome:
-                self.metrics.pods_created.inc()
-            else:
-                existed += 1
-                taken.append(pod["metadata"]["name"])
-        problems: list[ChildProblem] = []
-        if not untouched:  # (a new job's first look saw no pods at all: it looks again properly first)
-            for name in taken:
-                current = self.kube.get("Pod", job.namespace, name)
-                if current is not None and control_of(current, job.name, job.uid) == Control.FOREIGN:
-                    problems.append(not_controlled("Pod", name, current))
-            result.status.workers.created -= len(problems)
-        if failures:
-            # Admission (quota, pod security, a webhook) refused a worker: say so and keep trying.
-            result.status.workers.created -= len(failures)
-            result.status.message = tail("cannot create worker pods: " + "; ".join(failures), 600)
-            result.events.append(JobEvent("Warning", "FailedCreatePod", tail(failures[0], 900)))
-            result.requeue(10.0)
-        return existed, problems
