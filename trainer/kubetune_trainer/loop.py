@@ -452,12 +452,13 @@ class Trainer:
             if self.tracking is not None:
                 with contextlib.suppress(Exception):
                     self.tracking.finish()
-            if isinstance(error, Exception):
-                # Not after a second stop signal (SystemExit) or Ctrl-C during setup: those mean "stop now".
-                self._upload_tracking_files_best_effort("failed")
             message = f"{type(error).__name__}: {error}"
             self._event(EventKind.FAILED, message=message)
             self.reporter.close(self._summary(EventKind.FAILED, message))
+            if isinstance(error, Exception):
+                # After the report (an upload may outlast the pod's grace period: the failure must be told
+                # first), and not after a second stop signal (SystemExit) or Ctrl-C: those mean "stop now".
+                self._upload_tracking_files_best_effort("failed")
             raise
 
     def _plan_tracking(self) -> Tracking:
@@ -509,7 +510,6 @@ class Trainer:
             self.stop.uninstall()
         if preempted:
             self.tracking.finish()
-            self._upload_tracking_files_best_effort("preempted")
             self._event(
                 EventKind.PREEMPTED,
                 message=f"stopped by {self.stop.signal_name} after step {self.state.step}",
@@ -518,6 +518,9 @@ class Trainer:
                 EventKind.PREEMPTED, f"checkpoint at step {self.state.step}; rerun to resume"
             )
             self.reporter.close(summary)
+            # Last: the grace period's seconds go to the checkpoint and the report first; an upload cut short
+            # by the kubelet's SIGKILL loses some curves, not the preemption's summary.
+            self._upload_tracking_files_best_effort("preempted")
             return Outcome(summary, EXIT_PREEMPTED)
         return self._finish()
 
