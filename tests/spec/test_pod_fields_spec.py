@@ -64,6 +64,22 @@ GOOD_AFFINITY = {
 
 # name -> (document, the field a refusal names ("" when accepted), a text the message holds)
 CASES: dict[str, tuple[dict[str, Any], str, str]] = {
+    # --- label and annotation keys against kubetune's own (labels are case-sensitive, annotations are not) ---
+    "a label key that is kubetune's own but for case": (
+        document(labels={"app.kubernetes.io/Name": "x"}),
+        "",
+        "",
+    ),
+    "a label key that is kubetune's own": (
+        document(labels={"app.kubernetes.io/name": "x"}),
+        "spec.kubernetes.labels",
+        "kubetune's own",
+    ),
+    "an annotation key in kubetune's domain but for case": (
+        document(annotations={"Kubetune.io/x": "y"}),
+        "spec.kubernetes.annotations",
+        "kubetune's own",
+    ),
     # --- tolerations ---
     "toleration Equal": (
         document(tolerations=[{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}]),

@@ -817,7 +817,7 @@ class KubernetesSpec(SpecModel):
             for key in annotations
             if (
                 problem := kube_names.annotation_key_problem(key, ascii_only=True)
-                or reserved_key_problem(key)
+                or reserved_key_problem(key, annotation=True)
             )
         ]
         if problems:
@@ -847,10 +847,15 @@ class KubernetesSpec(SpecModel):
         return self
 
 
-def reserved_key_problem(key: str) -> str | None:
-    """Why a label or annotation key of spec.kubernetes is kubetune's (or Kueue's) own, or None."""
-    lowered = key.lower()
-    if lowered in RESERVED_LABEL_KEYS or lowered.startswith(RESERVED_KEY_PREFIXES):
+def reserved_key_problem(key: str, *, annotation: bool = False) -> str | None:
+    """Why a label or annotation key of spec.kubernetes is kubetune's (or Kueue's) own, or None.
+
+    A label key is compared as written: label keys are case-sensitive (app.kubernetes.io/Name is not
+    app.kubernetes.io/name), as the CRD's rule compares them. An `annotation` key is compared lowercased, as the
+    API server validates annotation keys and as the CRD's rule (lowerAscii) does.
+    """
+    compared = key.lower() if annotation else key
+    if compared in RESERVED_LABEL_KEYS or compared.startswith(RESERVED_KEY_PREFIXES):
         return (
             "is kubetune's own or Kueue's (the operator sets it on the workers: they identify the job's pods, and "
             "Kueue would take the pods for its own): pick another key; a job's queue goes in the FineTuneJob's "
