@@ -134,13 +134,18 @@ prune_tars() { # NAME KEEP
   rm -f "$images_dir/$1"-*.tar.partial
 }
 
+# The size in bytes of the largest tar of NAME (empty when there is none): read before `prune_tars`, which may
+# remove them all.
+last_tar_bytes() { # NAME
+  find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%s\n' | sort -rn | head -n 1
+}
+
 # A build of NAME needs room for the image in Docker, the daemon's export copy (`docker save` stages the whole
-# image in the data root before streaming it) and the tar: three times the image. The last tar of NAME, when
-# there is one, gives its size; otherwise DEFAULT_GB. Fails, naming the fix, rather than stopping on ENOSPC
-# minutes into a build.
-need_room() { # NAME DEFAULT_GB
-  local last size_gb free_gb need_gb
-  last=$(find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%s\n' | sort -rn | head -n 1)
+# image in the data root before streaming it) and the tar: three times the image. LAST_BYTES, the size of an
+# earlier tar of NAME (`last_tar_bytes`), gives its size; when empty, DEFAULT_GB. Fails, naming the fix, rather
+# than stopping on ENOSPC minutes into a build.
+need_room() { # NAME DEFAULT_GB LAST_BYTES
+  local last="$3" size_gb free_gb need_gb
   size_gb=$(((${last:-$(($2 << 30))} >> 30) + 1))
   need_gb=$((3 * size_gb + 1))
   free_gb=$(($(df --output=avail -k "$images_dir" | tail -n 1) >> 20))
@@ -223,8 +228,10 @@ build() { # NAME TARGET REF DEPS_TARGET
     return
   fi
   local build_log="$images_dir/logs/$name.log"
+  local last_bytes
+  last_bytes=$(last_tar_bytes "$name") # (before the prune, which may remove every tar of $name)
   prune_tars "$name" "$((keep_tars - 1))"
-  need_room "$name" "$room_gb"
+  need_room "$name" "$room_gb" "$last_bytes"
   log "$name: building $ref (target $target; full log $build_log)"
   # The dependency stage gets a tag of its own, so that the prune below keeps it (and the stages under it)
   # as the next build's cache: a multi-stage build's other stages are untagged, "dangling", once it ends.
