@@ -383,3 +383,41 @@ def test_wandb_without_the_wandb_package_is_refused_with_the_fix(
         "spec.tracking.wandb is set but this trainer image has no wandb package"
         in result.stderr + result.stdout
     )
+
+
+def test_a_disabled_wandb_run_is_not_reported_as_an_online_run(
+    tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real wandb with WANDB_MODE=disabled (how a user switches W&B off without editing the spec): wandb.init gives
+    a no-op run that goes nowhere and writes nothing, so status.tracking names no W&B run (no 'online' mode, no
+    folder that does not exist), gives no warning, and TensorBoard's tracker goes on."""
+    for name in ("CONFIG", "CACHE", "DATA"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / f"wandb-{name.lower()}"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    job = load_job(
+        make_job(
+            tmp_path,
+            assets,
+            "disabled",
+            **TRACKED,
+            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
+        )
+    )
+    tensorboard = tmp_path / "disabled-out" / "tensorboard"
+    tracking = Tracking(job.spec, job.metadata.name, tensorboard, str(tensorboard), is_main=True)
+    import wandb
+    from accelerate import Accelerator
+
+    wandb.teardown()
+    accelerator = Accelerator(log_with=list(tracking.trackers), cpu=True)
+    try:
+        tracking.start(accelerator, 1)
+        accelerator.log({"train/loss": 0.7}, step=10)
+        tracking.finish()
+    finally:
+        wandb.teardown()
+    status = tracking.status()
+    assert status["warnings"] == [], status
+    assert not any(key.startswith("wandb") for key in status), status
+    assert [step for step, _ in tensorboard_scalars(tensorboard)["train/loss"]] == [10]

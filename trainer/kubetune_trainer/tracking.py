@@ -301,7 +301,8 @@ class Tracking:
         wandb_tracker = self._started("wandb")
         if wandb_tracker is not None and not wandb_tracker.failed:
             wandb_run = getattr(wandb_tracker.inner, "run", None)
-            if wandb_run is not None:
+            # WANDB_MODE=disabled gives a no-op run: nothing goes online nor to a folder, so there is no run to name.
+            if wandb_run is not None and not getattr(wandb_run, "disabled", False):
                 located = wandb_run_status(wandb_run, self.wandb_dir, self.wandb_location)
                 found.update(located.model_dump(exclude_none=True))
         return TrackingStatus(**found)
