@@ -143,6 +143,24 @@ def fill_deepspeed_buckets(config: dict[str, Any], model_config: Any) -> None:
         zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """The sha256 (hex) of `model`'s weights: every state-dict entry's name and values, in name order. Parameters
+    that DeepSpeed ZeRO-3 partitions (marked with `ds_id`, whatever set the stage: zeroStage or a raw config) are
+    gathered first, a collective that every rank must enter; on any other model nothing is gathered."""
+    digest = hashlib.sha256()
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    gathered: Any = contextlib.nullcontext()
+    if partitioned:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    with gathered:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Plan:
     """How long training runs, in the units the loop counts."""
@@ -803,22 +821,10 @@ class Trainer:
         """Debug aid for tests: each rank writes a hash of the model's weights (they must agree under DDP). Under
         ZeRO-3 a rank holds a shard of each weight only, so the weights are gathered first (a collective: every
         rank calls this)."""
-        digest = hashlib.sha256()
-        model = self.accelerator.unwrap_model(self.model)
-        gathered: Any = contextlib.nullcontext()
-        if self.spec.distribution.deepspeed.enabled and self.spec.distribution.deepspeed.zero_stage == 3:
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-        with gathered:
-            for name, tensor in sorted(model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        digest = weights_digest(self.accelerator.unwrap_model(self.model))
         folder = self.settings.output_dir / "debug"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"weights-rank-{self.accelerator.process_index}.sha256").write_text(
-            digest.hexdigest() + "\n"
-        )
+        (folder / f"weights-rank-{self.accelerator.process_index}.sha256").write_text(digest + "\n")
 
 
 def train(
