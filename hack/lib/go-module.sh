@@ -9,8 +9,16 @@
 # file is not among them: how a key is computed does not change what is built.
 
 go_module_key() { # part-dir prefix file...
-  local dir="$1" prefix="$2" digest
+  local dir="$1" prefix="$2" digest f
   shift 2
+  # (A missing file must fail here: inside the pipe below only the last `cat` decides the status, so a missing
+  # file among the others would give a key without it.)
+  for f in "$@"; do
+    if [[ ! -f "${dir}/${f}" ]]; then
+      echo "go_module_key: ${dir}/${f} does not exist (a file the key of ${prefix} names)" >&2
+      return 1
+    fi
+  done
   digest="$(
     cd "${dir}" &&
       for f in "$@"; do
