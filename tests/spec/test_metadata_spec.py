@@ -112,6 +112,10 @@ def test_a_job_for_the_cluster_needs_a_name_or_a_generate_name_that_makes_a_vali
     # Beside a name it is ignored, but the API server still checks it as a DNS subdomain's start.
     assert refused(document({"name": "job", "generateName": "job.v2-"})) == []
     assert refused(document({"name": "job", "generateName": "Job-"})) == ["metadata"]
+    # as apimachinery's maskTrailingDash masks it: the last two characters become 'a', a lone '-' is not masked
+    assert refused(document({"name": "job", "generateName": "a..-"})) == []
+    assert refused(document({"name": "job", "generateName": "a-.-"})) == []
+    assert refused(document({"name": "job", "generateName": "-"})) == ["metadata"]
 
 
 def test_the_jobs_own_labels_and_annotations_follow_the_api_servers_rules() -> None:

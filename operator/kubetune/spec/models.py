@@ -1096,8 +1096,10 @@ class ObjectMeta(BaseModel):
         if not value:
             return self
         if "name" in self.model_fields_set:
-            # Ignored, but the API server still checks it: a DNS subdomain once a trailing '-' is masked.
-            problem = kube_names.dns_subdomain_problem(value[:-1] + "a" if value.endswith("-") else value)
+            # Ignored, but the API server still checks it: a DNS subdomain once a trailing '-' is masked, the way
+            # apimachinery's maskTrailingDash masks it (its last two characters become one 'a'; a lone '-' stays).
+            masked = value[:-2] + "a" if len(value) > 1 and value.endswith("-") else value
+            problem = kube_names.dns_subdomain_problem(masked)
             if problem:
                 raise ValueError(
                     f"metadata.generateName '{value[:80]}' {problem}; or remove it (name is set)"
