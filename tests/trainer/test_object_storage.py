@@ -22,7 +22,7 @@ from kubetune.events import EventKind, ProgressEvent
 from kubetune.spec.storage import ObjectStorageSpec
 from kubetune_trainer.checkpoint_store import remote_complete_steps
 from kubetune_trainer.checkpoints import MARKER
-from kubetune_trainer.storage import ObjectStore
+from kubetune_trainer.storage import ObjectStore, ObjectStoreError
 
 from tests.trainer.helpers import (
     Assets,
@@ -246,3 +246,27 @@ def test_the_bucket_gets_the_keys_of_the_credentials_secret_and_a_wrong_secret_i
         assert "model.safetensors" in store.children("model")
     finally:
         server.stop()
+
+
+def test_refused_credentials_name_the_secret_and_the_keys_it_was_told_to_read(tmp_path: Path) -> None:
+    """output.objectStorage.credentialsSecret may rename the Secret's keys (accessKeyIdKey, secretAccessKeyKey):
+    when the server refuses the signature, the message names that Secret and those keys, the ones to check, not
+    the environment variables they are mapped to. The server is the real signing S3 server on loopback."""
+    server = S3Server(
+        tmp_path / "s3", (CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    ).start()
+    try:
+        secret = {"name": "team-s3", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"}
+        spec = ObjectStorageSpec.model_validate(
+            storage_spec(server, "runs/renamed", credentialsSecret=secret)
+        )
+        wrong = {**CREDENTIALS, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+        with pytest.raises(ObjectStoreError) as refused:
+            ObjectStore(spec, wrong).check_access()
+    finally:
+        server.stop()
+    message = str(refused.value)
+    assert "the server refused the credentials" in message, message
+    assert "the keys id and secret of Secret team-s3 (output.objectStorage.credentialsSecret)" in message, (
+        message
+    )

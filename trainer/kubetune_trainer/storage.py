@@ -87,15 +87,29 @@ class ObjectStore:
             cause = f"{type(error).__name__}: {error}"
             if any(code in str(error) for code in _REFUSED_CREDENTIALS):
                 raise ObjectStoreError(
-                    f"the server refused the credentials for {where}: {cause}. Check the keys "
-                    f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} in output.objectStorage.credentialsSecret (a wrong "
-                    "secret, a key id the server does not know, or keys without write access to the bucket)"
+                    f"the server refused the credentials for {where}: {cause}. Check {self._credentials_source()} "
+                    "(a wrong secret, a key id the server does not know, or keys without write access to the "
+                    "bucket)"
                 ) from error
             raise ObjectStoreError(
                 f"cannot write to {where}: {cause}. Check the bucket exists, the endpoint is reachable and "
                 f"{ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} (from output.objectStorage.credentialsSecret) may "
                 "write there"
             ) from error
+
+    def _credentials_source(self) -> str:
+        """Where the signing keys come from, for messages: the Secret's own key names (credentialsSecret may rename
+        them), else the pod's environment and the client's default chain."""
+        secret = self.spec.credentials_secret
+        if secret is None:
+            return (
+                f"the pod's own credentials ({ACCESS_KEY_ID_ENV}/{SECRET_ACCESS_KEY_ENV} or the client's default "
+                "chain: output.objectStorage.credentialsSecret is unset)"
+            )
+        return (
+            f"the keys {secret.access_key_id_key} and {secret.secret_access_key_key} of Secret {secret.name} "
+            "(output.objectStorage.credentialsSecret)"
+        )
 
     def write_text(self, relative: str, text: str) -> None:
         with self.fs.open(self.key(relative), "wb") as handle:
