@@ -94,7 +94,9 @@ def _metrics(
 
 def _tracking(reported: dict[str, Any] | None) -> dict[str, Any] | None:
     """status.tracking from what rank 0 reported, through the status model: only its typed fields (camelCase),
-    nothing else; None when nothing was reported or it does not fit the model (logged: the sink never raises)."""
+    nothing else, those it did not set as nulls (in a merge patch a null removes the key: a later attempt's rank 0
+    replaces the whole of status.tracking, leaving no field of an earlier attempt's runs beside its own); None when
+    nothing was reported or it does not fit the model (logged: the sink never raises)."""
     if reported is None:
         return None
     try:
@@ -102,7 +104,7 @@ def _tracking(reported: dict[str, Any] | None) -> dict[str, Any] | None:
     except ValidationError as error:
         log.warning("status.tracking not written: rank 0 reported %r: %s", reported, error)
         return None
-    return tracking.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return tracking.model_dump(by_alias=True, mode="json")
 
 
 def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def status_patch_for_event(event: ProgressEvent, primary_metric: str) -> dict[st
         patch["metrics"] = metrics
     tracking = _tracking(event.tracking)
     if tracking is not None:
-        patch["tracking"] = tracking  # whole: a merge patch replaces its warnings list
+        patch["tracking"] = tracking  # whole: unset fields are nulls, and a merge patch replaces its warnings
     if event.event == EventKind.CHECKPOINT and _finite(event.checkpoint_seconds) is not None:
         patch["lastCheckpoint"] = {
             "step": event.step,

@@ -151,7 +151,12 @@ def test_an_offline_wandb_run_reaches_status_tracking_typed_and_nothing_else_doe
     }
     event = ProgressEvent(event=EventKind.STARTED, step=0, total_steps=40, tracking=reported)
     tracking = status_patch_for_event(event, "accuracy")["tracking"]
-    assert tracking == {k: v for k, v in reported.items() if k != "apiKey"}
+    assert {k: v for k, v in tracking.items() if v is not None} == {
+        k: v for k, v in reported.items() if k != "apiKey"
+    }
+    # what the report did not set is an explicit null: the merge patch removes an earlier attempt's value
+    assert "wandbRunUrl" in tracking and tracking["wandbRunUrl"] is None
+    assert "mlflowRunId" in tracking and tracking["mlflowRunId"] is None
     status = FineTuneJobStatus.model_validate({"tracking": tracking})
     assert status.tracking is not None
     assert status.tracking.wandb_mode == WandbMode.OFFLINE and status.tracking.wandb_run_url is None
