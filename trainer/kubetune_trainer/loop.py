@@ -75,9 +75,10 @@ def build_accelerator(spec: FineTuneJobSpec, log_with: list[Any] | None = None) 
             * training.gradient_accumulation_steps
             * launched_world_size()
         )
-        plugin = DeepSpeedPlugin(
-            hf_ds_config=config, zero3_init_flag=spec.distribution.deepspeed.zero_stage == 3
-        )
+        # The stage of the config DeepSpeed gets: a raw deepspeed.config's keys win over zeroStage, and with
+        # stage 3 every rank must build the model already partitioned, not whole (zero.Init).
+        stage = config.get("zero_optimization", {}).get("stage", 0)
+        plugin = DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=stage == 3)
     handlers: list[Any] = []
     if launched_world_size() > 1:
         # Without an explicit backend Accelerate on CPU would not join the group DeepSpeed expects (gloo).

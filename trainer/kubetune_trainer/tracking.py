@@ -266,7 +266,10 @@ class Tracking:
         """init_trackers with the run's parameters (a tracker that fails is switched off and warned about)."""
         self.accelerator = accelerator
         accelerator.init_trackers(self.run_name, config=run_params(self.spec, world_size))
-        self.runs = self._locate_runs()
+        try:
+            self.runs = self._locate_runs()
+        except Exception as error:  # a tracker's odd run object must not fail the training
+            self._failed("tracking", f"could not read where the trackers' runs are: {error!r}")
 
     def log_event(self, event: ProgressEvent) -> None:
         """Log a step's or an eval's metrics at the event's step."""
