@@ -233,7 +233,8 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             field_path=".offloadParameters",
         ),
         _rule(
-            "(self.offloadOptimizer != 'nvme' && self.offloadParameters != 'nvme') || has(self.nvmePath)",
+            "(self.offloadOptimizer != 'nvme' && self.offloadParameters != 'nvme')"
+            " || (has(self.nvmePath) && self.nvmePath != '')",
             "nvme offload needs deepspeed.nvmePath: set it to a fast local folder",
             field_path=".nvmePath",
         ),

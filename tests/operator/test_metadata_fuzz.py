@@ -181,7 +181,10 @@ OBJECT_NAMES = st.one_of(
     OBJECT_NAME_FORMS,
     st.sampled_from(["Bad_Name", "", "a" * 253, "a" * 254, "a.b", "-a", "a..b", "a b", "é"]),
 )
-SECRET_KEY_FORMS = st.from_regex(r"[-._a-zA-Z0-9]{1,12}", fullmatch=True)
+# A Secret's key: the ConfigMap-key alphabet, but "." and ".." are refused (path segments).
+SECRET_KEY_FORMS = st.from_regex(r"[-._a-zA-Z0-9]{1,12}", fullmatch=True).filter(
+    lambda k: k not in (".", "..")
+)
 SECRET_KEYS = st.one_of(
     SECRET_KEY_FORMS, st.sampled_from(["", "a/b", "a b", "k" * 254, ".", "..", "..a", ".a", "a.."])
 )
