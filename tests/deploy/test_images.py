@@ -127,6 +127,10 @@ def docker(images: dict[str, BuiltImage]) -> Iterator[Docker]:
             if present != _archive_image_id(image.tar):
                 client("load", "--input", str(image.tar), timeout=1200)
         yield client
+        # The tars are the images' copies: kept loaded, the trainer would hold 7 GB more of a shared disk
+        # until the next build (hack/images/build.sh removes its images from Docker once saved, likewise).
+        for image in images.values():
+            client("image", "rm", image.ref, check=False)
     finally:
         subprocess.run(["bash", str(DOCKERD), "stop", str(folder)], check=False, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
