@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -246,9 +247,15 @@ def reconcile_totals() -> tuple[float, float]:
 
 
 def run_round(
-    cluster: Any, operator_pid: int, count: int, namespace: str = "", rate: float = 0.0
+    cluster: Any,
+    operator_pid: int,
+    count: int,
+    namespace: str = "",
+    rate: float = 0.0,
+    snapshot: bool = False,
 ) -> dict[str, float]:
-    """Apply `count` jobs in a fresh namespace, wait until all run, clean up; returns the figures."""
+    """Apply `count` jobs in a fresh namespace, wait until all run, clean up; returns the figures. `snapshot`:
+    signal the operator (under benchmarks/memory_probe.py) to write a tracemalloc snapshot once all run."""
     api = cluster.api_client()
     namespace = namespace or f"bench-{count}"
     core: Any = client.CoreV1Api(api)
@@ -293,6 +300,9 @@ def run_round(
         )
         raise
     rss_peak, cpu_after = proc_stats(operator_pid)
+    if snapshot:
+        os.kill(operator_pid, signal.SIGUSR2)
+        time.sleep(5.0)  # (the snapshot is written on the operator's main thread, between its events)
     others_after = component_cpu(cluster)
     reconciles, reconcile_seconds = reconcile_totals()
     watcher.stop.set()
@@ -346,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-arg", action="append", default=[], help="one more operator flag")
     parser.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats to FILE")
     parser.add_argument(
+        "--tracemalloc",
+        metavar="PREFIX",
+        help="run the operator under tracemalloc (benchmarks/memory_probe.py) and write a snapshot PREFIX.N at "
+        "the end of each round, every job Running (its RSS then includes tracemalloc's own)",
+    )
+    parser.add_argument("--tracemalloc-frames", type=int, default=8, help="traceback frames per allocation")
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -355,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-bench-cluster-"))
     try:
         (workdir / "audit").mkdir()
+        # Enough GPUs for the largest round (32 per node, 1 per worker), at least GPU_NODES nodes.
+        gpu_nodes = max(GPU_NODES, -(-max(args.jobs) * NODES_PER_JOB // GPUS_PER_NODE))
         with LocalCluster(
-            gpu_nodes=GPU_NODES,
+            gpu_nodes=gpu_nodes,
             gpus_per_node=GPUS_PER_NODE,
             workdir=workdir,
             apiserver_args=audit_args(workdir / "audit"),
@@ -365,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
             env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            entry = ["kubetune.cli"]
+            if args.tracemalloc:
+                entry = ["benchmarks.memory_probe", args.tracemalloc, str(args.tracemalloc_frames)]
             argv_operator = [
                 sys.executable,
                 *profile,
                 "-m",
-                "kubetune.cli",
+                *entry,
                 "operator",
                 "--standalone",
                 "--metrics-port",
@@ -390,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_round(cluster, operator.pid, 1, namespace="bench-warmup")
                 pace = f"{args.rate:g} jobs/s" if args.rate else "as fast as one client can"
                 print(
-                    f"cluster: {GPU_NODES} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers; applied {pace}"
+                    f"cluster: {gpu_nodes} KWOK nodes x {GPUS_PER_NODE} GPUs; jobs of {NODES_PER_JOB} workers; applied {pace}"
                 )
                 header = (
                     f"{'jobs':>5} {'apply s':>8} {'pods p50':>9} {'pods p99':>9} {'pods max':>9} "
@@ -398,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(header, flush=True)
                 for count in args.jobs:
-                    f = run_round(cluster, operator.pid, count, rate=args.rate)
+                    f = run_round(
+                        cluster, operator.pid, count, rate=args.rate, snapshot=bool(args.tracemalloc)
+                    )
                     print(
                         f"{f['jobs']:>5.0f} {f['apply_seconds']:>8.2f} {f['pods_p50']:>9.3f} {f['pods_p99']:>9.3f} "
                         f"{f['pods_max']:>9.3f} {f['seen_p50']:>9.3f} {f['seen_p99']:>9.3f} {f['running_p50']:>8.3f} {f['running_p99']:>8.3f} "
@@ -412,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                         if k.startswith("component_cpu_")
                     }
                     print(
-                        f"      CPU s over {f['wall_seconds']:.1f} s: "
+                        f"      RSS before the round {f['rss_before_mb']:.1f} MB; CPU s over {f['wall_seconds']:.1f} s: "
                         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in others.items())
                         + (
                             f"; benchmark watch resumed {f['watch_reconnects']}x"
