@@ -10,6 +10,7 @@ pods to read. Children are written create-only (`child_sync`); Events go out thr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -64,7 +65,7 @@ class Reconciler:
     _child_trouble: set[JobKey] = field(default_factory=set)
     # resourceVersion of our own last status write per job: its watch event needs no reconcile.
     _own_writes: dict[JobKey, str] = field(default_factory=dict)
-    _fingerprints: dict[JobKey, str] = field(default_factory=dict)
+    _fingerprints: dict[JobKey, bytes] = field(default_factory=dict)
     _seen: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # identity, for error Events
     _tracker_warnings: dict[JobKey, int] = field(default_factory=dict)  # announced as Events, per job
     # Jobs no operator has touched yet (no status), as their watch event showed them: see `reconcile`.
@@ -104,11 +105,15 @@ class Reconciler:
         annotations. (The checkpoint report is read when workers are deleted, not acted on when it arrives.)"""
         metadata = body.get("metadata") or {}
         status = {k: v for k, v in (body.get("status") or {}).items() if k not in WORKER_STATUS_FIELDS}
-        fingerprint = json.dumps(
-            [metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"), status],
-            sort_keys=True,
-            default=str,
-        )
+        # Kept per job as a 16-byte digest, not the status's JSON (a kilobyte or more per job).
+        fingerprint = hashlib.blake2b(
+            json.dumps(
+                [metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"), status],
+                sort_keys=True,
+                default=str,
+            ).encode(),
+            digest_size=16,
+        ).digest()
         if self._fingerprints.get(key) == fingerprint:
             return False
         self._fingerprints[key] = fingerprint
