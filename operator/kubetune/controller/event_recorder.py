@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -26,14 +27,17 @@ class EventRecorder:
         self._instance = instance or socket.gethostname()
         self._executor: ThreadPoolExecutor | None = None
 
-    def post(self, body: dict[str, Any], event: JobEvent) -> None:
+    def post(self, body: Mapping[str, Any], event: JobEvent) -> None:
         """Queue `event` on the job `body` (only its metadata name, namespace and uid are read)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(2, thread_name_prefix="events")
-        self._executor.submit(self._post, body, event)
-
-    def _post(self, body: dict[str, Any], event: JobEvent) -> None:
+        # The queue keeps the three fields, not the whole job: in a burst of new jobs on a busy API server,
+        # thousands of Events wait here, and whole bodies were most of the operator's memory per job.
         metadata = body["metadata"]
+        involved = {key: metadata[key] for key in ("name", "namespace", "uid")}
+        self._executor.submit(self._post, involved, event)
+
+    def _post(self, metadata: dict[str, str], event: JobEvent) -> None:
         now = format_time(datetime.now(UTC))
         record = {
             "apiVersion": "v1",

@@ -124,7 +124,7 @@ class Reconciler:
         announced, events = new_warning_events(self._tracker_warnings.get(key, 0), body.get("status") or {})
         self._tracker_warnings[key] = announced
         for event in events:
-            self.events.post(dict(body), event)
+            self.events.post(body, event)
 
     def saw_untouched(self, key: JobKey, body: Mapping[str, Any]) -> None:
         """Remember a job's body from its watch event while no operator has written its status yet."""
