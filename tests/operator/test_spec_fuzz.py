@@ -425,11 +425,25 @@ def normal(path: str) -> str:
     return re.sub(r"\[\d+\]", "", path)
 
 
+# Cross-field rules name one field of the pair they check: a mutation of the other one is rightly refused
+# under that name (several nodes with output.path on no shared volume is refused at spec.output.path).
+CROSS_FIELD_PARTNERS = {
+    "spec.output.path": (
+        "spec.distribution.nodes",
+        "spec.kubernetes.outputVolume",
+        "spec.output.objectStorage",
+    ),
+}
+
+
 def related(named: str, mutated: tuple[str, ...]) -> bool:
-    """Whether the path a rejection names is the mutated one, one of its parents or one of its fields
-    (compared as dotted text: a mutated key may itself hold a dot)."""
+    """Whether the path a rejection names is the mutated one, one of its parents or one of its fields, or the
+    field a cross-field rule with it names (compared as dotted text: a mutated key may itself hold a dot)."""
     whole = ".".join(mutated)
-    return named == whole or whole.startswith(named + ".") or named.startswith(whole + ".")
+    return any(
+        path == whole or whole.startswith(path + ".") or path.startswith(whole + ".")
+        for path in (named, *CROSS_FIELD_PARTNERS.get(named, ()))
+    )
 
 
 def api_names(answer: str, mutated: tuple[str, ...] | None) -> bool:
