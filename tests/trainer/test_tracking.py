@@ -303,6 +303,34 @@ def test_an_offline_wandb_run_without_an_object_store_is_synced_from_its_own_fol
     )
 
 
+def _wandb_run_in_process(tmp_path: Path, assets: Assets, name: str) -> tuple[dict[str, Any], Path]:
+    """Starts job `name`'s trackers (W&B with the environment the caller set, and TensorBoard) in this process,
+    logs one step and finishes; returns status.tracking as rank 0 reports it and the TensorBoard folder."""
+    job = load_job(
+        make_job(
+            tmp_path,
+            assets,
+            name,
+            **TRACKED,
+            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
+        )
+    )
+    tensorboard = tmp_path / f"{name}-out" / "tensorboard"
+    tracking = Tracking(job.spec, job.metadata.name, tensorboard, str(tensorboard), is_main=True)
+    import wandb
+    from accelerate import Accelerator
+
+    wandb.teardown()  # a wandb setup left in this process by another test would keep that test's settings
+    accelerator = Accelerator(log_with=list(tracking.trackers), cpu=True)
+    try:
+        tracking.start(accelerator, 1)
+        accelerator.log({"train/loss": 0.7}, step=10)
+        tracking.finish()
+    finally:
+        wandb.teardown()
+    return tracking.status(), tensorboard
+
+
 def test_an_online_wandb_run_that_cannot_start_is_a_warning_that_says_to_go_offline(
     tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,29 +350,7 @@ def test_an_online_wandb_run_that_cannot_start_is_a_warning_that_says_to_go_offl
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)
-    job = load_job(
-        make_job(
-            tmp_path,
-            assets,
-            "online",
-            **TRACKED,
-            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
-        )
-    )
-    tensorboard = tmp_path / "online-out" / "tensorboard"
-    tracking = Tracking(job.spec, job.metadata.name, tensorboard, str(tensorboard), is_main=True)
-    import wandb
-    from accelerate import Accelerator
-
-    wandb.teardown()  # a wandb setup left in this process by another test would keep that test's settings
-    accelerator = Accelerator(log_with=list(tracking.trackers), cpu=True)
-    try:
-        tracking.start(accelerator, 1)
-        accelerator.log({"train/loss": 0.7}, step=10)
-        tracking.finish()
-    finally:
-        wandb.teardown()
-    status = tracking.status()
+    status, tensorboard = _wandb_run_in_process(tmp_path, assets, "online")
     [warning] = status["warnings"]
     assert warning["tracker"] == "wandb" and warning["reason"] == "TrackerUnavailable", warning
     assert "set WANDB_MODE: offline in spec.kubernetes.env" in warning["message"], warning
@@ -396,29 +402,7 @@ def test_a_disabled_wandb_run_is_not_reported_as_an_online_run(
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / f"wandb-{name.lower()}"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv("WANDB_DIR", raising=False)
-    job = load_job(
-        make_job(
-            tmp_path,
-            assets,
-            "disabled",
-            **TRACKED,
-            tracking={"wandb": {"project": "kubetune-test", "apiKeySecret": {"name": "wandb", "key": "k"}}},
-        )
-    )
-    tensorboard = tmp_path / "disabled-out" / "tensorboard"
-    tracking = Tracking(job.spec, job.metadata.name, tensorboard, str(tensorboard), is_main=True)
-    import wandb
-    from accelerate import Accelerator
-
-    wandb.teardown()
-    accelerator = Accelerator(log_with=list(tracking.trackers), cpu=True)
-    try:
-        tracking.start(accelerator, 1)
-        accelerator.log({"train/loss": 0.7}, step=10)
-        tracking.finish()
-    finally:
-        wandb.teardown()
-    status = tracking.status()
+    status, tensorboard = _wandb_run_in_process(tmp_path, assets, "disabled")
     assert status["warnings"] == [], status
     assert not any(key.startswith("wandb") for key in status), status
     assert [step for step, _ in tensorboard_scalars(tensorboard)["train/loss"]] == [10]
