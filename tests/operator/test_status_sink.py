@@ -133,22 +133,23 @@ def test_make_sink_applies_only_to_operator_run_jobs_that_report_progress(
 
 
 OFFLINE_RUN = "offline-run-20261202_050948-piw7xwfg"
+# status.tracking of an offline W&B run, as rank 0 reports it (the cluster test of status.tracking uses it too).
+OFFLINE = {
+    "tensorboardDir": "s3://bucket/job/tensorboard",
+    "wandbRunId": "piw7xwfg",
+    "wandbMode": "offline",
+    "wandbRunDir": f"/output/wandb/{OFFLINE_RUN}",
+    "wandbRunLocation": f"s3://bucket/job/wandb/{OFFLINE_RUN}",
+    "wandbSyncCommand": f"wandb sync {OFFLINE_RUN}",
+    "warnings": [],
+}
 
 
 def test_an_offline_wandb_run_reaches_status_tracking_typed_and_nothing_else_does() -> None:
     """What rank 0 reports for an offline W&B run (e.g. on an air-gapped cluster) goes into status.tracking
     through the status model: its id, mode, folder, that folder's copy in the bucket and the sync command; a key
     the model does not declare is dropped."""
-    reported = {
-        "tensorboardDir": "s3://bucket/job/tensorboard",
-        "wandbRunId": "piw7xwfg",
-        "wandbMode": "offline",
-        "wandbRunDir": f"/output/wandb/{OFFLINE_RUN}",
-        "wandbRunLocation": f"s3://bucket/job/wandb/{OFFLINE_RUN}",
-        "wandbSyncCommand": f"wandb sync {OFFLINE_RUN}",
-        "warnings": [],
-        "apiKey": "must-not-reach-the-status",
-    }
+    reported = {**OFFLINE, "apiKey": "must-not-reach-the-status"}
     event = ProgressEvent(event=EventKind.STARTED, step=0, total_steps=40, tracking=reported)
     tracking = status_patch_for_event(event, "accuracy")["tracking"]
     assert {k: v for k, v in tracking.items() if v is not None} == {

@@ -16,18 +16,10 @@ from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.spec.models import API_GROUP, API_VERSION, KIND, PLURAL
 from kubetune.status_sink import StatusSink
 
+from tests.operator.test_status_sink import OFFLINE
+
 pytestmark = pytest.mark.cluster
 
-OFFLINE_RUN = "offline-run-20261202_050948-piw7xwfg"
-OFFLINE = {
-    "tensorboardDir": "s3://bucket/job/tensorboard",
-    "wandbRunId": "piw7xwfg",
-    "wandbMode": "offline",
-    "wandbRunDir": f"/output/wandb/{OFFLINE_RUN}",
-    "wandbRunLocation": f"s3://bucket/job/wandb/{OFFLINE_RUN}",
-    "wandbSyncCommand": f"wandb sync {OFFLINE_RUN}",
-    "warnings": [],
-}
 ONLINE = {
     "tensorboardDir": "s3://bucket/job/tensorboard",
     "wandbRunId": "k2b7q9zx",
