@@ -247,8 +247,7 @@ class RealNode:
 
     def _discard_layer_blobs(self, ref: str) -> int:
         """Removes the layer blobs of `ref` (unpacked already) from the content store; returns how many."""
-        listing = [line.split() for line in ctr(self.node_dir, "images", "list").splitlines()[1:]]
-        (manifest_digest,) = [fields[2] for fields in listing if fields and fields[0] == ref]
+        manifest_digest = self._image_digests()[ref]
         manifest = json.loads(ctr(self.node_dir, "content", "get", manifest_digest))
         layers = [layer["digest"] for layer in manifest.get("layers", [])]
         present = set(ctr(self.node_dir, "content", "list", "--quiet").split())
