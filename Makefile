@@ -80,4 +80,4 @@ test:
 	ruff check .
 	ruff format --check .
 	mypy
-	python -m pytest tests $(PYTEST_ARGS)
+	bash hack/test-lanes.sh $(PYTEST_ARGS)
