@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,9 @@ from kubernetes.client.rest import ApiException
 from tests.kube.harness import LocalCluster, wait_for
 from tests.operator.conftest import GPUS_PER_NODE, POOL, POOL_LABEL, OperatorProcess, job_manifest, running
 from tests.operator.test_operator_cluster import (
+    GROUP,
+    PLURAL,
+    VERSION,
     events,
     fail_worker,
     get_job,
@@ -46,14 +49,19 @@ def wait_condition(
         raise AssertionError(f"{error}; status: {status(cluster, namespace, name)}") from None
 
 
+def resource_version(obj: Any) -> str:
+    """The resourceVersion of a typed object (core API) or of a dict (custom objects)."""
+    if isinstance(obj, dict):
+        return str(obj["metadata"]["resourceVersion"])
+    return str(obj.metadata.resource_version)
+
+
 @contextlib.contextmanager
-def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
-    """Every pod created in `namespace` from now on (names, in order), seen by a watch that starts at the
-    resourceVersion of a listing taken on entry: a pod that lives for a millisecond is in it too, which
+def recorded(list_call: Callable[..., Any], *args: Any, keep: Callable[[str, Any], None]) -> Iterator[None]:
+    """`keep(type, object)` for every change `list_call(*args)`'s watch delivers from now on, starting at the
+    resourceVersion of a listing taken on entry: an object that lives for a millisecond is seen too, which
     polling could miss. The record is complete when the block ends (the watch is stopped then)."""
-    core: Any = client.CoreV1Api(cluster.api_client())
-    start = core.list_namespaced_pod(namespace).metadata.resource_version
-    created: list[str] = []
+    start = resource_version(list_call(*args))
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -63,16 +71,11 @@ def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
         try:
             while not stop.is_set():
                 for change in stream.stream(
-                    core.list_namespaced_pod,
-                    namespace,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=2,
+                    list_call, *args, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=2
                 ):
-                    pod = change["object"]
-                    version = pod.metadata.resource_version
-                    if change["type"] == "ADDED" and pod.metadata.name not in created:
-                        created.append(pod.metadata.name)
+                    version = resource_version(change["object"])
+                    if change["type"] != "BOOKMARK":
+                        keep(change["type"], change["object"])
                     if stop.is_set():
                         stream.stop()
         except BaseException as error:  # (a 410 Gone would make the record incomplete: fail the test)
@@ -81,13 +84,41 @@ def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
     watcher = threading.Thread(target=record, daemon=True)
     watcher.start()
     try:
-        yield created
+        yield
     finally:
         time.sleep(1)  # (the watch delivers what the API server has written, a moment later)
         stop.set()
         watcher.join(10)
-    assert not failures, f"the pod watch failed, its record is incomplete: {failures[0]!r}"
-    assert not watcher.is_alive(), "the pod watch did not stop"
+    assert not failures, f"the watch failed, its record is incomplete: {failures[0]!r}"
+    assert not watcher.is_alive(), "the watch did not stop"
+
+
+@contextlib.contextmanager
+def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
+    """Every pod created in `namespace` from now on (names, in order; see `recorded`)."""
+    core: Any = client.CoreV1Api(cluster.api_client())
+    created: list[str] = []
+
+    def keep(kind: str, pod: Any) -> None:
+        if kind == "ADDED" and pod.metadata.name not in created:
+            created.append(pod.metadata.name)
+
+    with recorded(core.list_namespaced_pod, namespace, keep=keep):
+        yield created
+
+
+@contextlib.contextmanager
+def statuses_written(cluster: LocalCluster, namespace: str, name: str) -> Iterator[list[dict[str, Any]]]:
+    """Every status of FineTuneJob `name` from now on, in the order written (see `recorded`)."""
+    api: Any = client.CustomObjectsApi(cluster.api_client())
+    written: list[dict[str, Any]] = []
+
+    def keep(kind: str, job: dict[str, Any]) -> None:
+        if job["metadata"]["name"] == name and job.get("status") and job["status"] not in written[-1:]:
+            written.append(job["status"])
+
+    with recorded(api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, keep=keep):
+        yield written
 
 
 @pytest.fixture
@@ -347,8 +378,12 @@ def test_a_progress_role_binding_that_cannot_be_written_is_reported_and_the_job_
 
             wait_for(refusing, 30, "the admission policy refusing the RoleBinding")
 
-        # When the job is applied (every pod created in the namespace from before the apply on is recorded)
-        with pods_created(kube_cluster, kube_namespace) as created:
+        # When the job is applied (every pod created and every status written from before the apply on are
+        # recorded)
+        with (
+            pods_created(kube_cluster, kube_namespace) as created,
+            statuses_written(kube_cluster, kube_namespace, job) as written,
+        ):
             kubectl("apply", "-f", "-", input=job_manifest(job, nodes=2))
 
             # Then its workers run, and the binding is reported by name, with the fix and what it costs
@@ -370,6 +405,9 @@ def test_a_progress_role_binding_that_cannot_be_written_is_reported_and_the_job_
             assert "without live progress" in reported.get("message", ""), reported
         # and the workers were created once and never removed
         assert sorted(created) == [f"{job}-worker-0", f"{job}-worker-1"]
+        # and the binding was reported from the start: in the first status that counts any worker
+        first = next(w for w in written if (w.get("workers") or {}).get("created"))
+        assert (condition(first, "ChildrenReady") or {}).get("status") == "False", written
         if fault == "users":
             # and the user's RoleBinding is unchanged
             theirs = rbac.read_namespaced_role_binding(binding, kube_namespace)
