@@ -140,20 +140,41 @@ last_tar_bytes() { # NAME
   find "$images_dir" -maxdepth 1 -name "$1-*.tar" -printf '%s\n' | sort -rn | head -n 1
 }
 
-# A build of NAME needs room for the image in Docker, the daemon's export copy (`docker save` stages the whole
-# image in the data root before streaming it) and the tar: three times the image. LAST_BYTES, the size of an
-# earlier tar of NAME (`last_tar_bytes`), gives its size; when empty, DEFAULT_GB. Fails, naming the fix, rather
-# than stopping on ENOSPC minutes into a build.
-need_room() { # NAME DEFAULT_GB LAST_BYTES
-  local last="$3" size_gb free_gb need_gb
-  size_gb=$(((${last:-$(($2 << 30))} >> 30) + 1))
-  need_gb=$((3 * size_gb + 1))
-  free_gb=$(($(df --output=avail -k "$images_dir" | tail -n 1) >> 20))
-  if ((free_gb < need_gb)); then
-    log "$1: not enough disk to build it: $need_gb GB needed (3 x its $size_gb GB: the image, Docker's export" \
-      "copy, the tar), $free_gb GB free on $(df --output=target "$images_dir" | tail -n 1). Free some space," \
-      "or point KUBETUNE_CACHE at a larger disk; \`du -sh $cache/*\` shows what the cache holds."
+# Fails, naming the fix, when the filesystem that holds PATH has less than NEED_GB free (WHAT: what they are for).
+check_room() { # NAME PATH NEED_GB WHAT FIX
+  local free_gb
+  free_gb=$(($(df --output=avail -k "$2" | tail -n 1) >> 20))
+  if ((free_gb < $3)); then
+    log "$1: not enough disk to build it: $3 GB needed ($4), $free_gb GB free on" \
+      "$(df --output=target "$2" | tail -n 1). Free some space, or $5; \`du -sh $cache/*\` shows what the" \
+      "cache holds."
     exit 1
+  fi
+}
+
+# Docker's data root, as the running daemon reports it (the configured one if it cannot say).
+docker_data_root() {
+  docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo "${KUBETUNE_DOCKER_DATA:-$cache/docker/data}"
+}
+
+# A build of NAME needs room for the image in Docker, the daemon's export copy (`docker save` stages the whole
+# image in the data root before streaming it), both on Docker's data root's filesystem, and the tar on the
+# tars' filesystem: three times the image on one disk when they share it. LAST_BYTES, the size of an earlier
+# tar of NAME (`last_tar_bytes`), gives its size; when empty, DEFAULT_GB. Fails, naming the disk and the fix,
+# rather than stopping on ENOSPC minutes into a build.
+need_room() { # NAME DEFAULT_GB LAST_BYTES
+  local last="$3" size_gb data_root
+  size_gb=$(((${last:-$(($2 << 30))} >> 30) + 1))
+  data_root=$(docker_data_root)
+  if [[ "$(stat -c %d "$data_root")" == "$(stat -c %d "$images_dir")" ]]; then
+    check_room "$1" "$images_dir" $((3 * size_gb + 1)) \
+      "3 x its $size_gb GB: the image, Docker's export copy, the tar" "point KUBETUNE_CACHE at a larger disk"
+  else
+    check_room "$1" "$data_root" $((2 * size_gb + 1)) \
+      "2 x its $size_gb GB in Docker's data root $data_root: the image and Docker's export copy" \
+      "point KUBETUNE_DOCKER_DATA at a larger disk"
+    check_room "$1" "$images_dir" $((size_gb + 1)) "its $size_gb GB tar in $images_dir" \
+      "point KUBETUNE_CACHE at a larger disk"
   fi
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,9 @@ from kubernetes.client.rest import ApiException
 from tests.kube.harness import LocalCluster, wait_for
 from tests.operator.conftest import GPUS_PER_NODE, POOL, POOL_LABEL, OperatorProcess, job_manifest, running
 from tests.operator.test_operator_cluster import (
+    GROUP,
+    PLURAL,
+    VERSION,
     events,
     fail_worker,
     get_job,
@@ -46,14 +49,19 @@ def wait_condition(
         raise AssertionError(f"{error}; status: {status(cluster, namespace, name)}") from None
 
 
+def resource_version(obj: Any) -> str:
+    """The resourceVersion of a typed object (core API) or of a dict (custom objects)."""
+    if isinstance(obj, dict):
+        return str(obj["metadata"]["resourceVersion"])
+    return str(obj.metadata.resource_version)
+
+
 @contextlib.contextmanager
-def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
-    """Every pod created in `namespace` from now on (names, in order), seen by a watch that starts at the
-    resourceVersion of a listing taken on entry: a pod that lives for a millisecond is in it too, which
+def recorded(list_call: Callable[..., Any], *args: Any, keep: Callable[[str, Any], None]) -> Iterator[None]:
+    """`keep(type, object)` for every change `list_call(*args)`'s watch delivers from now on, starting at the
+    resourceVersion of a listing taken on entry: an object that lives for a millisecond is seen too, which
     polling could miss. The record is complete when the block ends (the watch is stopped then)."""
-    core: Any = client.CoreV1Api(cluster.api_client())
-    start = core.list_namespaced_pod(namespace).metadata.resource_version
-    created: list[str] = []
+    start = resource_version(list_call(*args))
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -63,16 +71,11 @@ def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
         try:
             while not stop.is_set():
                 for change in stream.stream(
-                    core.list_namespaced_pod,
-                    namespace,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=2,
+                    list_call, *args, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=2
                 ):
-                    pod = change["object"]
-                    version = pod.metadata.resource_version
-                    if change["type"] == "ADDED" and pod.metadata.name not in created:
-                        created.append(pod.metadata.name)
+                    version = resource_version(change["object"])
+                    if change["type"] != "BOOKMARK":
+                        keep(change["type"], change["object"])
                     if stop.is_set():
                         stream.stop()
         except BaseException as error:  # (a 410 Gone would make the record incomplete: fail the test)
@@ -81,13 +84,41 @@ def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
     watcher = threading.Thread(target=record, daemon=True)
     watcher.start()
     try:
-        yield created
+        yield
     finally:
         time.sleep(1)  # (the watch delivers what the API server has written, a moment later)
         stop.set()
         watcher.join(10)
-    assert not failures, f"the pod watch failed, its record is incomplete: {failures[0]!r}"
-    assert not watcher.is_alive(), "the pod watch did not stop"
+    assert not failures, f"the watch failed, its record is incomplete: {failures[0]!r}"
+    assert not watcher.is_alive(), "the watch did not stop"
+
+
+@contextlib.contextmanager
+def pods_created(cluster: LocalCluster, namespace: str) -> Iterator[list[str]]:
+    """Every pod created in `namespace` from now on (names, in order; see `recorded`)."""
+    core: Any = client.CoreV1Api(cluster.api_client())
+    created: list[str] = []
+
+    def keep(kind: str, pod: Any) -> None:
+        if kind == "ADDED" and pod.metadata.name not in created:
+            created.append(pod.metadata.name)
+
+    with recorded(core.list_namespaced_pod, namespace, keep=keep):
+        yield created
+
+
+@contextlib.contextmanager
+def statuses_written(cluster: LocalCluster, namespace: str, name: str) -> Iterator[list[dict[str, Any]]]:
+    """Every status of FineTuneJob `name` from now on, in the order written (see `recorded`)."""
+    api: Any = client.CustomObjectsApi(cluster.api_client())
+    written: list[dict[str, Any]] = []
+
+    def keep(kind: str, job: dict[str, Any]) -> None:
+        if job["metadata"]["name"] == name and job.get("status") and job["status"] not in written[-1:]:
+            written.append(job["status"])
+
+    with recorded(api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, keep=keep):
+        yield written
 
 
 @pytest.fixture
@@ -282,6 +313,134 @@ def test_a_child_refused_by_a_resource_quota_still_gets_the_status_written_and_t
     # and the deadline still ends it
     failed = wait_phase(kube_cluster, kube_namespace, "quota", "Failed", timeout=30)
     assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"  # type: ignore[index]
+
+
+REFUSE_BINDING = """\
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: kubetune-test-refuse-{namespace}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [rbac.authorization.k8s.io]
+        apiVersions: ["*"]
+        operations: [CREATE]
+        resources: [rolebindings]
+  matchConditions:
+    - name: the-jobs-progress-binding
+      expression: request.namespace == "{namespace}" && request.name == "{name}"
+  validations:
+    - expression: "false"
+      message: role bindings are reviewed by the platform team here
+      reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: kubetune-test-refuse-{namespace}}}
+spec:
+  policyName: kubetune-test-refuse-{namespace}
+  validationActions: [Deny]
+"""
+
+
+@pytest.mark.parametrize("fault", ["users", "refused"])
+def test_a_progress_role_binding_that_cannot_be_written_is_reported_and_the_job_runs_without_live_progress(
+    kube_cluster: LocalCluster, kube_namespace: str, kubectl: Any, operator: OperatorProcess, fault: str
+) -> None:
+    """The RoleBinding only lets rank 0 write live progress. A user's RoleBinding under its name, or an
+    admission policy that refuses it (403), is reported on the job, naming it and the fix, while the job is
+    planned, its workers created once (never removed), its status kept and a crash restarts the gang; the
+    user's object is never touched. Once the obstacle is gone, the job's own RoleBinding is created."""
+    rbac: Any = client.RbacAuthorizationV1Api(kube_cluster.api_client())
+    job, binding = f"rb-{fault}", f"rb-{fault}-progress"
+    users = {
+        "metadata": {"name": binding, "namespace": kube_namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "users-role"},
+        "subjects": [{"kind": "ServiceAccount", "name": "someone", "namespace": kube_namespace}],
+    }
+    try:
+        if fault == "users":
+            # Given a user's RoleBinding named like the job's progress RoleBinding
+            rbac.create_namespaced_role_binding(kube_namespace, users)
+        else:
+            # Given an admission policy that refuses the job's progress RoleBinding (effective once it
+            # refuses ours: policies take a moment to load)
+            kubectl("apply", "-f", "-", input=REFUSE_BINDING.format(namespace=kube_namespace, name=binding))
+
+            def refusing() -> bool:
+                try:
+                    rbac.create_namespaced_role_binding(kube_namespace, users)
+                except ApiException as error:
+                    return error.status == 403
+                rbac.delete_namespaced_role_binding(binding, kube_namespace)
+                return False
+
+            wait_for(refusing, 30, "the admission policy refusing the RoleBinding")
+
+        # When the job is applied (every pod created and every status written from before the apply on are
+        # recorded)
+        with (
+            pods_created(kube_cluster, kube_namespace) as created,
+            statuses_written(kube_cluster, kube_namespace, job) as written,
+        ):
+            kubectl("apply", "-f", "-", input=job_manifest(job, nodes=2))
+
+            # Then its workers run, and the binding is reported by name, with the fix and what it costs
+            running_workers(kube_cluster, kube_namespace, job, 2)
+            reported = wait_condition(kube_cluster, kube_namespace, job, "ChildrenReady", "False")
+            reason = "ChildNotControlled" if fault == "users" else "ChildCreateRefused"
+            assert reported["reason"] == reason, reported
+            assert f"RoleBinding {binding}" in reported["message"]
+            if fault == "users":
+                assert "delete or rename that RoleBinding" in reported["message"]
+            else:
+                assert "reviewed by the platform team" in reported["message"]
+            wait_event_reasons(kube_cluster, kube_namespace, job, reason)
+            assert wait_phase(kube_cluster, kube_namespace, job, "Running")["restarts"] == 0
+            time.sleep(3)  # (child retries every second: several reconciles)
+            current = status(kube_cluster, kube_namespace, job)
+            assert (current["phase"], current["attempt"], current["restarts"]) == ("Running", 0, 0)
+            reported = condition(current, "ChildrenReady") or {}
+            assert "without live progress" in reported.get("message", ""), reported
+        # and the workers were created once and never removed
+        assert sorted(created) == [f"{job}-worker-0", f"{job}-worker-1"]
+        # and the binding was reported from the start: in the first status that counts any worker
+        first = next(w for w in written if (w.get("workers") or {}).get("created"))
+        assert (condition(first, "ChildrenReady") or {}).get("status") == "False", written
+        if fault == "users":
+            # and the user's RoleBinding is unchanged
+            theirs = rbac.read_namespaced_role_binding(binding, kube_namespace)
+            assert theirs.role_ref.name == "users-role" and not theirs.metadata.owner_references
+            assert [s.name for s in theirs.subjects] == ["someone"]
+
+        # And failure handling goes on: a crashed worker restarts the gang, whose new workers are created
+        fail_worker(kube_cluster, kube_namespace, f"{job}-worker-1", exit_code=1, message="boom")
+
+        def restarted() -> dict[str, Any] | None:
+            current = status(kube_cluster, kube_namespace, job)
+            return current if (current.get("phase"), current.get("attempt")) == ("Running", 1) else None
+
+        assert wait_for(restarted, 30, "attempt 1 running")["restarts"] == 1
+    finally:
+        # When the obstacle is gone
+        if fault == "users":
+            rbac.delete_namespaced_role_binding(binding, kube_namespace)
+        else:
+            kubectl(
+                "delete",
+                "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                f"kubetune-test-refuse-{kube_namespace}",
+                "--ignore-not-found",
+            )
+
+    # Then the job's own RoleBinding is created and the condition turns True (no new attempt for it)
+    wait_condition(kube_cluster, kube_namespace, job, "ChildrenReady", "True")
+    own = rbac.read_namespaced_role_binding(binding, kube_namespace)
+    assert [r.uid for r in own.metadata.owner_references] == [
+        get_job(kube_cluster, kube_namespace, job)["metadata"]["uid"]
+    ]
+    assert status(kube_cluster, kube_namespace, job)["attempt"] == 1
 
 
 def test_a_worker_stuck_terminating_is_force_deleted_after_a_bounded_wait_and_the_status_says_why(

@@ -198,6 +198,46 @@ def test_a_refused_child_does_not_stop_the_deadline() -> None:
     assert condition(result, "ChildrenReady")["status"] == "False"
 
 
+def test_a_users_progress_role_binding_is_reported_but_holds_no_worker_back() -> None:
+    """The RoleBinding only lets rank 0 write live progress: someone else's object under its name, or a
+    refused create, is reported (naming it, the fix, and that progress is not live) and the job goes on."""
+    users = not_controlled("RoleBinding", "demo-progress", {"metadata": {}})
+    refused = ChildProblem(
+        "RoleBinding", "demo-progress", ChildProblemReason.CREATE_REFUSED, "cannot be created: 403 forbidden"
+    )
+    for problem in (users, refused):
+        # A new job: its workers are still created, and it is not held Pending by the binding
+        new = decide(job_body(nodes=2), [], 0)
+        report_children(new, [problem], [], at(0), 1, OPTIONS)
+        assert new.create_workers == [0, 1] and new.status.workers.created == 2
+        assert "waiting for the job's children" not in new.status.message
+        ready = condition(new, "ChildrenReady")
+        assert ready["status"] == "False" and ready["reason"] == problem.reason
+        assert "RoleBinding demo-progress" in ready["message"] and "without live progress" in ready["message"]
+        warnings = [e for e in new.events if e.type == "Warning"]
+        assert [e.reason for e in warnings] == [problem.reason] and "demo-progress" in warnings[0].message
+        assert new.requeue_after == OPTIONS.child_retry_seconds  # (retried, in case it is fixed)
+        # A running job: its workers are kept, no new attempt
+        body, pods = running_job()
+        running = decide(body, pods, 20)
+        observed = [p for p in (observe_pod(raw) for raw in pods) if p is not None]
+        report_children(running, [problem], observed, at(20), 1, OPTIONS)
+        assert running.delete_workers == [] and running.status.attempt == 0
+        assert running.status.phase == Phase.RUNNING
+
+
+def test_a_users_progress_role_binding_beside_a_refused_child_does_not_make_the_workers_go() -> None:
+    """A refused ConfigMap holds the job (no new workers), but only someone else's object that the workers
+    use makes the current workers go: a user's progress RoleBinding beside it must not."""
+    body, pods = running_job()
+    observed = [p for p in (observe_pod(raw) for raw in pods) if p is not None]
+    quota = ChildProblem("ConfigMap", "demo-config", ChildProblemReason.CREATE_REFUSED, "exceeded quota")
+    users = not_controlled("RoleBinding", "demo-progress", {"metadata": {}})
+    result = decide(body, pods, 20)
+    report_children(result, [quota, users], observed, at(20), 1, OPTIONS)
+    assert result.delete_workers == [] and result.status.attempt == 0
+
+
 def test_a_worker_evicted_or_gone_while_a_peer_crashes_is_blamed_and_not_counted() -> None:
     body, _ = running_job(runPolicy={"backoffLimit": 0})
     evicted = pod(1, deleting=True, disrupted=True, disruption_reason="EvictionByEvictionAPI")

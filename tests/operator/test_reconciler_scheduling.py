@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, cast
 
 import pytest
@@ -84,6 +85,71 @@ def test_a_paused_replica_arms_no_timer_and_reconciles_nothing_until_it_resumes(
         await asyncio.sleep(0.1)
         assert sorted(asked) == [("ns", "a"), ("ns", "b"), ("ns", "c")]
         reconciler.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_an_urgent_request_made_while_paused_runs_urgently_on_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kueue admits a job while another replica holds peering: the Workload's event asks `urgent` into a
+    paused queue. On resume the request and its urgency must both survive: the gang is created at once, not
+    after FOLLOW_UP_MAX_DELAY behind new jobs' first reconciles (no API: the work only records the key)."""
+
+    async def scenario() -> None:
+        queue = Reconciler(cast(Kube, object())).queue
+        monkeypatch.setattr(workqueue, "FOLLOW_UP_MAX_DELAY", 30.0)
+        ran: list[tuple[str, str]] = []
+        queue.work = lambda key: ran.append(key)  # type: ignore[func-returns-value]
+        queue.is_new = lambda key: False
+        queue._count_new(+1)  # a new job's first reconcile in flight (for the whole test)
+        queue.pause()
+        queue.request(("ns", "admitted"), urgent=True)
+        queue.request(("ns", "follow-up"))
+        await asyncio.sleep(0.1)
+        assert ran == []
+        queue.resume()
+        await asyncio.sleep(0.2)
+        assert ran == [("ns", "admitted")]  # the urgent one at once; the follow-up still yields
+        queue._count_new(-1)
+        await asyncio.sleep(0.2)
+        assert sorted(ran) == [("ns", "admitted"), ("ns", "follow-up")]
+        queue.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_reconcile_in_flight_at_the_pause_does_not_run_again_until_the_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconcile is running when the pause comes and an urgent request arrived during it (the key is
+    dirty): it finishes, but its follow-up waits for the resume (one writer at a time) and then runs
+    urgently, not after the new jobs' first reconciles (no API: the work records the key and blocks)."""
+
+    async def scenario() -> None:
+        queue = Reconciler(cast(Kube, object())).queue
+        monkeypatch.setattr(workqueue, "FOLLOW_UP_MAX_DELAY", 30.0)
+        release = threading.Event()
+        ran: list[tuple[str, str]] = []
+
+        def work(key: tuple[str, str]) -> None:
+            ran.append(key)
+            release.wait(5.0)
+
+        queue.work = work
+        queue.is_new = lambda key: False
+        queue.request(("ns", "job"))
+        await asyncio.sleep(0.05)
+        assert ran == [("ns", "job")]
+        queue.request(("ns", "job"), urgent=True)  # coalesced with the running reconcile: dirty
+        queue._count_new(+1)  # a new job's first reconcile in flight from now on
+        queue.pause()
+        release.set()
+        await asyncio.sleep(0.2)
+        assert ran == [("ns", "job")]  # no second run while paused
+        queue.resume()
+        await asyncio.sleep(0.2)
+        assert ran == [("ns", "job"), ("ns", "job")]  # at once: the urgency survived the pause
+        queue._count_new(-1)
+        queue.shutdown()
 
     asyncio.run(scenario())
 

@@ -11,7 +11,10 @@ The RoleBinding is the one child written in the same parallel batch as the worke
 against its Role, which must exist first, so holding the workers for it would cost a second round trip on the
 path from `kubectl apply` to the pods. No worker uses it when it is created: it only lets rank 0 write live
 progress, seconds later, as the job's own ServiceAccount. It is written only when its Role is the job's:
-binding a user's Role of that name would grant its rules to the job's ServiceAccount, so to the workers.
+binding a user's Role of that name would grant its rules to the job's ServiceAccount, so to the workers. A
+problem with the RoleBinding itself (someone else's object under its name, a refused create) holds nothing,
+whether it is found before the workers or with them: it is reported, and the job runs without live progress
+(`ownership.PROGRESS_ONLY_KINDS`).
 """
 
 from __future__ import annotations

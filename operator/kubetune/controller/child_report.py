@@ -25,7 +25,8 @@ def report_children(
     Warning Event per problem when it first appears (not one per retry), and a retry after
     child_retry_seconds. A blocking problem (a missing child, or someone else's object under a child's
     name) holds the job Pending: no workers are created, and the workers of this attempt, which would use
-    that object, are removed under a fresh attempt number (not counted as a restart). Failure handling,
+    that object, are removed under a fresh attempt number (not counted as a restart). A problem of a
+    progress-only child (`ownership.PROGRESS_ONLY_KINDS`) is reported and holds nothing. Failure handling,
     deadlines and the TTL have already been decided by `plan` and are kept. With `workers_created` (the
     problems were found after this reconcile created its workers) only the condition and Events change:
     the next reconcile (a pod event brings it soon), which ensures the children first, holds the job.
@@ -53,7 +54,8 @@ def report_children(
     if status.phase in (None, Phase.PENDING, Phase.STARTING):
         status.phase = Phase.PENDING
         status.message = tail(f"waiting for the job's children: {message}", 600)
-    foreign = any(p.reason == ChildProblemReason.NOT_CONTROLLED for p in problems)
+    # (Only an object the workers use makes them go: a user's progress RoleBinding leaves them alone.)
+    foreign = any(p.blocking and p.reason == ChildProblemReason.NOT_CONTROLLED for p in problems)
     current = [p for p in pods if p.attempt == status.attempt and not p.deleting]
     if foreign and current:
         result.delete_workers.extend(p.name for p in current if p.name not in result.delete_workers)

@@ -59,6 +59,13 @@ def describe_controller(obj: dict[str, Any]) -> str:
     return f"{ref.get('kind', '?')} {ref.get('name', '?')} (uid {ref.get('uid', '?')})"
 
 
+# Children that no worker needs in order to train: the progress RoleBinding only lets rank 0 write live
+# progress (and the trainer's status sink never stops training when it cannot). A problem with one (someone
+# else's object under its name, a 403, a webhook's refusal) is reported, and the job goes on without live
+# progress: its workers are created and kept.
+PROGRESS_ONLY_KINDS = frozenset({"RoleBinding"})
+
+
 class ChildProblemReason(StrEnum):
     NOT_CONTROLLED = "ChildNotControlled"  # an object of that name exists and the job does not control it
     CREATE_REFUSED = "ChildCreateRefused"  # quota, a webhook, a policy engine refused the create
@@ -76,11 +83,16 @@ class ChildProblem:
 
     @property
     def blocking(self) -> bool:
-        """True when workers must not be created: the child is missing or is someone else's object."""
-        return self.reason != ChildProblemReason.UPDATE_REFUSED
+        """True when workers must not be created: the child is missing or is someone else's object, and the
+        workers need it (not a PROGRESS_ONLY_KINDS child)."""
+        return self.reason != ChildProblemReason.UPDATE_REFUSED and self.kind not in PROGRESS_ONLY_KINDS
 
     def describe(self) -> str:
-        return f"{self.kind} {self.name}: {self.message}"
+        """'Kind name: what is wrong and the fix', plus what the job does meanwhile when it does not wait."""
+        described = f"{self.kind} {self.name}: {self.message}"
+        if self.kind in PROGRESS_ONLY_KINDS:
+            described += "; until then the job runs without live progress (status.progress is not updated)"
+        return described
 
 
 def not_controlled(kind: str, name: str, existing: dict[str, Any]) -> ChildProblem:

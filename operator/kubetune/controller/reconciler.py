@@ -325,28 +325,31 @@ class Reconciler:
 
         Order (`child_order`): every child a worker uses (ConfigMap, ServiceAccount, Service, Role, PodGroup)
         at once, then the workers, only when none of those has a blocking problem (`report_children` clears
-        them), in one parallel batch with the RoleBinding. So a worker never mounts a user's ConfigMap or runs
-        with a user's ServiceAccount's token, not even for a moment, and the path from apply to the pods is
-        still two round trips. A job whose children had a problem last time ensures all of them first.
+        them), in one parallel batch with the RoleBinding, whose problems are reported but hold nothing (it
+        only serves live progress: `ownership.PROGRESS_ONLY_KINDS`). So a worker never mounts a user's
+        ConfigMap or runs with a user's ServiceAccount's token, not even for a moment, and the path from
+        apply to the pods is still two round trips. A job whose children had a problem last time ensures all of them first.
         """
         children = self._children_to_ensure(job, result)
         order = order_children(children, troubled=key in self._child_trouble)
         with_workers = order.with_workers
         writer = ChildWriter(self.kube, self._in_parallel)
         problems = problems + writer.ensure(job.name, job.uid, order.before_workers)
-        if problems and with_workers:
+        blocked = any(p.blocking for p in problems)
+        if blocked and with_workers:
             # Off the fast path now (a blocking problem holds the workers back): report every problem at once.
             problems += writer.ensure(job.name, job.uid, with_workers, known=problems)
             with_workers = []
-        if problems:
-            report_children(result, problems, pods, now, job.generation, self.options)
+        if blocked:
+            report_children(result, problems, pods, now, job.generation, self.options)  # holds the workers
         existed, found = self._create_workers(job, result, untouched, writer, with_workers)
-        if found:
-            problems = problems + found
+        problems = problems + found
+        if not blocked or found:
+            # Reported once, with what the workers' batch found too (a user's progress RoleBinding holds
+            # nothing: the same report whether it was found before the workers or with them).
             created = bool(result.create_workers)
             report_children(result, problems, pods, now, job.generation, self.options, created)
         if not problems:
-            report_children(result, [], pods, now, job.generation, self.options)
             self._child_trouble.discard(key)
             if children:
                 self._ensured.add(self._ensured_marker(job, result))

@@ -4,7 +4,8 @@ Requests for one job are coalesced and never run concurrently (a burst of pod ev
 reconciles); different jobs run in parallel on a thread pool. Time-based transitions come back through the
 reconcile's answer (seconds until the next look, like RequeueAfter); a failing reconcile is retried with
 exponential backoff. While kopf's peering has paused this replica nothing runs and no timer is armed:
-keys asked for meanwhile are remembered and looked at on resume (one writer at a time).
+keys asked for meanwhile are remembered, with their urgency, and looked at on resume (one writer at a time);
+a reconcile already running when the pause comes finishes, but does not start again until the resume.
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ class WorkQueue:
         """Reconcile `key` now (coalesced with a running reconcile) or after `delay` seconds. `urgent`: the
         reconcile may create or stop a gang's pods (Kueue admitted or evicted the job), so it runs like a new
         job's first reconcile, on their threads and without yielding to them."""
+        state = self._states.setdefault(key, _KeyState())
+        # Kept on the key's state even while paused: the resume must still run it urgently.
+        state.urgent = state.urgent or urgent
         if self._paused:
             self._asked_while_paused.add(key)
             return
         loop = asyncio.get_running_loop()
-        state = self._states.setdefault(key, _KeyState())
-        state.urgent = state.urgent or urgent
         if delay > 0:
             due = loop.time() + delay
             if state.timer is not None and state.timer_due <= due:
@@ -98,7 +100,8 @@ class WorkQueue:
                 self._asked_while_paused.add(key)
 
     def resume(self) -> None:
-        """This replica is active again: look at every job asked for (or timed) while paused."""
+        """This replica is active again: look at every job asked for (or timed) while paused, urgent ones
+        with the urgency they were asked with (`request` kept it on their state)."""
         self._paused = False
         waiting, self._asked_while_paused = self._asked_while_paused, set()
         for key in sorted(waiting):
@@ -131,6 +134,11 @@ class WorkQueue:
         state = self._states[key]
         try:
             while True:
+                if self._paused:
+                    # Paused between the request and this run, or while the last run was in flight with
+                    # more asked for: one writer at a time, so the key (and its urgency) waits for the resume.
+                    self._asked_while_paused.add(key)
+                    return
                 state.dirty = False
                 first = self.is_new(key) or state.urgent
                 state.urgent = False
