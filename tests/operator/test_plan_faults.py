@@ -5,7 +5,7 @@ alone and reported, and every ended attempt kept in the status for diagnosis."""
 
 from __future__ import annotations
 
-from kubetune.controller.child_report import report_children
+from kubetune.controller.child_report import report_children, retry_seconds
 from kubetune.controller.observe import observe_pod
 from kubetune.controller.ownership import (
     ChildProblem,
@@ -186,6 +186,24 @@ def test_a_foreign_object_under_a_childs_name_holds_the_job_and_is_reported_once
     fixed = decide(body, [], 40)
     report_children(fixed, [], [], at(40), 1, OPTIONS)
     assert fixed.create_workers == [0, 1] and condition(fixed, "ChildrenReady")["status"] == "True"
+
+
+def test_a_lasting_child_problem_is_retried_less_often_as_it_ages_and_fast_again_once_new() -> None:
+    refused = ChildProblem("ConfigMap", "demo-config", ChildProblemReason.CREATE_REFUSED, "exceeded quota")
+    body = job_body(nodes=2)
+    delays = []
+    for second in (0, 10, 60, 400, 1000):
+        result = decide(body, [], second)
+        report_children(result, [refused], [], at(second), 1, OPTIONS)
+        delays.append(result.requeue_after)
+        body = written(body, result)
+    # 10 s while new, then a quarter of its age since the condition turned False, capped
+    assert delays == [10.0, 10.0, 15.0, 100.0, OPTIONS.child_retry_max_seconds]
+    # Fixed (the condition turns True), then a new problem: fast retries again
+    fixed = decide(body, [], 1010)
+    report_children(fixed, [], [], at(1010), 1, OPTIONS)
+    assert condition(fixed, "ChildrenReady")["status"] == "True"
+    assert retry_seconds(None, at(1020), OPTIONS) == OPTIONS.child_retry_seconds  # (no False condition)
 
 
 def test_a_refused_child_does_not_stop_the_deadline() -> None:

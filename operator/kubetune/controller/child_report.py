@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from kubetune.controller.observe import WorkerPod, tail
+from kubetune.controller.observe import WorkerPod, parse_time, tail
 from kubetune.controller.ownership import ChildProblem, ChildProblemReason
 from kubetune.controller.plan import JobEvent, Plan, PlanOptions, set_condition
 from kubetune.spec.status import FINAL_PHASES, ConditionType, Phase
@@ -22,8 +22,7 @@ def report_children(
     """Fold the children's problems (see `ownership`) into the plan, so that the status is written with them.
 
     Sets condition ChildrenReady (False with every problem named; back to True once they are gone), one
-    Warning Event per problem when it first appears (not one per retry), and a retry after
-    child_retry_seconds. A blocking problem (a missing child, or someone else's object under a child's
+    Warning Event per problem when it first appears (not one per retry), and a retry (`retry_seconds`). A blocking problem (a missing child, or someone else's object under a child's
     name) holds the job Pending: no workers are created, and the workers of this attempt, which would use
     that object, are removed under a fresh attempt number (not counted as a restart). A problem of a
     progress-only child (`ownership.PROGRESS_ONLY_KINDS`) is reported and holds nothing. Failure handling,
@@ -33,6 +32,9 @@ def report_children(
     """
     status = result.status
     existing = next((c for c in status.conditions if c.type == ConditionType.CHILDREN_READY), None)
+    failing_since = (
+        parse_time(existing.last_transition_time) if existing and existing.status == "False" else None
+    )
     if not problems:
         if existing is not None and existing.status != "True":
             message = "every child exists and is controlled by the job"
@@ -42,7 +44,7 @@ def report_children(
     if existing is None or existing.status != "False" or existing.message != message:
         result.events.extend(JobEvent("Warning", p.reason, tail(p.describe(), 900)) for p in problems)
     set_condition(status, ConditionType.CHILDREN_READY, False, problems[0].reason, message, now, generation)
-    result.requeue(options.child_retry_seconds)
+    result.requeue(retry_seconds(failing_since, now, options))
     if workers_created:
         return
     if status.phase in FINAL_PHASES or status.phase in (Phase.RESTARTING, Phase.SUSPENDED):
@@ -62,3 +64,15 @@ def report_children(
         status.attempt += 1
         status.attempt_start_time = None
         status.workers.created = 0
+
+
+def retry_seconds(failing_since: datetime | None, now: datetime, options: PlanOptions) -> float:
+    """How soon to retry the children: child_retry_seconds while the problem is new, then a quarter of how
+    long it has lasted (ChildrenReady=False since `failing_since`), at most child_retry_max_seconds.
+
+    Kubernetes controllers back off an item that keeps failing; the age of the condition serves as the
+    failure count, so the backoff survives an operator restart and needs no memory of its own."""
+    if failing_since is None:
+        return options.child_retry_seconds
+    age = (now - failing_since).total_seconds()
+    return max(options.child_retry_seconds, min(age / 4, options.child_retry_max_seconds))

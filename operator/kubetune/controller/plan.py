@@ -78,6 +78,9 @@ class PlanOptions:
     # removes) before it is force-deleted (grace 0) so that the next attempt can use its name.
     terminating_timeout_seconds: float = 300.0
     child_retry_seconds: float = 10.0  # how soon to retry a child that could not be created
+    # A child problem that lasts (a progress RoleBinding someone else owns can last the whole run) is retried
+    # less often as it ages: after a quarter of its age, up to this long (see `child_report.retry_seconds`).
+    child_retry_max_seconds: float = 120.0
     kueue: bool = False  # the Kueue integration is on (jobs may name a queue): `kubetune operator --kueue`
     # The coscheduling integration is on (jobs may ask for a PodGroup): `kubetune operator --coscheduling`.
     coscheduling: bool = False
