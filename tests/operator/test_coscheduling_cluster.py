@@ -334,6 +334,14 @@ def test_the_coscheduling_scheduler_runs_one_gang_whole_and_binds_none_of_the_ot
         time.sleep(0.5)
     held = status(kube_cluster, kube_namespace, second)
     assert held.get("phase") not in ("Running", "Failed", "Succeeded"), held
+
+    # The waiting gang's pods are Unschedulable: status.waiting lists them (schedulingTimeoutSeconds applies).
+    def listed_waiting() -> list[dict[str, Any]] | None:
+        entries: list[dict[str, Any]] = status(kube_cluster, kube_namespace, second).get("waiting") or []
+        return entries if {e["pod"] for e in entries} == {p.metadata.name for p in waiting} else None
+
+    entries = wait_for(listed_waiting, 30, f"the 3 workers of {second} in status.waiting")
+    assert {e["reason"] for e in entries} == {"Unschedulable"}, entries
     conditions = [
         c
         for p in workers(kube_cluster, kube_namespace, second)
