@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(KUBETUNE_CACHE)/torch_extensions
 
-.PHONY: demo test lint typecheck venv cluster-bin node-bin kueue-bin s3-bin mlflow-server peer-bin images gpu-check
+.PHONY: demo test lint typecheck venv cluster-bin node-bin kueue-bin s3-bin mlflow-server peer-bin coscheduling-bin images gpu-check
 # Each recipe runs hack/setup-venv.sh itself (it creates the venv once, then only re-points the editable install).
 
 venv:
@@ -41,6 +41,11 @@ mlflow-server:
 # Kubeflow Trainer v2's and JobSet's controller managers, the side-by-side peer (issue 14), and their CRDs.
 peer-bin:
 	bash hack/peer/build.sh
+
+# kube-scheduler with scheduler-plugins' Coscheduling plugin, built against the control plane's Kubernetes (so
+# only the plugin compiles once cluster-bin has run), for the gang-scheduling tests without Kueue.
+coscheduling-bin: cluster-bin
+	bash hack/coscheduling/build.sh
 
 # The real test nodes' binaries (kubelet, kube-proxy, CoreDNS) and system packages (containerd, runc, CNI).
 node-bin:
@@ -74,7 +79,7 @@ test:
 	eval "$$setup"
 	export KUBETUNE_CLUSTER_BIN="$$cluster_bin" KUBETUNE_NODES_BIN="$$nodes_bin" KUBETUNE_KUEUE_BIN="$$kueue_bin"
 	export KUBETUNE_S3_BIN="$$s3_bin" KUBETUNE_MLFLOW_VENV="$$mlflow_venv"
-	export KUBETUNE_PEER_BIN="$$peer_bin"
+	export KUBETUNE_PEER_BIN="$$peer_bin" KUBETUNE_COSCHEDULING_BIN="$$coscheduling_bin"
 	export PATH="$$cluster_bin:$$venv/bin:$$PATH"
 	export KUBETUNE_REQUIRE_CLUSTER=1
 	ruff check .

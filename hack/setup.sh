@@ -6,7 +6,7 @@
 # System packages come first, one apt at a time (apt holds a lock). The builds then run side by side in three
 # lanes, because on a cold machine they wait on different things: the virtualenv on PyPI downloads and the
 # disk (and the MLflow server's own venv), the images on PyPI again and Docker's layer commits, the Go-built
-# parts (control plane, node binaries, Kueue, the S3 server, Kubeflow Trainer and JobSet) on the CPU. Warm, every lane is a cache hit of a few seconds.
+# parts (control plane and the coscheduling scheduler, node binaries, Kueue, the S3 server, Kubeflow Trainer and JobSet) on the CPU. Warm, every lane is a cache hit of a few seconds.
 # Each lane's stderr is printed with its name as a prefix; a failed lane fails the whole setup.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +30,8 @@ lane() { # NAME COMMAND...: runs COMMAND with its stderr prefixed; stdout to $re
 }
 go_parts() {
   bash hack/cluster/build.sh | tail -n 1 >"$results/cluster_bin"
+  # Right after the control plane: it compiles against the same Kubernetes, so only its plugin is new.
+  bash hack/coscheduling/build.sh | tail -n 1 >"$results/coscheduling_bin"
   bash hack/nodes/build.sh | tail -n 1 >"$results/nodes_bin"
   bash hack/kueue/build.sh | tail -n 1 >"$results/kueue_bin"
   bash hack/s3/build.sh | tail -n 1 >"$results/s3_bin"
@@ -66,3 +68,4 @@ printf 'nodes_bin=%q\n' "$(cat "$results/nodes_bin")"
 printf 'kueue_bin=%q\n' "$(cat "$results/kueue_bin")"
 printf 's3_bin=%q\n' "$(cat "$results/s3_bin")"
 printf 'peer_bin=%q\n' "$(cat "$results/peer_bin")"
+printf 'coscheduling_bin=%q\n' "$(cat "$results/coscheduling_bin")"
