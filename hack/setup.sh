@@ -6,7 +6,8 @@
 # System packages come first, one apt at a time (apt holds a lock). The builds then run side by side in three
 # lanes, because on a cold machine they wait on different things: the virtualenv on PyPI downloads and the
 # disk (and the MLflow server's own venv), the images on PyPI again and Docker's layer commits, the Go-built
-# parts (control plane and the coscheduling scheduler, node binaries, Kueue, the S3 server, Kubeflow Trainer and JobSet) on the CPU. Warm, every lane is a cache hit of a few seconds.
+# parts (the control plane and the coscheduling scheduler, node binaries, Kueue, the S3 server, Kubeflow
+# Trainer and JobSet) on the CPU. Warm, every lane is a cache hit of a few seconds.
 # Each lane's stderr is printed with its name as a prefix; a failed lane fails the whole setup.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
