@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from kubetune.controller import names
+from kubetune.controller import connection, names
 from kubetune.controller.reconciler import Reconciler
 from kubetune.spec.models import API_GROUP, API_VERSION, PLURAL
 
@@ -62,8 +62,9 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
-        # The same credentials as our own client: in-cluster ServiceAccount, else $KUBECONFIG.
-        return kopf.login_via_client(**kwargs)
+        # The same credentials as our own requests: in-cluster ServiceAccount, else $KUBECONFIG (read again
+        # at each login: kopf logs in again when the API server refuses a rotated token).
+        return connection.login(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
