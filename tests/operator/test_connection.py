@@ -20,6 +20,7 @@ from unittest import mock
 import kopf
 import pytest
 import yaml
+from kubernetes.config import kube_config
 from kubernetes.utils.quantity import parse_quantity as official_parse_quantity
 from kubetune.controller import connection
 from kubetune.controller.kube import ApiConnection, Kube
@@ -32,7 +33,11 @@ def login_with(kubeconfig: Path) -> Callable[[], kopf.ConnectionInfo]:
     """`connection.login` reading `kubeconfig` (as $KUBECONFIG) at every call."""
 
     def login() -> kopf.ConnectionInfo:
-        with mock.patch.dict(os.environ, {"KUBECONFIG": str(kubeconfig)}):
+        # (The official client reads $KUBECONFIG once, when imported: the test session imported it long ago.)
+        with (
+            mock.patch.dict(os.environ, {"KUBECONFIG": str(kubeconfig)}),
+            mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig)),
+        ):
             return connection.login()
 
     return login
