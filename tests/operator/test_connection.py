@@ -196,6 +196,9 @@ def test_a_missing_entry_or_no_kubeconfig_is_named(tmp_path: Path) -> None:
     config["contexts"][0]["context"]["user"] = "nobody"
     with pytest.raises(kopf.LoginError, match="'nobody'"):
         login_with(_write(tmp_path / "config", config))()
+    no_server = _kubeconfig({"token": "abc"}, {"insecure-skip-tls-verify": True})
+    with pytest.raises(kopf.LoginError, match="without a server"):
+        login_with(_write(tmp_path / "config", no_server))()
     no_kubeconfig = {"KUBECONFIG": "", "HOME": str(tmp_path / "home")}
     with mock.patch.dict(os.environ, no_kubeconfig), pytest.raises(kopf.LoginError, match="set KUBECONFIG"):
         connection.login()

@@ -63,6 +63,10 @@ def login(*, settings: kopf.OperatorSettings | None = None, **kwargs: Any) -> ko
         ) from None
     if info is None:  # (kopf's reader found no file; kubeconfig_paths said there is one: a race)
         raise kopf.LoginError("the kubeconfig disappeared while the operator read it; set KUBECONFIG")
+    if not info.server:
+        raise kopf.LoginError(
+            "the kubeconfig's current context names a cluster without a server: add its https:// URL"
+        )
     return info
 
 
