@@ -96,9 +96,13 @@ RUN groupadd --gid "${KUBETUNE_UID}" kubetune \
 COPY --from=operator-deps /opt/kubetune/venv /opt/kubetune/venv
 COPY --from=operator-app /opt/overlay/ /
 # No .pyc files: the root filesystem is read-only in the pod.
+# MALLOC_ARENA_MAX: glibc gives each of the operator's reconcile threads a malloc arena of its own (up to 8 per
+# core), each keeping the memory it once held; two are enough, as the threads share one GIL
+# (benchmarks/README.md, "Where the operator's memory goes").
 ENV PATH=/opt/kubetune/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     HOME=/tmp
 WORKDIR /tmp
 USER ${KUBETUNE_UID}:${KUBETUNE_UID}

@@ -52,6 +52,9 @@ NODES_PER_JOB = 4
 METRICS_PORT = free_loopback_port()
 GPU_NODES = 32
 GPUS_PER_NODE = 32
+# What the operator image sets for the operator's process (Dockerfile, stage `operator`), so the benchmark's
+# operator allocates memory as the deployed one does.
+OPERATOR_IMAGE_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def job(name: str) -> dict[str, Any]:
@@ -389,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         ) as cluster:
             install_crd(cluster)
             log = Path(tempfile.mkdtemp(prefix="kubetune-bench-")) / "operator.log"
-            env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+            env = {**os.environ, **OPERATOR_IMAGE_ENV, "KUBECONFIG": str(cluster.kubeconfig)}
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             entry = ["kubetune.cli"]
             if args.tracemalloc:

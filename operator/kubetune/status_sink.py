@@ -228,7 +228,7 @@ class StatusSink:
 
 def kube_patcher(namespace: str, name: str) -> Patcher:
     """A Patcher writing `status` of FineTuneJob namespace/name with the pod's own ServiceAccount (in-cluster),
-    else $KUBECONFIG. Raises kubernetes.config.ConfigException when neither is available."""
+    else $KUBECONFIG. Raises kopf.LoginError when neither is available."""
     from kubetune.controller.kube import Kube, load_client_config
 
     kube = Kube(load_client_config())

@@ -88,3 +88,12 @@ def test_the_queued_benchmark_drains_a_small_queue_without_a_failure(kube_cluste
     assert "failed: 0 []" in completed.stdout, completed.stdout
     assert "admission -> 4 pods created (watch): p50" in completed.stdout
     assert "over 3 jobs" in completed.stdout
+
+
+def test_the_benchmarks_operator_has_the_images_environment() -> None:
+    """The benchmark's operator allocates memory as the image's does (MALLOC_ARENA_MAX, Dockerfile)."""
+    from benchmarks.operator_scale import OPERATOR_IMAGE_ENV
+    from tests.deploy.dockerfile import parse_dockerfile
+
+    image_env = parse_dockerfile(REPO / "Dockerfile").stage("operator").key_values("ENV")
+    assert {name: image_env[name] for name in OPERATOR_IMAGE_ENV} == OPERATOR_IMAGE_ENV

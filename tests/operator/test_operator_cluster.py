@@ -14,13 +14,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubetune.controller.children import JobRef, WorkerContext, build_job_children, build_worker_pod
-from kubetune.controller.kube import Kube
 from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.spec.loading import parse_spec
 from kubetune.status_sink import StatusSink
 
 from tests.kube.harness import COMPLETE_ANNOTATION_PREFIX, LocalCluster, wait_for
 from tests.operator.conftest import GPUS_PER_NODE, REPO, OperatorProcess, job_manifest
+from tests.operator.test_connection import kube_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -421,9 +421,10 @@ def test_live_progress_is_written_with_the_per_job_least_privilege_identity(
 
     # The worker's own ServiceAccount token, as the pod would have it mounted
     identity = kube_cluster.kubeconfig_for_service_account(kube_namespace, "live-worker")
+    kube = kube_for(identity)  # (the operator's own API access, as the status sink builds it in the pod)
     with kube_cluster.new_api_client(identity) as api:
         sink = StatusSink(
-            lambda patch: Kube(api).patch_job_status(kube_namespace, "live", patch, None), min_interval=0.0
+            lambda patch: kube.patch_job_status(kube_namespace, "live", patch, None), min_interval=0.0
         )
         sink.emit(ProgressEvent(event=EventKind.STARTED, step=0, total_steps=200))
         sink.emit(

@@ -16,6 +16,7 @@ from kubetune.events import EventKind, JobSummary, ProgressEvent
 from kubetune.spec.models import API_GROUP, API_VERSION, KIND, PLURAL
 from kubetune.status_sink import StatusSink
 
+from tests.operator.test_connection import kube_for
 from tests.operator.test_status_sink import OFFLINE
 
 pytestmark = pytest.mark.cluster
@@ -51,7 +52,7 @@ def test_the_next_attempts_report_replaces_status_tracking_whole(
         "spec": {"model": {"name": "m"}, "dataset": {"name": "glue"}},
     }
     api.create_namespaced_custom_object(API_GROUP, API_VERSION, kube_namespace, PLURAL, job)
-    kube = Kube(kube_cluster.api_client())
+    kube = kube_for(kube_cluster.kubeconfig)
 
     report(kube, kube_namespace, OFFLINE)
     first = api.get_namespaced_custom_object(API_GROUP, API_VERSION, kube_namespace, PLURAL, "tracked")

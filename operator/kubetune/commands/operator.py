@@ -82,8 +82,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
+def _leave_out_official_client() -> None:
+    """kopf imports the official `kubernetes` package's client when kopf is imported, only to recognise that
+    client's model objects (kopf/_cogs/helpers/thirdparty.py), which the operator never hands it; the import
+    costs about 30 MB of memory (it pulls google-auth, oauthlib, requests, cryptography; benchmarks/README.md).
+    So this process marks the package absent before importing kopf (an import of it raises ImportError, which
+    kopf expects). `controller.connection` brings it back for kubeconfigs only its loader reads."""
+    if "kubernetes" not in sys.modules:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT. Returns 0 on a clean stop."""
+    _leave_out_official_client()
     import kopf
 
     from kubetune.controller.children import DEFAULT_IMAGE

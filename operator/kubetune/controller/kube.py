@@ -1,19 +1,26 @@
-"""The operator's few API calls, as plain REST on the official client's connection (auth, TLS, pooling).
+"""The operator's few API calls, as plain REST: JSON over urllib3 (the official client's HTTP library), with
+the credentials kopf's login functions read (`controller.connection`).
 
 Objects go in and out as the API's JSON dicts (camelCase), the same form the pure planner works on, so no
-conversion to and from the client's generated model classes is needed.
+conversion to and from the official client's generated model classes is needed (nor that package: importing
+it costs the operator about 30 MB of memory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
+import threading
+import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
+import kopf
+import urllib3
 
+from kubetune.controller import connection
 from kubetune.controller.names import FIELD_MANAGER
 from kubetune.spec.models import API_GROUP, API_VERSION, PLURAL
 
@@ -38,6 +45,8 @@ _RESOURCES = {
 # Kinds without a namespace.
 _CLUSTER_SCOPED = frozenset({"ResourceFlavor", "PriorityClass"})
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds
+# One connection per concurrent reconcile thread (a pool of 4 would serialise them).
+CONNECTION_POOL_SIZE = 64
 
 
 class ApiError(RuntimeError):
@@ -49,17 +58,90 @@ class ApiError(RuntimeError):
         super().__init__(f"HTTP {status} {reason}: {message}")
 
 
-def load_client_config() -> client.ApiClient:
-    """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # (read $KUBECONFIG now: the client module captured it at import time)
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-    configuration = client.Configuration.get_default_copy()
-    # One connection per concurrent reconcile thread (the default pool of 4 would serialise them).
-    configuration.connection_pool_maxsize = 64
-    return client.ApiClient(configuration)
+class ApiConnection:
+    """HTTPS to the API server on one urllib3 connection pool (thread-safe), with the credentials `login`
+    returns. It logs in again when the API server refuses them (401: a rotated or expired token) and retries
+    that request once, and every REFRESH_SECONDS anyway, as client-go re-reads a token file (the kubelet
+    rotates a pod's projected ServiceAccount token; the old one stays valid until it expires)."""
+
+    REFRESH_SECONDS = 60.0
+
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo] = connection.login) -> None:
+        """Raises kopf.LoginError (from `login`) when there are no credentials."""
+        self._login = login
+        self._refreshing = threading.Lock()
+        self._tls: kopf.ConnectionInfo | None = None
+        self._pool: urllib3.PoolManager | None = None
+        self._use(login())
+
+    def _use(self, info: kopf.ConnectionInfo) -> None:
+        """Send the next requests with `info`; a new pool only when its TLS or proxy changed (the pooled
+        connections stay open across token refreshes)."""
+        tls = dataclasses.replace(
+            info, username=None, password=None, scheme=None, token=None, expiration=None
+        )
+        pool = self._pool
+        if pool is None or tls != self._tls:
+            context = info.as_ssl_context()  # (kopf's: CA and client certificate from data or files)
+            if info.proxy_url:
+                pool = urllib3.ProxyManager(
+                    info.proxy_url, num_pools=4, maxsize=CONNECTION_POOL_SIZE, ssl_context=context
+                )
+            else:
+                pool = urllib3.PoolManager(num_pools=4, maxsize=CONNECTION_POOL_SIZE, ssl_context=context)
+            self._tls, self._pool = tls, pool
+        # One tuple, swapped at once: a concurrent request reads the old one or the new one, whole.
+        self._current = (info.server.rstrip("/"), info.as_http_headers(), pool)
+        self._logged_in_at = time.monotonic()
+
+    def _refresh(self, seen: tuple[str, dict[str, str], urllib3.PoolManager], wait: bool) -> None:
+        """Log in again, unless another thread did since `seen` was read (or, without `wait`, is doing it)."""
+        if not self._refreshing.acquire(blocking=wait):
+            return
+        try:
+            if self._current is seen:
+                self._use(self._login())
+        finally:
+            self._refreshing.release()
+
+    def send(self, method: str, path: str, body: Any, content_type: str) -> tuple[int, bytes]:
+        """Send one request (`path` with its query string); returns (HTTP status, response body).
+        Raises urllib3's errors when the API server cannot be reached, kopf.LoginError when logging in
+        again fails."""
+        current = self._current
+        if time.monotonic() - self._logged_in_at > self.REFRESH_SECONDS:
+            try:
+                self._refresh(current, wait=False)
+            except (kopf.LoginError, OSError) as error:  # keep the credentials that still work
+                self._logged_in_at = time.monotonic()
+                logger.warning(
+                    "could not refresh the API server credentials (the old ones are kept): %s", error
+                )
+            current = self._current
+        payload = None if body is None else json.dumps(body)
+        for attempt in range(2):
+            server, credentials, pool = current
+            response = pool.request(
+                method,
+                server + path,
+                body=payload,
+                headers={"Accept": "application/json", "Content-Type": content_type, **credentials},
+                timeout=urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1]),
+                # urllib3's default retries, as the official client had them: a pooled connection the API
+                # server closed is retried on a fresh one (reads only for idempotent methods).
+                retries=urllib3.Retry.DEFAULT,
+            )
+            if response.status != 401 or attempt:
+                return response.status, response.data
+            self._refresh(current, wait=True)  # (a 401 is answered before the request is acted on)
+            current = self._current
+        raise AssertionError("unreachable")
+
+
+def load_client_config() -> ApiConnection:
+    """A connection with the in-cluster ServiceAccount, else $KUBECONFIG / ~/.kube/config
+    (`connection.login`). Raises kopf.LoginError when neither says where the API server is."""
+    return ApiConnection()
 
 
 def resource_path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -77,8 +159,8 @@ def resource_path(kind: str, namespace: str, name: str | None = None, subresourc
 class Kube:
     """Synchronous API access for the reconcile threads."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self.api = api_client
+    def __init__(self, api: ApiConnection) -> None:
+        self.api = api
 
     def request(
         self,
@@ -94,25 +176,17 @@ class Kube:
         for a non-2xx answer."""
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        method_, url, headers, body_, post = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
-        data = response.read()
-        text = data.decode("utf-8") if isinstance(data, bytes) else str(data or "")
-        if not 200 <= response.status < 300:
+        status_code, data = self.api.send(method, path, body, content_type)
+        if not 200 <= status_code < 300:
+            text = data.decode("utf-8", "replace")
             try:
                 status = json.loads(text)
-                raise ApiError(response.status, status.get("reason", ""), status.get("message", text))
+                raise ApiError(status_code, status.get("reason", ""), status.get("message", text))
             except json.JSONDecodeError:
-                raise ApiError(response.status, "", text[:500]) from None
+                raise ApiError(status_code, "", text[:500]) from None
         if not decode:
             return {}
-        return json.loads(text) if text else {}
+        return json.loads(data) if data else {}
 
     # --- FineTuneJobs -------------------------------------------------------------------------------------------
 

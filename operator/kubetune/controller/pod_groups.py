@@ -19,10 +19,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
-
 from kubetune.controller import names
 from kubetune.controller.children import JobRef, owner_reference
+from kubetune.controller.quantity import parse_quantity
 from kubetune.spec.models import FineTuneJobSpec
 
 POD_GROUP_GROUP = "scheduling.x-k8s.io"

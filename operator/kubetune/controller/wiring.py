@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from kubetune.controller import names
+from kubetune.controller import connection, names
 from kubetune.controller.reconciler import Reconciler
 from kubetune.spec.models import API_GROUP, API_VERSION, PLURAL
 
@@ -39,7 +39,7 @@ CHILD_LABELS: dict[str, Any] = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.
 CHILD_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},{names.LABEL_JOB}"
 CHILD_WATCHES = ("pods", "services", "configmaps")
 WORKLOAD_RESOURCE = ("kueue.x-k8s.io/v1beta2", "workloads")
-KOPF_WORKER_IDLE_SECONDS = 1.0  # see `configure`
+KOPF_WORKER_IDLE_SECONDS = 0.25  # see `configure`
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
@@ -62,8 +62,9 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
-        # The same credentials as our own client: in-cluster ServiceAccount, else $KUBECONFIG.
-        return kopf.login_via_client(**kwargs)
+        # The same credentials as our own requests: in-cluster ServiceAccount, else $KUBECONFIG (read again
+        # at each login: kopf logs in again when the API server refuses a rotated token).
+        return connection.login(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -79,7 +80,8 @@ def build_registry(reconciler: Reconciler, settings: OperatorSettings) -> kopf.O
         settings.watching.client_timeout = 330
         # kopf keeps a task per watched object until no event came for this long, and it holds the object's
         # last body (a whole pod) meanwhile: with 5 s (kopf's default), a burst of 1,000 jobs keeps thousands
-        # of them alive. Our handlers only queue a request, so a short wait loses nothing.
+        # of them alive. Our handlers only queue a request, so a short wait loses nothing: a later event of the
+        # object starts a new task (kopf removes the idle one's queue in the same step, so no event is lost).
         settings.queueing.idle_timeout = KOPF_WORKER_IDLE_SECONDS
         # Sent to the API server as the watch's labelSelector: the operator receives events of its own
         # children only, not of every pod in the cluster (the `labels=` filters below act on the client).
