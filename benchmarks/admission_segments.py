@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-# Kueue's status writes of Workloads with their request body (to find the one that admits); creates, GETs and
-# LISTs of jobs, Workloads, ResourceFlavors and pods (the operator's reconcile, request by request). Nothing
-# else: no watch, no Event, no status update of a pod.
+# Kueue's status writes of Workloads with their request body (to find the one that admits); the operator's
+# status patches of jobs (the end of its first reconcile); creates, GETs and LISTs of jobs, Workloads,
+# ResourceFlavors and pods (the operator's reconcile, request by request). Nothing else: no watch, no Event,
+# no status update of a pod.
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -41,6 +42,11 @@ rules:
     resources:
       - group: kueue.x-k8s.io
         resources: [workloads/status]
+  - level: Metadata
+    verbs: [patch]
+    resources:
+      - group: kubetune.io
+        resources: [finetunejobs/status]
   - level: Metadata
     verbs: [get, list, create]
     resources:
@@ -57,7 +63,8 @@ WORKLOAD_PREFIX = "finetunejob-"  # kubetune.controller.queueing.workload_name
 SEGMENTS = (
     ("applied -> Workload created", "applied", "workload_created"),
     ("Workload created -> admitted (Kueue)", "workload_created", "admitted"),
-    ("admitted -> reconcile began", "admitted", "picked_up"),
+    ("admitted -> the job's first reconcile ended", "admitted", "first_done"),
+    ("that -> the next reconcile began", "first_done", "picked_up"),
     ("reconcile began -> its reads answered", "picked_up", "reads_done"),
     ("reads answered -> pods created", "reads_done", "pods_created"),
     ("admitted -> pods created", "admitted", "pods_created"),
@@ -71,6 +78,9 @@ class JobTimes:
     applied: float | None = None
     workload_created: float | None = None
     admitted: float | None = None
+    # The end of the operator's first reconcile of the job (its first status patch answered), or the admission
+    # if that came later: the admitted reconcile cannot begin before (one reconcile of a job at a time).
+    first_done: float | None = None
     picked_up: float | None = None
     reads_done: float | None = None  # that reconcile's GET job, LIST pods and GET Workload all answered
     pods_created: float | None = None
@@ -112,6 +122,7 @@ def read_job_times(audit_log: Path, namespace: str, workers: int) -> dict[str, J
     workload_gets: dict[str, list[float]] = {}
     pods: dict[str, list[float]] = {}
     reads: dict[str, list[tuple[float, float]]] = {}  # (received, answered) of the operator's reads per job
+    first_patch: dict[str, float] = {}  # the operator's first status patch of each job, answered
     for line in audit_log.read_text().splitlines():
         event = json.loads(line)
         ref = event.get("objectRef") or {}
@@ -127,6 +138,8 @@ def read_job_times(audit_log: Path, namespace: str, workers: int) -> dict[str, J
             elif verb == "get":
                 job_gets.setdefault(name, []).append(received)
                 reads.setdefault(name, []).append((received, answered))
+            elif verb == "patch" and ref.get("subresource") == "status" and code == 200:
+                first_patch.setdefault(name, answered)
         elif resource == "workloads" and name.startswith(WORKLOAD_PREFIX):
             job = name[len(WORKLOAD_PREFIX) :]
             times = jobs.setdefault(job, JobTimes())
@@ -151,6 +164,7 @@ def read_job_times(audit_log: Path, namespace: str, workers: int) -> dict[str, J
             times.pods_created = sorted(pods[job])[workers - 1]
         if times.admitted is None:
             continue
+        times.first_done = max(times.admitted, first_patch.get(job, times.admitted))
         after = [at for at in sorted(workload_gets.get(job, ())) if at >= times.admitted]
         if after:
             # The reconcile that saw the admission began with its GET of the job, just before that read.

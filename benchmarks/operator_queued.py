@@ -9,6 +9,10 @@ queue drains wave after wave. Reported:
 * admission → all 4 worker pods created (p50, p99, max): from this process's Workload watch delivering the
   Admitted=True condition to its pod watch delivering the job's 4th pod (both through watch delivery, so the
   same lag on each side; on 2 shared cores that lag dominates during bursts);
+* the same path on the API server's clock, step by step (benchmarks/admission_segments.py, from its audit log):
+  applied -> Workload created -> admitted (Kueue's write) -> the job's first reconcile ended (if after the
+  admission) -> the operator's next reconcile began -> its reads answered -> 4th pod created, for the jobs admitted while the others were still being applied and for the
+  rest; how far behind the API server this process's two watches were; the five slowest jobs, moment by moment;
 * the operator's peak RSS (VmHWM) and CPU seconds over the whole run, reconciles per job;
 * how many jobs ended Failed (must be 0: waiting in the queue never fails a job) and the total wall time.
 
@@ -215,6 +219,7 @@ MOMENTS = (
     ("applied", "applied"),
     ("Workload", "workload_created"),
     ("admitted", "admitted"),
+    ("first reconcile ended", "first_done"),
     ("reconcile", "picked_up"),
     ("reads", "reads_done"),
     ("pods", "pods_created"),
