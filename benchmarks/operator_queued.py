@@ -9,6 +9,10 @@ queue drains wave after wave. Reported:
 * admission → all 4 worker pods created (p50, p99, max): from this process's Workload watch delivering the
   Admitted=True condition to its pod watch delivering the job's 4th pod (both through watch delivery, so the
   same lag on each side; on 2 shared cores that lag dominates during bursts);
+* the same path on the API server's clock, step by step (benchmarks/admission_segments.py, from its audit log):
+  applied -> Workload created -> admitted (Kueue's write) -> the job's first reconcile ended (if after the
+  admission) -> the operator's next reconcile began -> its reads answered -> 4th pod created, for the jobs admitted while the others were still being applied and for the
+  rest; how far behind the API server this process's two watches were; the five slowest jobs, moment by moment;
 * the operator's peak RSS (VmHWM) and CPU seconds over the whole run, reconciles per job;
 * how many jobs ended Failed (must be 0: waiting in the queue never fails a job) and the total wall time.
 
@@ -31,7 +35,16 @@ from typing import Any
 
 from kubernetes import client
 
-from benchmarks.operator_scale import CRD, METRICS_PORT, Watcher, percentile, proc_stats, reconcile_totals
+from benchmarks.admission_segments import AUDIT_POLICY, SEGMENTS, JobTimes, read_job_times, summarize, waves
+from benchmarks.operator_scale import (
+    CRD,
+    METRICS_PORT,
+    Watcher,
+    audit_args,
+    percentile,
+    proc_stats,
+    reconcile_totals,
+)
 from tests.kube.binaries import find_binaries
 from tests.kube.harness import COMPLETE_ANNOTATION_PREFIX, LocalCluster, wait_for
 from tests.kube.kueue import KueueManager, find_kueue
@@ -164,6 +177,55 @@ def drain(cluster: Any, count: int, dwell: float, deadline: float) -> dict[str, 
     return final
 
 
+def print_segments(times: dict[str, JobTimes], watcher: QueuedWatcher, wall_offset: float) -> None:
+    """Where the time from admission to pods goes, on the API server's clock (admission_segments), for the
+    jobs admitted while the others were still being applied and for the rest; then the same two moments as
+    this process's watches saw them (how late each watch delivered), and the slowest jobs step by step."""
+    groups = waves(times)
+    for group, label, count, p50, p99, most in summarize(times, groups):
+        if label == SEGMENTS[0][0]:
+            print(f"{group + ' (API server clock, s)':<46} {'jobs':>5} {'p50':>7} {'p99':>7} {'max':>7}")
+        print(f"  {label:<44} {count:>5} {p50:>7.3f} {p99:>7.3f} {most:>7.3f}")
+    lags: dict[str, list[float]] = {"Workload watch": [], "pod watch": []}
+    for name, job_times in times.items():
+        seen_admitted = watcher.admitted_at.get(name)
+        if seen_admitted is not None and job_times.admitted is not None:
+            lags["Workload watch"].append(seen_admitted + wall_offset - job_times.admitted)
+        pods = watcher.pods_seen.get(name, {})
+        if len(pods) >= WORKERS and job_times.pods_created is not None:
+            lags["pod watch"].append(max(pods.values()) + wall_offset - job_times.pods_created)
+    for label, values in lags.items():
+        if values:
+            print(
+                f"this benchmark's {label} behind the API server: p50 {statistics.median(values):.3f} s, "
+                f"p99 {percentile(values, 0.99):.3f} s, max {max(values):.3f} s"
+            )
+    slowest = sorted(
+        (name for name, t in times.items() if t.segment("admitted", "pods_created") is not None),
+        key=lambda name: -(times[name].segment("admitted", "pods_created") or 0.0),
+    )[:5]
+    start = min((t.applied for t in times.values() if t.applied is not None), default=0.0)
+    for name in slowest:
+        t = times[name]
+        moments = [(label, getattr(t, field)) for label, field in MOMENTS]
+        print(
+            f"  {name}: "
+            + ", ".join(f"{label} {at - start:.3f}" for label, at in moments if at is not None)
+            + " (s after the first apply)"
+        )
+
+
+MOMENTS = (
+    ("applied", "applied"),
+    ("Workload", "workload_created"),
+    ("admitted", "admitted"),
+    ("first reconcile ended", "first_done"),
+    ("reconcile", "picked_up"),
+    ("reads", "reads_done"),
+    ("pods", "pods_created"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     pool_nodes = args.fits * WORKERS * GPUS_PER_WORKER // GPUS_PER_NODE
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-bench-queued-"))
     try:
+        (workdir / "audit").mkdir()
         with LocalCluster(
-            find_binaries(), gpu_nodes=pool_nodes, gpus_per_node=GPUS_PER_NODE, workdir=workdir
+            find_binaries(),
+            gpu_nodes=pool_nodes,
+            gpus_per_node=GPUS_PER_NODE,
+            workdir=workdir,
+            apiserver_args=audit_args(workdir / "audit", AUDIT_POLICY),
         ) as cluster:
             cluster.kubectl("apply", "--server-side", "-f", str(CRD))
             established = (
@@ -223,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 watcher.ready.wait()
                 time.sleep(1.0)
                 _, cpu_before = proc_stats(operator.pid)
+                wall_offset = time.time() - time.monotonic()  # the watcher's clock to the API server's
                 began = time.monotonic()
                 for index in range(args.jobs):
                     custom.create_namespaced_custom_object(
@@ -254,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"admission -> 4 pods created (watch): p50 {statistics.median(latencies):.3f} s, "
                     f"p99 {percentile(latencies, 0.99):.3f} s, max {max(latencies):.3f} s ({slowest}) over {len(latencies)} jobs"
                 )
+                time.sleep(2.0)  # the audit log is written in batches of at most 1 s
+                audit_log = shutil.copy(workdir / "audit" / "audit.log", log.parent / "audit.log")
+                times = read_job_times(Path(audit_log), NAMESPACE, WORKERS)
+                times.pop("warm-up", None)
+                print_segments(times, watcher, wall_offset)
                 print(
                     f"operator: peak RSS {rss_peak:.0f} MB, CPU {cpu_after - cpu_before:.1f} s, "
                     f"{reconciles / args.jobs:.1f} reconciles per job; Kueue started in {kueue.startup_seconds:.1f} s"
@@ -262,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 operator.terminate()
                 operator.wait(30)
                 kueue.stop()
-                print(f"operator log: {log}")
+                print(f"operator log: {log}; the API server's audit log is kept beside it")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

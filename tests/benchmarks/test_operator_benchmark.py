@@ -97,3 +97,91 @@ def test_the_benchmarks_operator_has_the_images_environment() -> None:
 
     image_env = parse_dockerfile(REPO / "Dockerfile").stage("operator").key_values("ENV")
     assert {name: image_env[name] for name in OPERATOR_IMAGE_ENV} == OPERATOR_IMAGE_ENV
+
+
+def timed_event(
+    verb: str,
+    resource: str,
+    name: str,
+    received: float,
+    answered: float,
+    subresource: str = "",
+    code: int = 200,
+    uri: str = "",
+    request: dict[str, Any] | None = None,
+) -> str:
+    """One audit event in the queued benchmark's namespace, times in seconds after 01:00:00."""
+
+    def stamp(seconds: float) -> str:
+        return f"2026-12-02T01:00:{seconds:09.6f}Z"
+
+    event: dict[str, Any] = {
+        "verb": verb,
+        "objectRef": {"resource": resource, "namespace": "queued", "name": name, "subresource": subresource},
+        "responseStatus": {"code": code},
+        "requestReceivedTimestamp": stamp(received),
+        "stageTimestamp": stamp(answered),
+        "requestURI": uri,
+    }
+    if request is not None:
+        event["requestObject"] = request
+    return json.dumps(event)
+
+
+def test_the_queued_benchmark_splits_admission_to_pods_into_its_steps(tmp_path: Path) -> None:
+    """The audit log of one queued job, admitted while another job was still being applied: each moment is
+    the API server's, and the reconcile that acts on the admission is the one whose reads follow it."""
+    from benchmarks.admission_segments import read_job_times, summarize, waves
+
+    admission = {"status": {"admission": {"clusterQueue": "bench"}, "conditions": [{"type": "Admitted"}]}}
+    lines = [
+        timed_event("create", "finetunejobs", "job-000", 1.0, 1.1, code=201),
+        timed_event("create", "workloads", "finetunejob-job-000", 1.2, 1.3, code=201),
+        # an earlier reconcile's reads (before the admission) do not count
+        timed_event("get", "finetunejobs", "job-000", 1.4, 1.5),
+        timed_event("get", "workloads", "finetunejob-job-000", 1.5, 1.6),
+        timed_event("patch", "workloads", "finetunejob-job-000", 2.0, 2.1, "status", request=admission),
+        # the operator's first reconcile, still writing the job's children, ends with its status patch
+        timed_event("patch", "finetunejobs", "job-000", 2.2, 2.3, "status"),
+        timed_event("create", "finetunejobs", "job-001", 2.5, 2.6, code=201),
+        # the reconcile after the admission: its reads, then the pods
+        timed_event("get", "finetunejobs", "job-000", 2.4, 2.9),
+        timed_event(
+            "list",
+            "pods",
+            "",
+            2.4,
+            3.0,
+            uri="/api/v1/namespaces/queued/pods?labelSelector=kubetune.io%2Fjob-name%3Djob-000",
+        ),
+        timed_event("get", "workloads", "finetunejob-job-000", 2.41, 3.1),
+        timed_event(
+            "patch",
+            "workloads",
+            "finetunejob-job-000",
+            5.0,
+            5.1,
+            "status",
+            request={"status": {"admission": None}},
+        ),
+        timed_event("patch", "finetunejobs", "job-000", 5.2, 5.3, "status"),  # a later status patch
+    ]
+    lines += [
+        timed_event("create", "pods", f"job-000-worker-{i}", 3.2, 3.5 + 0.1 * i, code=201) for i in range(4)
+    ]
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(lines) + "\n")
+
+    times = read_job_times(log, "queued", workers=4)
+
+    job = times["job-000"]
+    assert job.segment("applied", "workload_created") == pytest.approx(0.2, abs=1e-6)
+    assert job.segment("workload_created", "admitted") == pytest.approx(0.8, abs=1e-6)
+    assert job.segment("admitted", "first_done") == pytest.approx(0.2, abs=1e-6)
+    assert job.segment("first_done", "picked_up") == pytest.approx(0.1, abs=1e-6)  # its GET of the job
+    assert job.segment("picked_up", "reads_done") == pytest.approx(0.7, abs=1e-6)  # the Workload's answer
+    assert job.segment("reads_done", "pods_created") == pytest.approx(0.7, abs=1e-6)  # the 4th pod's
+    groups = waves(times)
+    assert groups["admitted during the applies"] == ["job-000"]  # before job-001's create was answered
+    rows = {(group, label): values for group, label, *values in summarize(times, groups)}
+    assert rows[("all", "admitted -> pods created")] == pytest.approx([1, 1.7, 1.7, 1.7], abs=1e-6)

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, watch
+from kubetune.controller.kube import Kube
+from kubetune.controller.plan import PlanOptions
 from kubetune.controller.queueing import QUEUE_LABEL, workload_name
+from kubetune.controller.reconciler import Reconciler
 
 from tests.kube.harness import LocalCluster, wait_for
 from tests.kube.kueue import KueueManager
@@ -446,3 +449,83 @@ def test_a_gang_borrowing_its_cohorts_quota_is_reclaimed_requeues_uncounted_and_
     done = wait_phase(kube_cluster, kube_namespace, "borrower", "Succeeded", timeout=30)
     assert done["failedAttempts"] == 0
     print(f"cohort reclaim scenario: {time.monotonic() - began:.1f}s")
+
+
+class LatentKube(Kube):
+    """The operator's real API client against the real API server, with `latency` seconds added to every
+    request (a busy API server answers each in 0.2-1 s: benchmarks/README.md, operator_queued), recording
+    each request's (method, path, start, end)."""
+
+    def __init__(self, api: Any, latency: float) -> None:
+        super().__init__(api)
+        self.latency = latency
+        self.calls: list[tuple[str, str, float, float]] = []
+        self._lock = threading.Lock()
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        began = time.monotonic()
+        time.sleep(self.latency)
+        try:
+            return super().request(method, path, *args, **kwargs)
+        finally:
+            with self._lock:
+                self.calls.append((method, path, began, time.monotonic()))
+
+
+def round_trips_in_a_row(calls: list[tuple[str, str, float, float]]) -> int:
+    """The longest chain of `calls` (method, path, start, end) in which each starts after the one before it
+    ended: how many round trips they cost one after the other."""
+    depth: dict[int, int] = {}
+    for index, (_, _, start, _) in sorted(enumerate(calls), key=lambda item: item[1][2]):
+        depth[index] = 1 + max(
+            (depth[i] for i, c in enumerate(calls) if i in depth and c[3] <= start), default=0
+        )
+    return max(depth.values(), default=0)
+
+
+def test_an_admitted_jobs_reconcile_reads_the_job_its_pods_and_its_workload_in_one_round_trip(
+    kube_cluster: LocalCluster,
+    kube_namespace: str,
+    kubectl: Any,
+    finetunejob_crd: None,
+    gpu_queue: dict[str, str],
+) -> None:
+    """On the path from Kueue's admission to the pods, every request that waits on the one before costs a
+    round trip, up to a second each on a busy API server: the reconcile after the admission reads the job, its
+    pods and its Workload at once, so its first pod create goes out two round trips after it began (those
+    reads, then the admission's ResourceFlavor), not four. (In-process Reconciler with real requests, slowed
+    by 0.2 s each so that requests in flight together overlap plainly; the real Kueue admits.)"""
+    latency = 0.2
+    kube = LatentKube(kube_cluster.api_client(), latency)
+    reconciler = Reconciler(kube, PlanOptions(kueue=True))
+    key = (kube_namespace, "admitted")
+    try:
+        kubectl("apply", "-f", "-", input=queued_job("admitted", gpu_queue["local_queue"]))
+        reconciler.reconcile(key)  # the job queues: its Workload is created
+        wait_for(
+            lambda: (
+                (get_workload(kube_cluster, kube_namespace, "admitted") or {})
+                .get("status", {})
+                .get("admission")
+            ),
+            60,
+            "Kueue to admit the Workload",
+        )
+        kube.calls.clear()
+        reconciler.reconcile(key)
+        calls = sorted(kube.calls, key=lambda call: call[2])
+        pod_creates = [c for c in calls if c[0] == "POST" and c[1].endswith("/pods")]
+        assert len(pod_creates) == 3, calls
+        reads = [c for c in calls if c[0] == "GET" and c[2] < pod_creates[0][2]]
+        read_paths = [path for _, path, _, _ in reads]
+        assert any("/finetunejobs/admitted" in p for p in read_paths), read_paths
+        assert any(p.endswith("/pods") for p in read_paths), read_paths
+        assert any("/workloads/" in p for p in read_paths), read_paths
+        first_round = [c for c in reads if "resourceflavors" not in c[1]]
+        # The job, pod and Workload reads were all in flight together
+        assert max(c[2] for c in first_round) < min(c[3] for c in first_round), first_round
+        # Two round trips one after the other (those reads, then the flavor) before the first pod create, not
+        # four (job, pods, Workload, flavor)
+        assert round_trips_in_a_row(reads) == 2, reads
+    finally:
+        reconciler.shutdown()

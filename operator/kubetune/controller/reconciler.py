@@ -40,6 +40,7 @@ from kubetune.controller.plan import (
     status_patch,
 )
 from kubetune.controller.pod_groups import build_pod_group, wants_pod_group
+from kubetune.controller.queueing import queue_name
 from kubetune.controller.status_policy import WORKER_STATUS_FIELDS
 from kubetune.controller.worker_reports import new_warning_events
 from kubetune.controller.workload_sync import WorkloadSync
@@ -71,6 +72,8 @@ class Reconciler:
     # Jobs no operator has touched yet (no status), as their watch event showed them: see `reconcile`.
     _untouched: dict[JobKey, dict[str, Any]] = field(default_factory=dict)
     _reconciled: set[JobKey] = field(default_factory=set)
+    # Jobs sent to a Kueue queue when last read: their next reconcile reads the Workload with the job.
+    _queued: set[JobKey] = field(default_factory=set)
     _writers: ThreadPoolExecutor | None = None
     queue: WorkQueue = field(init=False)
     events: EventRecorder = field(init=False)
@@ -141,6 +144,7 @@ class Reconciler:
         self._tracker_warnings.pop(key, None)
         self._untouched.pop(key, None)
         self._reconciled.discard(key)
+        self._queued.discard(key)
         self._child_trouble.discard(key)
         self.metrics.observe_phase(key, None)
 
@@ -162,14 +166,38 @@ class Reconciler:
                 except Exception as failure:
                     outcomes.append(failure)
             return outcomes
-        if self._writers is None:
-            self._writers = ThreadPoolExecutor(32, thread_name_prefix="writes")
-        futures = [self._writers.submit(action, obj) for obj in objects]
+        futures = [self._pool().submit(action, obj) for obj in objects]
         results: list[Any] = []
         for future in futures:
             raised = future.exception()
             results.append(raised if raised is not None else future.result())
         return results
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that make a reconcile's independent requests at once."""
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(32, thread_name_prefix="writes")
+        return self._writers
+
+    def _read(
+        self, key: JobKey, with_workload: bool
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None]:
+        """The job, its worker pods and (`with_workload`) its Kueue Workload, read fresh and all at once.
+
+        One after another they were three round trips on the path from Kueue's admission to the gang's pods,
+        and on a busy API server each takes up to a second (benchmarks/README.md, operator_queued). Returns
+        (job or None, pods, Workload or None); raises the first read's error (ApiError, connection errors).
+        """
+        namespace, name = key
+        reads: list[Callable[[], Any]] = [
+            lambda: self.kube.get_job(namespace, name),
+            lambda: self.kube.list_pods(namespace, names.worker_selector(name)),
+        ]
+        if with_workload:
+            reads.append(lambda: self.workloads.read(namespace, name))
+        futures = [self._pool().submit(read) for read in reads]
+        answers = [future.result() for future in futures]
+        return answers[0], answers[1], answers[2] if with_workload else None
 
     def _is_new(self, key: JobKey) -> bool:
         return key not in self._reconciled
@@ -204,16 +232,26 @@ class Reconciler:
         # fresh, so no decision about existing pods is ever taken on a cached view.
         untouched = self._untouched.pop(key, None) if key not in self._reconciled else None
         self._reconciled.add(key)
-        body = untouched or self.kube.get_job(namespace, name)
+        # A job that was queued when last read has its Workload read with it: that Workload's event (Kueue
+        # admitted it) is what most often brings it here.
+        with_workload = self.options.kueue and key in self._queued and not untouched
+        body, raw_pods, read_workload = (untouched, [], None) if untouched else self._read(key, with_workload)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.observe_phase(key, None)
             return None
         job = ObservedJob.from_body(body)
+        if queue_name(job.labels) is not None:
+            self._queued.add(key)
+        else:
+            self._queued.discard(key)
         self._seen[key] = {"metadata": {k: body["metadata"][k] for k in ("name", "namespace", "uid")}}
-        pods, problems = self._observe_pods(job, [] if untouched else None)
+        pods, problems = self._observe_pods(job, raw_pods)
         admission, workload = (None, None)
         if self.options.kueue and not untouched:  # (a brand-new job has no Workload yet)
-            admission, workload = self.workloads.observe(job)
+            if with_workload:
+                admission, workload = self.workloads.judge(job, read_workload)
+            else:
+                admission, workload = self.workloads.observe(job)
         now = datetime.now(UTC)
         result = plan(job, pods, now, self.options, admission)
         if self.options.kueue:
@@ -265,13 +303,10 @@ class Reconciler:
         return result.requeue_after
 
     def _observe_pods(
-        self, job: ObservedJob, listed: list[dict[str, Any]] | None
+        self, job: ObservedJob, raw_pods: list[dict[str, Any]]
     ) -> tuple[list[WorkerPod], list[ChildProblem]]:
-        """The job's worker pods as the planner sees them (read fresh unless `listed` is given), and a problem
-        for each pod under a worker's name that the job does not control (left alone, never deleted)."""
-        raw_pods = (
-            self.kube.list_pods(job.namespace, names.worker_selector(job.name)) if listed is None else []
-        )
+        """The job's worker pods (`raw_pods`, as listed) as the planner sees them, and a problem for each pod
+        under a worker's name that the job does not control (left alone, never deleted)."""
         pods: list[WorkerPod] = []
         problems: list[ChildProblem] = []
         for raw in raw_pods:

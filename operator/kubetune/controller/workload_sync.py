@@ -38,10 +38,23 @@ class WorkloadSync:
         A Workload of that name left by an earlier job of the same name counts as none (it is replaced).
         Raises ApiError when the API refuses a read (e.g. RBAC without the Kueue rules).
         """
+        if queue_name(job.labels) is None:
+            return None, None
+        return self.judge(job, self.read(job.namespace, job.name))
+
+    def read(self, namespace: str, job_name: str) -> dict[str, Any] | None:
+        """The Workload of job `job_name` as the API server has it now, None when there is none (it may be
+        another job's: `judge` tells). Raises ApiError."""
+        return self.kube.get("Workload", namespace, workload_name(job_name))
+
+    def judge(
+        self, job: ObservedJob, workload: dict[str, Any] | None
+    ) -> tuple[Admission | None, dict[str, Any] | None]:
+        """As `observe`, from the Workload already `read` (with the job, in the same round trip): reads only
+        the ResourceFlavors its admission names. Raises ApiError."""
         queue = queue_name(job.labels)
         if queue is None:
             return None, None
-        workload = self.kube.get("Workload", job.namespace, workload_name(job.name))
         if workload is not None and control_of(workload, job.name, job.uid) != Control.OURS:
             return observe_admission(queue, None), workload
         flavors = []
