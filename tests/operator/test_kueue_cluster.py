@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, watch
-from kubetune.controller.kube import Kube
+from kubetune.controller.kube import ApiConnection, Kube
 from kubetune.controller.plan import PlanOptions
 from kubetune.controller.queueing import QUEUE_LABEL, workload_name
 from kubetune.controller.reconciler import Reconciler
@@ -27,6 +27,7 @@ from kubetune.controller.reconciler import Reconciler
 from tests.kube.harness import LocalCluster, wait_for
 from tests.kube.kueue import KueueManager
 from tests.operator.conftest import OperatorProcess, job_manifest, operator_account, running
+from tests.operator.test_connection import login_with
 from tests.operator.test_operator_cluster import (
     events,
     running_workers,
@@ -456,8 +457,8 @@ class LatentKube(Kube):
     request (a busy API server answers each in 0.2-1 s: benchmarks/README.md, operator_queued), recording
     each request's (method, path, start, end)."""
 
-    def __init__(self, api: Any, latency: float) -> None:
-        super().__init__(api)
+    def __init__(self, kubeconfig: Path, latency: float) -> None:
+        super().__init__(ApiConnection(login_with(kubeconfig)))
         self.latency = latency
         self.calls: list[tuple[str, str, float, float]] = []
         self._lock = threading.Lock()
@@ -496,7 +497,7 @@ def test_an_admitted_jobs_reconcile_reads_the_job_its_pods_and_its_workload_in_o
     reads, then the admission's ResourceFlavor), not four. (In-process Reconciler with real requests, slowed
     by 0.2 s each so that requests in flight together overlap plainly; the real Kueue admits.)"""
     latency = 0.2
-    kube = LatentKube(kube_cluster.api_client(), latency)
+    kube = LatentKube(kube_cluster.kubeconfig, latency)
     reconciler = Reconciler(kube, PlanOptions(kueue=True))
     key = (kube_namespace, "admitted")
     try:
