@@ -67,6 +67,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
 
 
+def go_part_root(part: str, env: str, not_found: type[RuntimeError]) -> tuple[Path, str]:
+    """Where hack/<part>/build.sh left its build: the parent of `$env` (the bin directory build.sh prints),
+    else the cache folder named by hack/<part>/cache-key.sh. Returns (root, where it came from, for a
+    message). Raises `not_found` when the cache-key script fails."""
+    explicit = os.environ.get(env)
+    if explicit:
+        return Path(explicit).parent, f"${env}={explicit}"
+    script = REPO_ROOT / "hack" / part / "cache-key.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False, timeout=30)
+    if result.returncode != 0:
+        raise not_found(f"hack/{part}/cache-key.sh failed: {result.stderr.strip()}")
+    root = cache_root() / part / result.stdout.strip()
+    return root, f"the cache ({root})"
+
+
 def cache_key() -> str:
     """The cache key of the pinned versions, from hack/cluster/cache-key.sh.
 

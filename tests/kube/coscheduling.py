@@ -17,8 +17,6 @@ so the PodGroup CRD must be Established before start().
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +25,10 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.kube.binaries import cache_root
+from tests.kube.binaries import go_part_root
 from tests.kube.harness import ClusterError, LocalCluster, _insecure
 from tests.kube.processes import ManagedProcess, free_loopback_port, https_get_ok
 
-HACK_DIR = Path(__file__).resolve().parents[2] / "hack" / "coscheduling"
 COSCHEDULING_ENV = "KUBETUNE_COSCHEDULING_BIN"
 BINARY = "coscheduling-scheduler"
 SCHEDULER_NAME = "scheduler-plugins-scheduler"  # the name scheduler-plugins' second-scheduler chart gives it
@@ -47,15 +44,6 @@ UNSCHEDULABLE_RETRY_SECONDS = 20
 
 class CoschedulingNotFound(RuntimeError):
     """No build of the coscheduling scheduler: the message says how to make one."""
-
-
-def _cache_key() -> str:
-    result = subprocess.run(
-        ["bash", str(HACK_DIR / "cache-key.sh")], capture_output=True, text=True, check=False, timeout=30
-    )
-    if result.returncode != 0:
-        raise CoschedulingNotFound(f"hack/coscheduling/cache-key.sh failed: {result.stderr.strip()}")
-    return result.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -80,11 +68,9 @@ class CoschedulingBuild:
 def find_coscheduling() -> CoschedulingBuild:
     """The build of $KUBETUNE_COSCHEDULING_BIN (its bin directory, as build.sh prints it), else the cached one
     for the pinned versions. Raises CoschedulingNotFound naming the command that builds it."""
-    explicit = os.environ.get(COSCHEDULING_ENV)
-    root = Path(explicit).parent if explicit else cache_root() / "coscheduling" / _cache_key()
+    root, source = go_part_root("coscheduling", COSCHEDULING_ENV, CoschedulingNotFound)
     build = CoschedulingBuild(root)
     if not build.binary.exists():
-        source = f"${COSCHEDULING_ENV}={explicit}" if explicit else f"the cache ({root})"
         raise CoschedulingNotFound(
             f"no coscheduling scheduler in {source}: {build.binary} missing; run `bash hack/coscheduling/build.sh` "
             f"(under a minute once hack/cluster/build.sh has filled Go's build cache) and export "

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,12 +27,11 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.kube.binaries import cache_root
+from tests.kube.binaries import go_part_root
 from tests.kube.harness import ClusterError, LocalCluster, wait_for
 from tests.kube.pki import KeyPair, create_serving_pair
 from tests.kube.processes import ManagedProcess, free_loopback_port, http_get_ok
 
-HACK_DIR = Path(__file__).resolve().parents[2] / "hack" / "kueue"
 KUEUE_ENV = "KUBETUNE_KUEUE_BIN"
 KUEUE_NAMESPACE = "kueue-system"
 METRICS_CERT_DIR = "kueue/metrics/certs"  # under /etc, hard-wired in Kueue's main.go
@@ -68,24 +65,13 @@ class KueueBuild:
         return self.root / "webhook" / "manifests.yaml"
 
 
-def _cache_key() -> str:
-    result = subprocess.run(
-        ["bash", str(HACK_DIR / "cache-key.sh")], capture_output=True, text=True, check=False, timeout=30
-    )
-    if result.returncode != 0:
-        raise KueueNotFound(f"hack/kueue/cache-key.sh failed: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
 def find_kueue() -> KueueBuild:
     """The Kueue build of $KUBETUNE_KUEUE_BIN (its bin directory, as build.sh prints it), else the cached one
     for the pinned version. Raises KueueNotFound naming the command that builds it."""
-    explicit = os.environ.get(KUEUE_ENV)
-    root = Path(explicit).parent if explicit else cache_root() / "kueue" / _cache_key()
+    root, source = go_part_root("kueue", KUEUE_ENV, KueueNotFound)
     build = KueueBuild(root)
     missing = [p for p in (build.binary, build.crd_dir, build.webhook_manifest) if not p.exists()]
     if missing:
-        source = f"${KUEUE_ENV}={explicit}" if explicit else f"the cache ({root})"
         raise KueueNotFound(
             f"no Kueue build in {source}: {', '.join(map(str, missing))} missing; run `bash hack/kueue/build.sh` "
             f"(about 8 minutes on 2 cores) and export {KUEUE_ENV} to the directory it prints last"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,12 +36,11 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.kube.binaries import cache_root
+from tests.kube.binaries import go_part_root
 from tests.kube.harness import ClusterError, LocalCluster, wait_for
 from tests.kube.pki import create_serving_pair
 from tests.kube.processes import ManagedProcess, free_loopback_port, http_get_ok
 
-HACK_DIR = Path(__file__).resolve().parents[2] / "hack" / "peer"
 PEER_ENV = "KUBETUNE_PEER_BIN"
 SERVICE_ACCOUNT_NAMESPACE = "kube-system"
 TRAINER = "trainer-controller-manager"
@@ -77,20 +75,10 @@ class PeerBuild:
         return self.root / "webhook" / f"{project}.yaml"
 
 
-def _cache_key() -> str:
-    result = subprocess.run(
-        ["bash", str(HACK_DIR / "cache-key.sh")], capture_output=True, text=True, check=False, timeout=30
-    )
-    if result.returncode != 0:
-        raise PeerNotFound(f"hack/peer/cache-key.sh failed: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
 def find_peer() -> PeerBuild:
     """The peer build of $KUBETUNE_PEER_BIN (its bin directory, as build.sh prints it), else the cached one for
     the pinned versions. Raises PeerNotFound naming the command that builds it."""
-    explicit = os.environ.get(PEER_ENV)
-    root = Path(explicit).parent if explicit else cache_root() / "peer" / _cache_key()
+    root, source = go_part_root("peer", PEER_ENV, PeerNotFound)
     build = PeerBuild(root)
     wanted = [
         build.binary(TRAINER),
@@ -101,7 +89,6 @@ def find_peer() -> PeerBuild:
     ]
     missing = [p for p in wanted if not p.exists()]
     if missing:
-        source = f"${PEER_ENV}={explicit}" if explicit else f"the cache ({root})"
         raise PeerNotFound(
             f"no Kubeflow Trainer/JobSet build in {source}: {', '.join(map(str, missing))} missing; run "
             f"`bash hack/peer/build.sh` and export {PEER_ENV} to the directory it prints last"
