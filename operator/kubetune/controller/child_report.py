@@ -21,14 +21,15 @@ def report_children(
 ) -> None:
     """Fold the children's problems (see `ownership`) into the plan, so that the status is written with them.
 
-    Sets condition ChildrenReady (False with every problem named; back to True once they are gone), one
-    Warning Event per problem when it first appears (not one per retry), and a retry (`retry_seconds`). A blocking problem (a missing child, or someone else's object under a child's
-    name) holds the job Pending: no workers are created, and the workers of this attempt, which would use
-    that object, are removed under a fresh attempt number (not counted as a restart). A problem of a
-    progress-only child (`ownership.PROGRESS_ONLY_KINDS`) is reported and holds nothing. Failure handling,
-    deadlines and the TTL have already been decided by `plan` and are kept. With `workers_created` (the
-    problems were found after this reconcile created its workers) only the condition and Events change:
-    the next reconcile (a pod event brings it soon), which ensures the children first, holds the job.
+    Sets condition ChildrenReady (False with every problem named; back to True once they are gone), one Warning
+    Event per problem when it first appears (not one per retry), and a retry (`retry_seconds`). A blocking problem
+    (a missing child, or someone else's object under a child's name) holds the job Pending: no workers are created,
+    and the workers of this attempt, which would use that object, are removed under a fresh attempt number (not
+    counted as a restart). A problem of a progress-only child (`ownership.PROGRESS_ONLY_KINDS`) is reported and
+    holds nothing. Failure handling, deadlines and the TTL have already been decided by `plan` and are kept. With
+    `workers_created` (the problems were found after this reconcile created its workers) only the condition and
+    Events change: the next reconcile (a pod event brings it soon), which ensures the children first, holds the
+    job.
     """
     status = result.status
     existing = next((c for c in status.conditions if c.type == ConditionType.CHILDREN_READY), None)

@@ -360,10 +360,10 @@ class Reconciler:
 
         Order (`child_order`): every child a worker uses (ConfigMap, ServiceAccount, Service, Role, PodGroup)
         at once, then the workers, only when none of those has a blocking problem (`report_children` clears
-        them), in one parallel batch with the RoleBinding, whose problems are reported but hold nothing (it
-        only serves live progress: `ownership.PROGRESS_ONLY_KINDS`). So a worker never mounts a user's
-        ConfigMap or runs with a user's ServiceAccount's token, not even for a moment, and the path from
-        apply to the pods is still two round trips. A job whose children had a problem last time ensures all of them first.
+        them), in one parallel batch with the RoleBinding, whose problems are reported but hold nothing (it only
+        serves live progress: `ownership.PROGRESS_ONLY_KINDS`). So a worker never mounts a user's ConfigMap or runs
+        with a user's ServiceAccount's token, not even for a moment, and the path from apply to the pods is still
+        two round trips. A job whose children had a problem last time ensures all of them first.
         """
         children = self._children_to_ensure(job, result)
         order = order_children(children, troubled=key in self._child_trouble)
